@@ -157,8 +157,22 @@ class GatedConv(nn.Module):
         self.tradeoff = 0.0
         self.runtime: torch.Tensor | RuntimeSource | None = None
         self.static_scores: torch.Tensor | None = None
-        self.frozen_static: StaticSets | None = None
         self.last_keep: torch.Tensor | None = None
+
+    @property
+    def frozen_static(self) -> StaticSets | None:
+        """Fixed ``(stored, static_pruned, static_rank)`` of an exported unit (buffers), else ``None``."""
+        pruned = getattr(self, "frozen_static_pruned", None)
+        if pruned is None:
+            return None
+        stored = torch.ones_like(pruned)
+        return StaticSets((stored, pruned, self.frozen_static_rank))
+
+    def freeze_static(self, static_pruned: torch.Tensor, static_rank: torch.Tensor) -> None:
+        """Fix the static structure (used by export: every remaining channel is stored)."""
+        self.register_buffer("frozen_static_pruned", static_pruned.clone().bool())
+        self.register_buffer("frozen_static_rank", static_rank.clone().long())
+        self.static_keep = None
 
     # -- importance -------------------------------------------------------------------------------------------
     def runtime_importance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

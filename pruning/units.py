@@ -19,7 +19,7 @@ from torch import nn
 
 from .models import BasicBlock, PlainConvNet, ResNetCifar
 
-__all__ = ["Unit", "UnitRule", "get_units", "register_unit_rule", "unit_conv"]
+__all__ = ["Unit", "UnitRule", "get_units", "register_unit_rule", "trace_shapes", "unit_conv"]
 
 
 @dataclass(frozen=True)
@@ -138,23 +138,8 @@ def get_units(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) 
     """
     rules = _rules_for(model)
     mods = dict(model.named_modules())
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    hooks = []
-    for r in rules:
-        def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, key: str = r.conv) -> None:
-            shapes[key] = (tuple(inp[0].shape), tuple(out.shape))
-
-        hooks.append(mods[r.conv].register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, dtype=p.dtype, device=p.device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    traced = trace_shapes(model, [r.conv for r in rules], input_size)
+    shapes = {k: (v[0], v[1]) for k, v in traced.items()}
     consumer_of = {r.consumer: i for i, r in enumerate(rules)}
     units = []
     for i, r in enumerate(rules):
@@ -182,3 +167,38 @@ def get_units(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) 
             )
         )
     return units
+
+
+def trace_shapes(
+    model: nn.Module, names: list[str], input_size: tuple[int, int, int] = (3, 32, 32)
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Input and output shapes of the named modules in one batch-1 forward pass (eval mode, no gradient).
+
+    Runtime ratios of gated units are suspended for the pass (they may be sized for another batch) and
+    restored afterwards; the model's training mode is restored too.
+    """
+    mods = dict(model.named_modules())
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+    for name in names:
+        def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, key: str = name) -> None:
+            shapes[key] = (tuple(inp[0].shape), tuple(out.shape))
+
+        hooks.append(mods[name].register_forward_hook(hook))
+    # duck-typed so this module need not import pruning.gating (which imports it)
+    saved = [(m, m.runtime) for m in model.modules() if hasattr(m, "runtime") and hasattr(m, "keep_mask")]
+    was_training = model.training
+    try:
+        for m, _ in saved:
+            m.runtime = None
+        model.eval()
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, dtype=p.dtype, device=p.device))
+    finally:
+        model.train(was_training)
+        for m, r in saved:
+            m.runtime = r
+        for h in hooks:
+            h.remove()
+    return shapes

@@ -1,0 +1,1 @@
+"""RL agents, baselines and the training CLI of PruneGym."""

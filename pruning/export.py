@@ -1,0 +1,350 @@
+"""Physical removal of statically pruned channels, and the deployable dynamic model (DESIGN §3, "Export").
+
+:func:`export_static` slices every unit's conv output channels, BN statistics and importance vectors, and its
+consumer's input channels, to the channels the plan *stores* (see :mod:`pruning.gating`). What comes out:
+
+* from a plain model (or one gated with ``predictor=False``): a plain model of the same class with thinner
+  convs and BNs (``γ·u_s`` folded into the BN weight) — torchvision-style, nothing PruneGym-specific inside;
+* from a gated model with predictors: the same gated model with sliced units. Each unit keeps its predictor
+  (rows for kept outputs, columns for kept inputs), ``u_s``, and its fixed static structure (which of the
+  stored channels the static side would still prune, and their ``u_s`` ranks), so runtime ratios applied
+  later select exactly the channels the masked model selects.
+
+Its logits equal the masked model's (runtime off) and its parameter count equals
+:class:`pruning.accounting.Cost.total_params`. :func:`save_exported` / :func:`load_exported` store it as plain
+tensors (``torch.load(weights_only=True)``).
+
+:class:`DynamicModel` = exported model + a runtime ratio source. At batch 1 it computes only the kept channels
+(``index_select`` of the weights of each unit, of its predictor and of its consumer), so runtime pruning gives
+a real latency gain; at larger batches it computes the stored channels and masks per sample. Its logits equal
+the masked model's either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gating import GatedConv, gate_model, gated_units, is_gated, rank_desc, set_plan, stored_masks
+from .models import get_model
+from .models.weights import input_normalization, load_checkpoint_file
+from .plan import PruningPlan, RuntimeSource
+from .units import get_units
+
+__all__ = ["DynamicModel", "export_static", "load_exported", "save_exported"]
+
+
+def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> nn.Conv2d:
+    w = conv.weight.detach()
+    if out_idx is not None:
+        w = w.index_select(0, out_idx)
+    if in_idx is not None:
+        w = w.index_select(1, in_idx)
+    new = nn.Conv2d(
+        w.shape[1] * conv.groups, w.shape[0], conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        device=w.device, dtype=w.dtype,
+    )
+    new.weight.data.copy_(w)
+    if conv.bias is not None:
+        b = conv.bias.detach()
+        new.bias.data.copy_(b if out_idx is None else b.index_select(0, out_idx))  # type: ignore[union-attr]
+    return new
+
+
+def _slice_param(p: torch.Tensor | None, idx: torch.Tensor, dim: int = 0) -> nn.Parameter | None:
+    return None if p is None else nn.Parameter(p.detach().index_select(dim, idx).clone())
+
+
+def _slice_units(model: nn.Module, idx: Sequence[torch.Tensor], *, plain: bool) -> nn.Module:
+    """Cut a gated model to the channels ``idx[t]`` of every unit (in place on ``model``, returned).
+
+    With ``plain=True`` each unit becomes ``Conv2d`` + ``BatchNorm2d`` again (``γ·u_s`` folded into BN).
+    """
+    units = get_units(model)
+    gunits = gated_units(model)
+    for u, g in zip(units, gunits):
+        out_idx = idx[u.index]
+        in_idx = None if u.producer is None else idx[u.producer]
+        # static structure of the stored channels, in stored index space (order preserved)
+        sets = g.static_sets()
+        conv = _slice_conv(g.conv, out_idx, in_idx)
+        bn = g.bn
+        rm = bn.running_mean.index_select(0, out_idx)  # type: ignore[union-attr]
+        rv = bn.running_var.index_select(0, out_idx)  # type: ignore[union-attr]
+        if plain:
+            assert g.gamma is not None or g.predictor is not None
+            gamma = g.gamma if g.gamma is not None else g.predictor.bias  # type: ignore[union-attr]
+            scale = gamma.detach() if g.static_importance is None else gamma.detach() * g.static_importance.detach()
+            new_bn = nn.BatchNorm2d(len(out_idx), eps=bn.eps, momentum=bn.momentum).to(rm)
+            new_bn.running_mean.copy_(rm)  # type: ignore[union-attr]
+            new_bn.running_var.copy_(rv)  # type: ignore[union-attr]
+            new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)  # type: ignore[union-attr,arg-type]
+            new_bn.weight.data.copy_(scale.index_select(0, out_idx))
+            new_bn.bias.data.copy_(g.beta.detach().index_select(0, out_idx))
+            _set(model, u.conv, conv)
+            _set(model, u.bn, new_bn)
+        else:
+            g.conv = conv
+            new_bn = nn.BatchNorm2d(len(out_idx), eps=bn.eps, momentum=bn.momentum, affine=False).to(rm)
+            new_bn.running_mean.copy_(rm)  # type: ignore[union-attr]
+            new_bn.running_var.copy_(rv)  # type: ignore[union-attr]
+            new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)  # type: ignore[union-attr,arg-type]
+            g.bn = new_bn
+            g.beta = _slice_param(g.beta, out_idx)  # type: ignore[assignment]
+            if g.predictor is not None:
+                lin = g.predictor
+                w = lin.weight.detach().index_select(0, out_idx)
+                if in_idx is not None:
+                    w = w.index_select(1, in_idx)
+                new_lin = nn.Linear(w.shape[1], w.shape[0]).to(w)
+                new_lin.weight.data.copy_(w)
+                new_lin.bias.data.copy_(lin.bias.detach().index_select(0, out_idx))
+                g.predictor = new_lin
+            g.gamma = _slice_param(g.gamma, out_idx)  # type: ignore[assignment]
+            g.static_importance = _slice_param(g.static_importance, out_idx)  # type: ignore[assignment]
+            if sets is None:
+                pruned = torch.zeros(len(out_idx), dtype=torch.bool, device=out_idx.device)
+                rank = torch.arange(len(out_idx), device=out_idx.device)
+            else:
+                pruned = sets[1].index_select(0, out_idx)
+                rank = rank_desc(-sets[2].index_select(0, out_idx).double())
+            g.static_keep, g.runtime, g.static_scores = None, None, None
+            g.freeze_static(pruned, rank)
+        consumer = model.get_submodule(u.consumer)
+        if isinstance(consumer, nn.Conv2d):
+            _set(model, u.consumer, _slice_conv(consumer, None, out_idx))
+    return model
+
+
+def _set(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
+
+
+def export_static(model: nn.Module, plan: PruningPlan | None = None) -> nn.Module:
+    """Return a physically smaller copy of ``model`` holding only the channels ``plan`` stores.
+
+    Args:
+        model: A plain model, or a gated one (its current plan is used when ``plan`` is ``None``).
+        plan: The plan; only its static side and R_r matter (runtime ratios are per input and stay with
+            :class:`DynamicModel`). With ``tradeoff = R_r`` the unit stores all but the
+            ``floor((1 - R_r)·(C - k_s))`` channels of lowest static importance.
+
+    Returns:
+        A plain model (input plain, or gated without predictors) or a gated model with fixed static
+        structure (input gated with predictors), in eval mode, on the input's device.
+    """
+    plain_out = not is_gated(model) or all(g.predictor is None for g in gated_units(model))
+    work = copy.deepcopy(model) if is_gated(model) else gate_model(model, predictor=False)
+    if plan is not None:
+        set_plan(work, plan)
+    idx = [m.nonzero().squeeze(1).to(next(work.parameters()).device) for m in stored_masks(work)]
+    for g in gated_units(work):
+        g.last_keep = None
+    out = _slice_units(work, idx, plain=plain_out)
+    if plain_out:
+        for g in [m for m in out.modules() if isinstance(m, GatedConv)]:
+            raise AssertionError(f"unit {g.unit_index} left gated in a plain export")
+    return out.eval()
+
+
+def save_exported(path: str | Path, model: nn.Module, *, arch: str, num_classes: int, **extra: Any) -> None:
+    """Save an exported model as plain tensors + the shapes needed to rebuild it (atomically).
+
+    Args:
+        path: Destination file.
+        model: Output of :func:`export_static`.
+        arch: Registry name of the base architecture (``pruning.models.list_models``).
+        num_classes: Classifier outputs.
+        **extra: Plain-typed metadata stored alongside (e.g. the plan's ratios, accuracy).
+    """
+    gated = is_gated(model)
+    units = get_units(model)
+    meta: dict[str, Any] = {
+        "format": "prunegym.exported.v1",
+        "arch": arch,
+        "num_classes": num_classes,
+        "gated": gated,
+        "channels": [u.out_channels for u in units],
+        "normalization": {"mean": list(input_normalization(model)[0]), "std": list(input_normalization(model)[1])},
+        **extra,
+    }
+    if gated:
+        gus = gated_units(model)
+        meta["predictor"] = gus[0].predictor is not None
+        meta["full_channels"] = [g.full_channels for g in gus]
+        meta["tradeoff"] = [g.tradeoff for g in gus]
+    obj = {"state_dict": model.state_dict(), **meta}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_exported` (read with ``weights_only=True``).
+
+    Raises:
+        ValueError: the file is not an exported PruneGym model, or its tensors do not fit its shapes.
+    """
+    obj = load_checkpoint_file(path)
+    if not isinstance(obj, dict) or obj.get("format") != "prunegym.exported.v1":
+        raise ValueError(f"{path} is not an exported PruneGym model (no 'format': 'prunegym.exported.v1')")
+    base = get_model(obj["arch"], num_classes=obj["num_classes"])
+    if obj["gated"]:
+        base = gate_model(base, predictor=obj["predictor"], inplace=True)
+        for g, full, r in zip(gated_units(base), obj["full_channels"], obj["tradeoff"]):
+            g.full_channels, g.tradeoff = int(full), float(r)
+    else:
+        base = gate_model(base, predictor=False, inplace=True)
+    idx = [torch.arange(c) for c in obj["channels"]]
+    model = _slice_units(base, idx, plain=not obj["gated"])
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: tensors do not fit the recorded shapes: {e}") from e
+    n = obj.get("normalization")
+    if n:
+        model.normalization = (tuple(n["mean"]), tuple(n["std"]))  # type: ignore[assignment]
+    return model.eval()
+
+
+class _CompactUnit(GatedConv):
+    """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs."""
+
+    source: _CompactUnit | None
+    last_idx: torch.Tensor | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        src = self.source
+        in_idx = None if src is None else src.last_idx
+        if x.shape[0] != 1 or (in_idx is None and src is not None):
+            self.last_idx = None
+            return super().forward(x)
+        gap = x.mean(dim=(2, 3))
+        if in_idx is not None:
+            full_gap = gap.new_zeros(1, self.conv.in_channels).index_copy(1, in_idx, gap)
+        else:
+            full_gap = gap
+        if self.predictor is not None:
+            w = self.predictor.weight if in_idx is None else self.predictor.weight.index_select(1, in_idx)
+            u_r = F.linear(gap, w, self.predictor.bias)
+        else:
+            assert self.gamma is not None
+            u_r = self.gamma.unsqueeze(0)
+        keep = self.keep_mask(full_gap, u_r)
+        c = self.conv.out_channels
+        if keep is None:
+            keep = torch.ones(1, c, dtype=torch.bool, device=x.device)
+        keep = keep.expand(1, c)
+        self.last_keep = keep
+        out_idx = keep[0].nonzero().squeeze(1)
+        conv = self.conv
+        w = conv.weight if len(out_idx) == c else conv.weight.index_select(0, out_idx)
+        if in_idx is not None:
+            w = w.index_select(1, in_idx)
+        b = None if conv.bias is None else conv.bias.index_select(0, out_idx)
+        z = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation)
+        rm, rv = self.bn.running_mean, self.bn.running_var
+        assert rm is not None and rv is not None
+        z = F.batch_norm(z, rm.index_select(0, out_idx), rv.index_select(0, out_idx), None, None, False, 0.0, self.bn.eps)
+        u = u_r.index_select(1, out_idx)
+        if self.static_importance is not None:
+            u = u * self.static_importance.index_select(0, out_idx)
+        self.last_idx = out_idx
+        return F.relu(z * u[:, :, None, None] + self.beta.index_select(0, out_idx)[None, :, None, None])
+
+
+class _CompactConsumer(nn.Module):
+    """A plain conv reading a unit's output: at batch 1 it uses only the unit's kept input channels."""
+
+    def __init__(self, conv: nn.Conv2d, source: _CompactUnit) -> None:
+        super().__init__()
+        self.conv = conv
+        object.__setattr__(self, "source", source)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        idx = self.source.last_idx  # type: ignore[attr-defined]
+        if idx is None:
+            return self.conv(x)
+        c = self.conv
+        return F.conv2d(x, c.weight.index_select(1, idx), c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+class DynamicModel(nn.Module):
+    """A deployable runtime-pruned model: exported static model + predictors + a runtime ratio source.
+
+    Args:
+        exported: A gated model from :func:`export_static` (or any gated model: its current static plan is
+            exported first).
+        runtime: Runtime keep ratio(s): one float for all units, one per unit, or a
+            :data:`~pruning.plan.RuntimeSource` ``fn(unit_index, gap (N, C_in), u_r (N, C_out)) -> (N,)``
+            (an RL agent, a baseline). ``None`` = runtime off (all stored channels computed).
+
+    At batch 1 each unit computes only its kept channels; its consumer reads only those. The logits equal those
+    of the masked model with the same static plan, R_r and runtime ratios.
+    """
+
+    def __init__(self, exported: nn.Module, runtime: float | Sequence[float] | RuntimeSource | None = 0.5) -> None:
+        super().__init__()
+        if not is_gated(exported):
+            raise ValueError(
+                "DynamicModel needs a gated model (pruning.gating.gate_model); a plain export has no runtime "
+                "importance to choose channels with"
+            )
+        if any(g.frozen_static is None for g in gated_units(exported)):
+            exported = export_static(exported)
+        model = copy.deepcopy(exported)
+        units = get_units(model)
+        compact: list[_CompactUnit] = []
+        for u, g in zip(units, gated_units(model)):
+            g.__class__ = _CompactUnit
+            assert isinstance(g, _CompactUnit)
+            object.__setattr__(g, "source", None)
+            g.last_idx = None
+            compact.append(g)
+        for u in units:
+            g = compact[u.index]
+            if u.producer is not None:
+                object.__setattr__(g, "source", compact[u.producer])
+            consumer = model.get_submodule(u.consumer)
+            if isinstance(consumer, nn.Conv2d):
+                _set(model, u.consumer, _CompactConsumer(consumer, g))
+        self.model = model
+        self.units = compact
+        self.set_runtime(runtime)
+        if hasattr(exported, "normalization"):
+            self.normalization = exported.normalization
+
+    def set_runtime(self, runtime: float | Sequence[float] | RuntimeSource | None) -> None:
+        """Change the runtime ratio source (validated like a plan's ``runtime_keep``)."""
+        if runtime is not None and not callable(runtime):
+            PruningPlan(runtime_keep=runtime, tradeoff=1.0).validate(len(self.units))
+        for i, g in enumerate(self.units):
+            if runtime is None or callable(runtime):
+                g.runtime = runtime
+            else:
+                t = torch.as_tensor(runtime, dtype=torch.float32)
+                g.runtime = t if t.ndim == 0 else t[i]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.model(x)
+
+    def kept_channels(self) -> list[torch.Tensor]:
+        """Keep masks of the last forward pass, bool ``(N, C_stored)`` per unit."""
+        return [g.last_keep for g in self.units]  # type: ignore[misc]
