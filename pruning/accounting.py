@@ -126,10 +126,10 @@ class CostModel:
         self.consumer_param_coef = torch.zeros(L, dtype=torch.long)
         self.unit_bias = torch.zeros(L, dtype=torch.long)
         for name, prm in gated.named_parameters():
-            owner = next((u for path, u in unit_paths.items() if name.startswith(path + ".")), None)
-            if owner is not None:
-                if name == owner.conv + ".conv.bias":
-                    self.unit_bias[owner.index] = 1
+            unit = next((u for path, u in unit_paths.items() if name.startswith(path + ".")), None)
+            if unit is not None:
+                if name == unit.conv + ".conv.bias":
+                    self.unit_bias[unit.index] = 1
                 continue
             mod_path = name.rpartition(".")[0]
             if mod_path in consumer_paths and name.endswith(".weight"):
@@ -217,7 +217,8 @@ def model_cost(
     has_runtime = any(g.runtime is not None for g in gated_units(work))
     stored = stored_masks(work)
     if not has_runtime:
-        return cm.from_counts(torch.tensor([int(s.sum()) for s in stored]), torch.tensor([int(s.sum()) for s in stored]))
+        counts = torch.tensor([int(s.sum()) for s in stored])
+        return cm.from_counts(counts, counts)
     if inputs is None:
         raise ValueError("a plan with runtime ratios needs inputs=<batch> to cost: masks depend on each input")
     work.eval()
@@ -226,7 +227,9 @@ def model_cost(
     return cm.from_masks(applied_masks(work), stored)
 
 
-def sparsity_to_mac_fraction(model: nn.Module, sparsity: float, input_size: tuple[int, int, int] = (3, 32, 32)) -> float:
+def sparsity_to_mac_fraction(
+    model: nn.Module, sparsity: float, input_size: tuple[int, int, int] = (3, 32, 32)
+) -> float:
     """MAC fraction of paper 7's "sparsity b": every unit keeps ``b·C`` channels (real-valued, not rounded).
 
     Paper 7 (code, ``--budget``) scales every gated conv's input and output widths by ``b`` except the image
@@ -237,6 +240,7 @@ def sparsity_to_mac_fraction(model: nn.Module, sparsity: float, input_size: tupl
     Args:
         model: Plain or gated model.
         sparsity: The uniform keep ratio b in (0, 1].
+        input_size: ``(C, H, W)`` of one input.
     """
     if not (0.0 < sparsity <= 1.0):
         raise ValueError(f"sparsity b must be in (0, 1], got {sparsity}")

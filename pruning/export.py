@@ -49,9 +49,17 @@ def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Ten
     if in_idx is not None:
         w = w.index_select(1, in_idx)
     new = nn.Conv2d(
-        w.shape[1] * conv.groups, w.shape[0], conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device=w.device, dtype=w.dtype,
+        w.shape[1] * conv.groups,
+        w.shape[0],
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=w.device,
+        dtype=w.dtype,
     )
     new.weight.data.copy_(w)
     if conv.bias is not None:
@@ -71,7 +79,7 @@ def _slice_units(model: nn.Module, idx: Sequence[torch.Tensor], *, plain: bool) 
     """
     units = get_units(model)
     gunits = gated_units(model)
-    for u, g in zip(units, gunits):
+    for u, g in zip(units, gunits, strict=True):
         out_idx = idx[u.index]
         in_idx = None if u.producer is None else idx[u.producer]
         # static structure of the stored channels, in stored index space (order preserved)
@@ -208,7 +216,7 @@ def load_exported(path: str | Path) -> nn.Module:
     base = get_model(obj["arch"], num_classes=obj["num_classes"])
     if obj["gated"]:
         base = gate_model(base, predictor=obj["predictor"], inplace=True)
-        for g, full, r in zip(gated_units(base), obj["full_channels"], obj["tradeoff"]):
+        for g, full, r in zip(gated_units(base), obj["full_channels"], obj["tradeoff"], strict=True):
             g.full_channels, g.tradeoff = int(full), float(r)
     else:
         base = gate_model(base, predictor=False, inplace=True)
@@ -262,7 +270,8 @@ class _CompactUnit(GatedConv):
         z = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation)
         rm, rv = self.bn.running_mean, self.bn.running_var
         assert rm is not None and rv is not None
-        z = F.batch_norm(z, rm.index_select(0, out_idx), rv.index_select(0, out_idx), None, None, False, 0.0, self.bn.eps)
+        rm, rv = rm.index_select(0, out_idx), rv.index_select(0, out_idx)
+        z = F.batch_norm(z, rm, rv, None, None, False, 0.0, self.bn.eps)
         u = u_r.index_select(1, out_idx)
         if self.static_importance is not None:
             u = u * self.static_importance.index_select(0, out_idx)
@@ -279,7 +288,7 @@ class _CompactConsumer(nn.Module):
         object.__setattr__(self, "source", source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        idx = self.source.last_idx  # type: ignore[attr-defined]
+        idx: torch.Tensor | None = getattr(self.source, "last_idx", None)
         if idx is None:
             return self.conv(x)
         c = self.conv
@@ -312,7 +321,7 @@ class DynamicModel(nn.Module):
         model = copy.deepcopy(exported)
         units = get_units(model)
         compact: list[_CompactUnit] = []
-        for u, g in zip(units, gated_units(model)):
+        for g in gated_units(model):
             g.__class__ = _CompactUnit
             assert isinstance(g, _CompactUnit)
             object.__setattr__(g, "source", None)

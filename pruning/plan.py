@@ -117,7 +117,7 @@ class PruningPlan:
             if len(self.static_scores) != num_units:
                 raise ValueError(f"static_scores has {len(self.static_scores)} entries, expected {num_units}")
             if channels is not None:
-                for i, (sc, c) in enumerate(zip(self.static_scores, channels)):
+                for i, (sc, c) in enumerate(zip(self.static_scores, channels, strict=True)):
                     if tuple(sc.shape) != (c,):
                         raise ValueError(f"static_scores[{i}] has shape {tuple(sc.shape)}, expected ({c},)")
                     if not torch.isfinite(sc).all():

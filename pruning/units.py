@@ -98,9 +98,10 @@ def _resnet_units(model: nn.Module) -> list[UnitRule]:
 
 @register_unit_rule(PlainConvNet)
 def _plain_units(model: nn.Module) -> list[UnitRule]:
-    feats = model.features  # type: ignore[union-attr]
-    convs = [i for i, m in enumerate(feats) if _is_conv_like(m)]
-    return [UnitRule(f"features.{a}", f"features.{a + 1}", f"features.{b}") for a, b in zip(convs, convs[1:])]
+    feats = model.get_submodule("features")
+    convs = [i for i, m in enumerate(feats.children()) if _is_conv_like(m)]
+    pairs = zip(convs[:-1], convs[1:], strict=True)
+    return [UnitRule(f"features.{a}", f"features.{a + 1}", f"features.{b}") for a, b in pairs]
 
 
 def _is_conv_like(m: nn.Module) -> bool:
@@ -186,11 +187,13 @@ def trace_shapes(
 
         hooks.append(mods[name].register_forward_hook(hook))
     # duck-typed so this module need not import pruning.gating (which imports it)
-    saved = [(m, m.runtime) for m in model.modules() if hasattr(m, "runtime") and hasattr(m, "keep_mask")]
+    saved: list[tuple[nn.Module, object]] = [
+        (m, m.runtime) for m in model.modules() if hasattr(m, "runtime") and hasattr(m, "keep_mask")
+    ]
     was_training = model.training
     try:
         for m, _ in saved:
-            m.runtime = None
+            setattr(m, "runtime", None)  # noqa: B010
         model.eval()
         p = next(model.parameters())
         with torch.no_grad():
@@ -198,7 +201,7 @@ def trace_shapes(
     finally:
         model.train(was_training)
         for m, r in saved:
-            m.runtime = r
+            setattr(m, "runtime", r)  # noqa: B010
         for h in hooks:
             h.remove()
     return shapes

@@ -2,7 +2,17 @@
 
 from .plain import PlainConvNet, m_cifarnet, tiny_cnn, vgg16_bn
 from .registry import get_model, get_model_builder, list_models, register_model
-from .resnet_cifar import RESNET_WEIGHTS, BasicBlock, ResNetCifar, resnet8, resnet20, resnet32, resnet44, resnet56, resnet110
+from .resnet_cifar import (
+    RESNET_WEIGHTS,
+    BasicBlock,
+    ResNetCifar,
+    resnet8,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+    resnet110,
+)
 from .weights import (
     CIFAR10_NORMALIZATION,
     IMAGENET_NORMALIZATION,

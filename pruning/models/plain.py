@@ -66,7 +66,7 @@ def vgg16_bn(*, num_classes: int = 10, weights: str | Path | None = None) -> Pla
     if isinstance(weights, str) and weights.upper() == "DEFAULT":
         raise ValueError("vgg16_bn has no public weights; train it (prunegym pretrain) or pass a local path")
     layers = [(c, 1) if c != "M" else "M" for c in VGG16_CFG]
-    return load_weights(PlainConvNet(layers, num_classes), weights, source_name="vgg16_bn")  # type: ignore[arg-type,return-value]
+    return load_weights(PlainConvNet(layers, num_classes), weights, source_name="vgg16_bn")  # type: ignore[arg-type]
 
 
 @register_model()
@@ -74,12 +74,12 @@ def m_cifarnet(*, num_classes: int = 10, weights: str | Path | None = None) -> P
     """M-CifarNet: 8 convs 64-64-128-128-128-192-192-192 (strides 2 at the 3rd and 6th), GAP, FC."""
     if isinstance(weights, str) and weights.upper() == "DEFAULT":
         raise ValueError("m_cifarnet has no public weights; train it (prunegym pretrain) or pass a local path")
-    return load_weights(PlainConvNet(list(M_CIFARNET_CFG), num_classes), weights, source_name="m_cifarnet")  # type: ignore[arg-type,return-value]
+    return load_weights(PlainConvNet(list(M_CIFARNET_CFG), num_classes), weights, source_name="m_cifarnet")  # type: ignore[arg-type]
 
 
 @register_model()
 def tiny_cnn(*, num_classes: int = 10, weights: str | Path | None = None) -> PlainConvNet:
     """A 4-conv 8-16-16-32 net for tests and quick experiments (plain-net unit rules apply)."""
-    return load_weights(  # type: ignore[return-value]
+    return load_weights(
         PlainConvNet([(8, 1), (16, 2), (16, 1), (32, 2)], num_classes), weights, source_name="tiny_cnn"
     )

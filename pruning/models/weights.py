@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 #: CIFAR-10 channel mean and std on [0, 1] pixels: the default input normalisation of PruneGym models.
@@ -104,7 +106,9 @@ def load_checkpoint_file(path: str | Path) -> Any:
         ) from e
 
 
-def load_weights(model: nn.Module, weights: str | Path | Weights | None, *, source_name: str = "") -> nn.Module:
+def load_weights(
+    model: ModelT, weights: str | Path | Weights | None, *, source_name: str = ""
+) -> ModelT:
     """Load ``weights`` into ``model`` in place and return it in eval mode.
 
     Args:
