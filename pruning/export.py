@@ -23,6 +23,7 @@ the masked model's either way.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from torch import nn
 from .gating import GatedConv, gate_model, gated_units, is_gated, rank_desc, set_plan, stored_masks
 from .models import get_model
 from .models.weights import input_normalization, load_checkpoint_file
-from .plan import PruningPlan, RuntimeSource
+from .plan import RATIO_EPS, PruningPlan, RuntimeSource
 from .units import get_units
 
 __all__ = ["DynamicModel", "export_static", "load_exported", "save_exported"]
@@ -233,10 +234,34 @@ def load_exported(path: str | Path) -> nn.Module:
 
 
 class _CompactUnit(GatedConv):
-    """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs."""
+    """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs.
+
+    At batch 1 the keep set is chosen without building masks when that is exact (a constant runtime ratio with
+    R_r = 1, or no statically pruned channel): then it is the top ``n`` channels by ``u_r`` (ties to the lower
+    index), ``n`` fixed by the ratio and R_r. BN and ``u_r ⊙ u_s`` are folded into the sliced conv weights and
+    bias, so the unit runs as one conv + ReLU on its kept channels.
+    """
 
     source: _CompactUnit | None
     last_idx: torch.Tensor | None
+    static_free: bool = False  # no stored channel is statically pruned (set by DynamicModel)
+
+    def _keep_count(self) -> int | None:
+        """Kept channels at batch 1 when they are simply the top-n by ``u_r``, else ``None`` (general path)."""
+        runtime = self.runtime
+        if not isinstance(runtime, torch.Tensor) or runtime.numel() != 1:
+            return None
+        r = float(runtime)
+        if not 0.0 <= r <= 1.0:  # NaN too: the general path raises the error
+            return None
+        c = self.conv.out_channels
+        # keep_count(r, full_channels) capped at the stored count, as in GatedConv.keep_mask
+        k_r = min(max(math.ceil(r * self.full_channels - RATIO_EPS), 1), self.full_channels, c)
+        if self.tradeoff == 1.0:  # tradeoff_pruned with R_r = 1 prunes exactly the runtime-pruned set
+            return k_r
+        if self.static_free:  # only runtime-pruned channels: the floor(R_r·(C - k_r)) of lowest u_r go
+            return c - math.floor(self.tradeoff * (c - k_r) + RATIO_EPS)
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         src = self.source
@@ -245,38 +270,39 @@ class _CompactUnit(GatedConv):
             self.last_idx = None
             return super().forward(x)
         gap = x.mean(dim=(2, 3))
-        if in_idx is not None:
-            full_gap = gap.new_zeros(1, self.conv.in_channels).index_copy(1, in_idx, gap)
-        else:
-            full_gap = gap
         if self.predictor is not None:
             w = self.predictor.weight if in_idx is None else self.predictor.weight.index_select(1, in_idx)
             u_r = F.linear(gap, w, self.predictor.bias)
         else:
             assert self.gamma is not None
             u_r = self.gamma.unsqueeze(0)
-        keep = self.keep_mask(full_gap, u_r)
         c = self.conv.out_channels
-        if keep is None:
-            keep = torch.ones(1, c, dtype=torch.bool, device=x.device)
-        keep = keep.expand(1, c)
+        n = self._keep_count()
+        if n is not None:
+            # stable descending sort = rank_desc's order; indices back in channel order, like nonzero()
+            out_idx = torch.sort(u_r[0], descending=True, stable=True).indices[:n].sort().values
+            keep = torch.zeros(1, c, dtype=torch.bool, device=x.device).index_fill_(1, out_idx, True)
+        else:
+            if in_idx is not None and callable(self.runtime):  # a runtime source sees the full-width GAP
+                gap = gap.new_zeros(1, self.conv.in_channels).index_copy(1, in_idx, gap)
+            mask = self.keep_mask(gap, u_r)
+            keep = torch.ones(1, c, dtype=torch.bool, device=x.device) if mask is None else mask.expand(1, c)
+            out_idx = keep[0].nonzero().squeeze(1)
         self.last_keep = keep
-        out_idx = keep[0].nonzero().squeeze(1)
-        conv = self.conv
-        w = conv.weight if len(out_idx) == c else conv.weight.index_select(0, out_idx)
+        self.last_idx = out_idx
+        # relu(BN(conv(x)) * u + beta) = relu(conv_{w * s}(x) + beta + (bias - mean) * s), s = u / sqrt(var + eps)
+        conv, bn = self.conv, self.bn
+        rm, rv = bn.running_mean, bn.running_var
+        assert rm is not None and rv is not None
+        u = u_r[0] if self.static_importance is None else u_r[0] * self.static_importance
+        scale = u * torch.rsqrt(rv + bn.eps)
+        shift = self.beta - rm * scale if conv.bias is None else self.beta + (conv.bias - rm) * scale
+        w = conv.weight
+        if len(out_idx) != c:
+            w, scale, shift = w.index_select(0, out_idx), scale.index_select(0, out_idx), shift.index_select(0, out_idx)
         if in_idx is not None:
             w = w.index_select(1, in_idx)
-        b = None if conv.bias is None else conv.bias.index_select(0, out_idx)
-        z = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation)
-        rm, rv = self.bn.running_mean, self.bn.running_var
-        assert rm is not None and rv is not None
-        rm, rv = rm.index_select(0, out_idx), rv.index_select(0, out_idx)
-        z = F.batch_norm(z, rm, rv, None, None, False, 0.0, self.bn.eps)
-        u = u_r.index_select(1, out_idx)
-        if self.static_importance is not None:
-            u = u * self.static_importance.index_select(0, out_idx)
-        self.last_idx = out_idx
-        return F.relu(z * u[:, :, None, None] + self.beta.index_select(0, out_idx)[None, :, None, None])
+        return F.relu(F.conv2d(x, w * scale[:, None, None, None], shift, conv.stride, conv.padding, conv.dilation))
 
 
 class _CompactConsumer(nn.Module):
@@ -301,15 +327,18 @@ class DynamicModel(nn.Module):
     Args:
         exported: A gated model from :func:`export_static` (or any gated model: its current static plan is
             exported first).
-        runtime: Runtime keep ratio(s): one float for all units, one per unit, or a
-            :data:`~pruning.plan.RuntimeSource` ``fn(unit_index, gap (N, C_in), u_r (N, C_out)) -> (N,)``
-            (an RL agent, a baseline). ``None`` = runtime off (all stored channels computed).
+        runtime: Runtime keep ratio(s): one float for all units, one per unit, one per sample and unit
+            (shape ``(N, L)``, for batches of N), or a :data:`~pruning.plan.RuntimeSource`
+            ``fn(unit_index, gap (N, C_in), u_r (N, C_out)) -> (N,)`` (an RL agent, a baseline). ``None`` =
+            runtime off (all stored channels computed).
 
     At batch 1 each unit computes only its kept channels; its consumer reads only those. The logits equal those
     of the masked model with the same static plan, R_r and runtime ratios.
     """
 
-    def __init__(self, exported: nn.Module, runtime: float | Sequence[float] | RuntimeSource | None = 0.5) -> None:
+    def __init__(
+        self, exported: nn.Module, runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None = 0.5
+    ) -> None:
         super().__init__()
         if not is_gated(exported):
             raise ValueError(
@@ -326,6 +355,8 @@ class DynamicModel(nn.Module):
             assert isinstance(g, _CompactUnit)
             object.__setattr__(g, "source", None)
             g.last_idx = None
+            frozen = g.frozen_static
+            g.static_free = frozen is not None and not bool(frozen[1].any())
             compact.append(g)
         for u in units:
             g = compact[u.index]
@@ -340,16 +371,12 @@ class DynamicModel(nn.Module):
         if hasattr(exported, "normalization"):
             self.normalization = exported.normalization
 
-    def set_runtime(self, runtime: float | Sequence[float] | RuntimeSource | None) -> None:
-        """Change the runtime ratio source (validated like a plan's ``runtime_keep``)."""
-        if runtime is not None and not callable(runtime):
-            PruningPlan(runtime_keep=runtime, tradeoff=1.0).validate(len(self.units))
+    def set_runtime(self, runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None) -> None:
+        """Change the runtime ratio source (validated and split per unit like a plan's ``runtime_keep``)."""
+        plan = PruningPlan(runtime_keep=runtime, tradeoff=1.0)
+        plan.validate(len(self.units))
         for i, g in enumerate(self.units):
-            if runtime is None or callable(runtime):
-                g.runtime = runtime
-            else:
-                t = torch.as_tensor(runtime, dtype=torch.float32)
-                g.runtime = t if t.ndim == 0 else t[i]
+            g.runtime = plan.runtime_for_unit(i, len(self.units))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.model(x)

@@ -39,6 +39,8 @@ def keep_count(ratio: torch.Tensor | float, channels: int) -> torch.Tensor:
 
 def _check_ratios(values: torch.Tensor, what: str) -> None:
     if not torch.isfinite(values).all():
+        if values.ndim == 0:
+            raise ValueError(f"{what} is {values.item()}; keep ratios must be finite numbers in [0, 1]")
         bad = int((~torch.isfinite(values)).nonzero()[0, -1])
         raise ValueError(f"{what} of unit {bad} is {values.flatten()[0] if values.numel() == 1 else 'not finite'}; "
                          "keep ratios must be finite numbers in [0, 1]")

@@ -176,7 +176,7 @@ def trace_shapes(
     """Input and output shapes of the named modules in one batch-1 forward pass (eval mode, no gradient).
 
     Runtime ratios of gated units are suspended for the pass (they may be sized for another batch) and
-    restored afterwards; the model's training mode is restored too.
+    restored afterwards, as are their last applied masks (``last_keep``) and the model's training mode.
     """
     mods = dict(model.named_modules())
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -187,12 +187,15 @@ def trace_shapes(
 
         hooks.append(mods[name].register_forward_hook(hook))
     # duck-typed so this module need not import pruning.gating (which imports it)
-    saved: list[tuple[nn.Module, object]] = [
-        (m, m.runtime) for m in model.modules() if hasattr(m, "runtime") and hasattr(m, "keep_mask")
+    # the masks of the last real forward pass (``last_keep``) are restored too: the trace must not replace them
+    saved: list[tuple[nn.Module, object, object]] = [
+        (m, m.runtime, getattr(m, "last_keep", None))
+        for m in model.modules()
+        if hasattr(m, "runtime") and hasattr(m, "keep_mask")
     ]
     was_training = model.training
     try:
-        for m, _ in saved:
+        for m, _, _ in saved:
             setattr(m, "runtime", None)  # noqa: B010
         model.eval()
         p = next(model.parameters())
@@ -200,8 +203,9 @@ def trace_shapes(
             model(torch.zeros(1, *input_size, dtype=p.dtype, device=p.device))
     finally:
         model.train(was_training)
-        for m, r in saved:
+        for m, r, keep in saved:
             setattr(m, "runtime", r)  # noqa: B010
+            setattr(m, "last_keep", keep)  # noqa: B010
         for h in hooks:
             h.remove()
     return shapes

@@ -80,6 +80,8 @@ def m_cifarnet(*, num_classes: int = 10, weights: str | Path | None = None) -> P
 @register_model()
 def tiny_cnn(*, num_classes: int = 10, weights: str | Path | None = None) -> PlainConvNet:
     """A 4-conv 8-16-16-32 net for tests and quick experiments (plain-net unit rules apply)."""
+    if isinstance(weights, str) and weights.upper() == "DEFAULT":
+        raise ValueError("tiny_cnn has no public weights; train it (prunegym pretrain) or pass a local path")
     return load_weights(
         PlainConvNet([(8, 1), (16, 2), (16, 1), (32, 2)], num_classes), weights, source_name="tiny_cnn"
     )

@@ -140,7 +140,7 @@ def _resnet(depth: int, num_classes: int, weights: str | Path | None) -> ResNetC
 
 @register_model()
 def resnet20(*, num_classes: int = 10, weights: str | Path | None = None) -> ResNetCifar:
-    """ResNet-20 for CIFAR (0.27 M params, 40.8 M MACs). ``weights="DEFAULT"``: akamaster, 91.73% published."""
+    """ResNet-20 for CIFAR (0.27 M params, 40.6 M MACs). ``weights="DEFAULT"``: akamaster, 91.73% published."""
     return _resnet(20, num_classes, weights)
 
 

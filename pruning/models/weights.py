@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ..data import CIFAR_MEAN, CIFAR_STD
+
 __all__ = [
     "CIFAR10_NORMALIZATION",
     "IMAGENET_NORMALIZATION",
@@ -35,7 +37,7 @@ ModelT = TypeVar("ModelT", bound=nn.Module)
 
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 #: CIFAR-10 channel mean and std on [0, 1] pixels: the default input normalisation of PruneGym models.
-CIFAR10_NORMALIZATION: Normalization = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR10_NORMALIZATION: Normalization = (CIFAR_MEAN, CIFAR_STD)
 #: ImageNet statistics, which the public akamaster checkpoints were trained with (their ``main.py``); on the
 #: JPEG copy of CIFAR-10 in ``shared/data`` using them instead of CIFAR's is worth ~0.3-0.5 points of top-1.
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
