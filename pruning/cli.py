@@ -24,6 +24,7 @@ routes.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import logging
@@ -89,6 +90,16 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 _entry_points_loaded = False
 
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, except for options whose help already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if "(default:" in help_text:
+            return help_text
+        return super()._get_help_string(action)
 
 def register_command(name: str, target: CommandFn | str, help: str = "", *, replace: bool = False) -> Command:
     """Add a sub-command to ``prunegym``.

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from pruning.checkpoint import save_model
+from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset, get_dataset, list_datasets
 from pruning.gating import gate_model, gated_units, is_gated
 from pruning.models import get_model, list_models
@@ -104,7 +105,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         description="Train or fine-tune a CIFAR model, gate it and fine-tune its channel-importance "
         "predictors (paper 7's gate stage); writes model.pt, results.json, config.json and TensorBoard "
         "events into the run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         argument_default=None if defaults else argparse.SUPPRESS,
     )
     g = p.add_argument_group("model and data")
@@ -135,7 +136,13 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--gate-epochs", type=int, nargs="+", default=d([1, 1]), metavar="N",
         help="gate-stage epochs: phase A (predictors, u_s frozen) and phase B (u_s too); one value sets both",
     )  # fmt: skip
-    g.add_argument("--gate-lr", type=float, default=d(1e-3), help="Adam learning rate of the gate stage")
+    g.add_argument(
+        "--gate-lr",
+        type=float,
+        default=d(1e-4),
+        help="Adam learning rate of the gate stage (default: 1e-4; paper 7 uses 1e-3, which on a trained ResNet-20 "
+        "cost 6.5 points of val top-1 after one epoch per phase on 3k images, against 1.2 at 1e-4)",
+    )
     g.add_argument("--no-gate", action="store_true", default=d(False), help="skip gating and the gate stage")
     g.add_argument("--seed", type=int, default=d(0), help="seed of model init, data order and augmentation")
     g.add_argument("--device", default=d("auto"), help="cpu, cuda, cuda:N, or auto (cuda when available)")
