@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pruning.models import get_model, input_normalization, load_checkpoint_file
+from pruning.models.weights import state_dict_mismatch
 
 __all__ = [
     "MODEL_FORMAT_KEYS",
@@ -287,24 +288,11 @@ def model_from_record(record: Mapping[str, Any], *, source: str = "checkpoint") 
     if not isinstance(state, Mapping):
         raise ValueError(f"{source}: 'state_dict' is a {type(state).__name__}, expected a dict of tensors")
     expected = model.state_dict()
-    missing_keys = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
-    ]
-    if missing_keys or unexpected or shapes:
-        parts = []
-        if missing_keys:
-            parts.append(f"missing keys {_short(missing_keys)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:5]))
+    problems = state_dict_mismatch(expected, state, require_batch_counts=True)
+    if problems:
         raise ValueError(
             f"{source} does not fit {arch} (num_classes={num_classes}, gated={bool(record.get('gated'))}): "
-            + " / ".join(parts)
+            + problems
         )
     model.load_state_dict(state, strict=True)
     norm = record.get("normalization")
@@ -335,7 +323,3 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
     model = model_from_record(record, source=str(path))
     log.info("loaded %s from %s", record.get("arch"), path)
     return model
-
-
-def _short(keys: list[str], n: int = 6) -> str:
-    return "[" + ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "") + "]"

@@ -167,7 +167,7 @@ def test_wrong_architecture_names_keys_and_shapes(tmp_path):
 def test_wrong_num_classes_names_shapes(tmp_path):
     path = tmp_path / "r20.pt"
     torch.save(get_model("resnet20", num_classes=10).state_dict(), path)
-    with pytest.raises(ValueError, match=r"linear\.weight: checkpoint \(10, 64\), model expects \(100, 64\)"):
+    with pytest.raises(ValueError, match=r"linear\.weight: file \(10, 64\), model \(100, 64\)"):
         get_model("resnet20", num_classes=100, weights=path)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "input_normalization",
     "load_checkpoint_file",
     "load_weights",
+    "state_dict_mismatch",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,24 +138,11 @@ def load_weights(
         norm = _normalization_of(obj, Path(weights).name)
     state = extract_state_dict(obj, source=src)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or shape_errors:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if shape_errors:
-            parts.append("shape mismatches: " + "; ".join(shape_errors[:5]))
+    problems = state_dict_mismatch(expected, state)
+    if problems:
         exp = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(expected.items())[:4])
         raise ValueError(
-            f"checkpoint {src} does not fit {source_name or type(model).__name__}: {' / '.join(parts)}. "
+            f"checkpoint {src} does not fit {source_name or type(model).__name__}: {problems}. "
             f"The model expects {len(expected)} entries such as {exp}, ...; check the model name and "
             "num_classes."
         )
@@ -183,6 +171,40 @@ def _normalization_of(obj: Any, file_name: str) -> Normalization | None:
 
 #: File names of the public checkpoints (filled by the model modules that declare :class:`Weights`).
 PUBLIC_FILE_NAMES: set[str] = set()
+
+
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], *, require_batch_counts: bool = False
+) -> str | None:
+    """Describe how ``state`` fails to fit a model whose state dict is ``expected``, or ``None`` if it fits.
+
+    Args:
+        expected: The model's ``state_dict()``.
+        state: The loaded tensors.
+        require_batch_counts: Count absent ``num_batches_tracked`` buffers as missing (public checkpoints lack
+            them, so by default they are tolerated).
+
+    Returns:
+        ``"missing keys [...] / unexpected keys [...] / shape mismatches: k: file (..), model (..)"`` (the
+        parts that apply) or ``None``.
+    """
+    missing = [
+        k for k in expected if k not in state and (require_batch_counts or not k.endswith("num_batches_tracked"))
+    ]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_short(unexpected)}")
+    if shapes:
+        parts.append("shape mismatches: " + "; ".join(shapes[:5]))
+    return " / ".join(parts) or None
 
 
 def _short(keys: list[str], n: int = 6) -> str:
