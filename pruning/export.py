@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import os
 import tempfile
 from collections.abc import Sequence
@@ -127,7 +128,7 @@ def _slice_units(model: nn.Module, idx: Sequence[torch.Tensor], *, plain: bool) 
                 pruned = sets[1].index_select(0, out_idx)
                 rank = rank_desc(-sets[2].index_select(0, out_idx).double())
             g.static_keep, g.runtime, g.static_scores = None, None, None
-            g.freeze_static(pruned, rank)
+            g.freeze_static(pruned, rank, out_idx, in_idx)
         consumer = model.get_submodule(u.consumer)
         if isinstance(consumer, nn.Conv2d):
             _set(model, u.consumer, _slice_conv(consumer, None, out_idx))
@@ -191,6 +192,7 @@ def save_exported(path: str | Path, model: nn.Module, *, arch: str, num_classes:
         gus = gated_units(model)
         meta["predictor"] = gus[0].predictor is not None
         meta["full_channels"] = [g.full_channels for g in gus]
+        meta["full_in_channels"] = [g.full_in_channels for g in gus]
         meta["tradeoff"] = [g.tradeoff for g in gus]
     obj = {"state_dict": model.state_dict(), **meta}
     path = Path(path)
@@ -217,8 +219,9 @@ def load_exported(path: str | Path) -> nn.Module:
     base = get_model(obj["arch"], num_classes=obj["num_classes"])
     if obj["gated"]:
         base = gate_model(base, predictor=obj["predictor"], inplace=True)
-        for g, full, r in zip(gated_units(base), obj["full_channels"], obj["tradeoff"], strict=True):
-            g.full_channels, g.tradeoff = int(full), float(r)
+        widths = zip(obj["full_channels"], obj["full_in_channels"], obj["tradeoff"], strict=True)
+        for g, (full, full_in, r) in zip(gated_units(base), widths, strict=True):
+            g.full_channels, g.full_in_channels, g.tradeoff = int(full), int(full_in), float(r)
     else:
         base = gate_model(base, predictor=False, inplace=True)
     idx = [torch.arange(c) for c in obj["channels"]]
@@ -236,14 +239,18 @@ def load_exported(path: str | Path) -> nn.Module:
 class _CompactUnit(GatedConv):
     """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs.
 
-    At batch 1 the keep set is chosen without building masks when that is exact (a constant runtime ratio with
-    R_r = 1, or no statically pruned channel): then it is the top ``n`` channels by ``u_r`` (ties to the lower
-    index), ``n`` fixed by the ratio and R_r. BN and ``u_r ⊙ u_s`` are folded into the sliced conv weights and
-    bias, so the unit runs as one conv + ReLU on its kept channels.
+    Batch-1 inference is a handful of small tensor ops, so per-op overhead, not arithmetic, decides its speed:
+
+    * the keep set is the top ``n`` channels by ``u_r`` (one stable sort, ties to the lower index) whenever that
+      is exact: a constant runtime ratio with R_r = 1, or no statically pruned channel; otherwise the general
+      :meth:`~pruning.gating.GatedConv.keep_mask`;
+    * BN, ``u_s`` and ``u_r`` are folded into the sliced conv weights and bias (one conv + ReLU), with the
+      input-independent part ``W·u_s/sqrt(var + eps)`` cached while no parameter or statistic changes (and only
+      without autograd, so gradients still reach the parameters).
     """
 
     source: _CompactUnit | None
-    last_idx: torch.Tensor | None
+    last_idx: torch.Tensor | None  # kept channels of the last batch-1 forward, in importance order
     static_free: bool = False  # no stored channel is statically pruned (set by DynamicModel)
 
     def _keep_count(self) -> int | None:
@@ -263,6 +270,32 @@ class _CompactUnit(GatedConv):
             return c - math.floor(self.tradeoff * (c - k_r) + RATIO_EPS)
         return None
 
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W·a, [β; (b - mean)·a])`` with ``a = u_s / sqrt(var + eps)``: the unit without ``u_r``."""
+        conv, bn = self.conv, self.bn
+        # dict look-ups instead of nn.Module.__getattr__: this runs once per unit and sample
+        parts = (conv._parameters["weight"], conv._parameters.get("bias"), bn._buffers["running_mean"],
+                 bn._buffers["running_var"], self._parameters["beta"], self._parameters.get("static_importance"))
+        key: tuple[tuple[int, int] | None, ...] | None = None
+        if not torch.is_grad_enabled():
+            try:  # in-place updates bump _version; .to() / .half() swap .data, which changes data_ptr
+                key = tuple(None if t is None else (t._version, t.data_ptr()) for t in parts)
+            except RuntimeError:  # inference tensors have no version counter: no cache
+                key = None
+            cache = self.__dict__.get("_fold_cache")
+            if key is not None and cache is not None and cache[1] == key and all(map(operator.is_, cache[0], parts)):
+                return cache[2], cache[3]
+        w, b, rm, rv, beta, us = parts
+        assert w is not None and rm is not None and rv is not None and beta is not None
+        a = torch.rsqrt(rv + bn.eps)
+        if us is not None:
+            a = a * us
+        shift = -rm if b is None else b - rm
+        folded = (w * a[:, None, None, None], torch.stack([beta, shift * a]))
+        if key is not None:
+            self.__dict__["_fold_cache"] = (parts, key, *folded)
+        return folded
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         src = self.source
         in_idx = None if src is None else src.last_idx
@@ -270,39 +303,38 @@ class _CompactUnit(GatedConv):
             self.last_idx = None
             return super().forward(x)
         gap = x.mean(dim=(2, 3))
-        if self.predictor is not None:
-            w = self.predictor.weight if in_idx is None else self.predictor.weight.index_select(1, in_idx)
-            u_r = F.linear(gap, w, self.predictor.bias)
+        pred = self.predictor
+        if pred is not None:
+            w = pred.weight if in_idx is None else pred.weight.index_select(1, in_idx)
+            u_r = F.linear(gap, w, pred.bias)[0]  # linear, not addmv: FlopCounterMode counts it (accounting tests)
         else:
             assert self.gamma is not None
-            u_r = self.gamma.unsqueeze(0)
-        c = self.conv.out_channels
+            u_r = self.gamma
+        conv = self.conv
+        c = conv.out_channels
         n = self._keep_count()
         if n is not None:
-            # stable descending sort = rank_desc's order; indices back in channel order, like nonzero()
-            out_idx = torch.sort(u_r[0], descending=True, stable=True).indices[:n].sort().values
+            # the first n of a stable descending sort are the channels of rank_desc(u_r) < n
+            u_sorted, order = torch.sort(u_r, descending=True, stable=True)
+            out_idx, u = order[:n], u_sorted[:n]
             keep = torch.zeros(1, c, dtype=torch.bool, device=x.device).index_fill_(1, out_idx, True)
         else:
-            if in_idx is not None and callable(self.runtime):  # a runtime source sees the full-width GAP
-                gap = gap.new_zeros(1, self.conv.in_channels).index_copy(1, in_idx, gap)
-            mask = self.keep_mask(gap, u_r)
+            if in_idx is not None and callable(self.runtime):  # the stored-width GAP (source_view widens it)
+                gap = gap.new_zeros(1, conv.in_channels).index_copy(1, in_idx, gap)
+            mask = self.keep_mask(gap, u_r.unsqueeze(0))
             keep = torch.ones(1, c, dtype=torch.bool, device=x.device) if mask is None else mask.expand(1, c)
             out_idx = keep[0].nonzero().squeeze(1)
-        self.last_keep = keep
-        self.last_idx = out_idx
-        # relu(BN(conv(x)) * u + beta) = relu(conv_{w * s}(x) + beta + (bias - mean) * s), s = u / sqrt(var + eps)
-        conv, bn = self.conv, self.bn
-        rm, rv = bn.running_mean, bn.running_var
-        assert rm is not None and rv is not None
-        u = u_r[0] if self.static_importance is None else u_r[0] * self.static_importance
-        scale = u * torch.rsqrt(rv + bn.eps)
-        shift = self.beta - rm * scale if conv.bias is None else self.beta + (conv.bias - rm) * scale
-        w = conv.weight
-        if len(out_idx) != c:
-            w, scale, shift = w.index_select(0, out_idx), scale.index_select(0, out_idx), shift.index_select(0, out_idx)
+            u = u_r.index_select(0, out_idx)
+        # plain attributes, set without nn.Module.__setattr__'s checks (per unit and sample)
+        self.__dict__["last_keep"], self.__dict__["last_idx"] = keep, out_idx
+        # relu(BN(conv(x))·u_r·u_s + β) = relu(conv_{W·a·u_r}(x) + β + (b - mean)·a·u_r), a = u_s / sqrt(var + eps)
+        w, affine = self._folded()
+        w, affine = w.index_select(0, out_idx), affine.index_select(1, out_idx)
         if in_idx is not None:
             w = w.index_select(1, in_idx)
-        return F.relu(F.conv2d(x, w * scale[:, None, None, None], shift, conv.stride, conv.padding, conv.dilation))
+        z = F.conv2d(x, w * u[:, None, None, None], torch.addcmul(affine[0], affine[1], u), conv.stride,
+                     conv.padding, conv.dilation)
+        return F.relu(z)
 
 
 class _CompactConsumer(nn.Module):

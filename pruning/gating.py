@@ -152,6 +152,7 @@ class GatedConv(nn.Module):
             self.gamma = nn.Parameter(gamma)
         self.static_importance = nn.Parameter(torch.ones(c_out))
         self.full_channels = c_out
+        self.full_in_channels = conv.in_channels
         self.unit_index = -1
         self.static_keep: float | None = None
         self.tradeoff = 0.0
@@ -168,11 +169,44 @@ class GatedConv(nn.Module):
         stored = torch.ones_like(pruned)
         return StaticSets((stored, pruned, self.frozen_static_rank))
 
-    def freeze_static(self, static_pruned: torch.Tensor, static_rank: torch.Tensor) -> None:
-        """Fix the static structure (used by export: every remaining channel is stored)."""
+    def freeze_static(
+        self,
+        static_pruned: torch.Tensor,
+        static_rank: torch.Tensor,
+        out_index: torch.Tensor,
+        in_index: torch.Tensor | None = None,
+    ) -> None:
+        """Fix the static structure (used by export: every remaining channel is stored).
+
+        Args:
+            static_pruned: Which remaining channels the static side would still prune (``M_s``), bool.
+            static_rank: Their ranks by ``u_s``.
+            out_index: Positions of the remaining output channels in the original width.
+            in_index: Positions of the remaining input channels in the original input width (``None``: the
+                input was not sliced).
+        """
         self.register_buffer("frozen_static_pruned", static_pruned.clone().bool())
         self.register_buffer("frozen_static_rank", static_rank.clone().long())
+        self.register_buffer("frozen_out_index", out_index.clone().long())
+        self.register_buffer("frozen_in_index", None if in_index is None else in_index.clone().long())
         self.static_keep = None
+
+    def source_view(self, gap: torch.Tensor, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a :data:`~pruning.plan.RuntimeSource` sees: ``(GAP, u_r)`` at the unit's original widths.
+
+        Channels that are not stored read 0 in ``u_r`` (an exported unit no longer has them), and input
+        channels removed upstream read 0 in the GAP (as they do in the masked model). So a source decides the
+        same in the masked model, in the exported model and in :class:`pruning.export.DynamicModel`.
+        """
+        out_index = getattr(self, "frozen_out_index", None)
+        if out_index is None:
+            static = self.static_sets()
+            return gap, (u_r if static is None else u_r.masked_fill(~static[0], 0.0))
+        in_index = getattr(self, "frozen_in_index", None)
+        if in_index is not None:
+            gap = gap.new_zeros(gap.shape[0], self.full_in_channels).index_copy(1, in_index, gap)
+        u_full = u_r.new_zeros(u_r.shape[0], self.full_channels).index_copy(1, out_index, u_r)
+        return gap, u_full
 
     # -- importance -------------------------------------------------------------------------------------------
     def runtime_importance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +242,7 @@ class GatedConv(nn.Module):
             return None if static is None else static[0]
         n, c = u_r.shape
         if callable(runtime):
-            ratios = runtime(self.unit_index, gap, u_r)
+            ratios = runtime(self.unit_index, *self.source_view(gap, u_r))
         else:
             ratios = runtime
         ratios = torch.as_tensor(ratios, dtype=torch.float64, device=u_r.device).flatten()

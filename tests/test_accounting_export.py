@@ -372,3 +372,43 @@ def test_gated_unit_bookkeeping():
     units = gated_units(gated)
     assert int(cost.predictor_macs[0]) == sum(g.predictor.in_features * g.full_channels for g in units)
     assert cost.predictor_params == sum(g.predictor.in_features * g.full_channels + g.full_channels for g in units)
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "m_cifarnet", "resnet8"])
+def test_runtime_source_sees_the_same_inputs_after_export(name):
+    """A callable runtime source that reads positions and widths decides the same in the masked model, the
+    exported model (dense, batch > 1) and DynamicModel (compact, batch 1): it always sees original widths."""
+    base = randomize_(get_model(name), seed=5)
+    gated = randomize_gates_(gate_model(base), seed=5).eval()
+    n_units = len(gated_units(gated))
+    seen: list[tuple[int, int, int]] = []
+
+    def source(unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        seen.append((unit, gap.shape[1], u_r.shape[1]))
+        # depends on positions and on zeros: first-half mass vs total, squashed into [0.1, 1]
+        half = u_r[:, : u_r.shape[1] // 2].clamp(min=0).sum(1) + gap[:, : gap.shape[1] // 2].abs().sum(1)
+        total = u_r.clamp(min=0).sum(1) + gap.abs().sum(1) + 1e-6
+        return (0.1 + 0.9 * half / total).clamp(0.1, 1.0)
+
+    static = [0.4 + 0.5 * (i % 3) / 2 for i in range(n_units)]
+    set_plan(gated, PruningPlan(static_keep=static, runtime_keep=source, tradeoff=0.5))
+    x = images(3, seed=11)
+    with torch.no_grad():
+        masked = gated(x)
+    masked_keep = [m.clone() for m in applied_masks(gated)]
+    widths_masked = sorted(set(seen))
+    stored = stored_masks(gated)
+    exported = export_static(gated)
+    for g in gated_units(exported):
+        g.runtime = source
+    seen.clear()
+    with torch.no_grad():
+        dense = exported(x)
+    assert sorted(set(seen)) == widths_masked
+    torch.testing.assert_close(dense, masked, rtol=1e-4, atol=1e-5)
+    for keep_full, keep_exp, st in zip(masked_keep, applied_masks(exported), stored, strict=True):
+        assert torch.equal(keep_full[:, st], keep_exp)
+    dyn = DynamicModel(exported, runtime=source).eval()
+    for i in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(dyn(x[i : i + 1]), masked[i : i + 1], rtol=1e-4, atol=1e-5)
