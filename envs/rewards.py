@@ -1,7 +1,33 @@
-"""Reward pieces shared by PruneGym's environments: paper 7's budget term and its running loss scale.
+"""Rewards of PruneGym's environments: paper 7's budget term and loss scale, and the static reward registry.
 
-Reward functions of the static environment are a registry (:func:`register_reward`, :func:`get_reward`), so a
-user can add their own without touching the environment.
+Reward functions of :class:`envs.static.StaticPruningEnv` are a registry (:func:`register_reward`,
+:func:`get_reward`, :func:`list_rewards`), so a user can add their own without touching the environment. A
+reward function takes one :class:`EpisodeResult` (what the pruned model scored on the validation subset and
+what it costs) and returns ``(reward, parts)``: the float reward and a dict of its named parts, which the
+environment reports in ``info["reward_parts"]``. Built in:
+
+* ``"paper"`` — paper 7 (Chen, Chen & Pan, NeurIPS 2020, Eqs. 7-11 and 14-15; ``reference/methods.md`` §7.3):
+  ``-CE / β_b`` + :func:`budget_term` on the MAC fraction + (with a parameter budget) the same term on the
+  parameter fraction with no under-budget bonus;
+* ``"accuracy"`` — AMC's ``acc_reward`` (He et al., ECCV 2018, ``mit-han-lab/amc`` ``env/rewards.py``):
+  top-1 (percent) × 0.01;
+* ``"acc_log_macs"`` — AMC's ``acc_flops_reward``: ``-error · log(MACs)``, error in [0, 1], MACs per image in
+  absolute units.
+
+Example — a reward that trades accuracy against the MAC fraction linearly; register it with
+``@register_reward("linear")`` to select it by name (``reward="linear"``), or pass the function itself
+(``reward=linear``):
+
+    >>> from envs.rewards import EpisodeResult, get_reward
+    >>> def linear(result: EpisodeResult) -> tuple[float, dict[str, float]]:
+    ...     parts = {"top1": result.top1 / 100, "macs": -result.macs_fraction}
+    ...     return sum(parts.values()), parts
+    >>> result = EpisodeResult(top1=90.0, loss=0.3, macs_fraction=0.5, params_fraction=0.6, macs=2e7,
+    ...                        params=1e5, budget=0.5, param_budget=None, loss_scale=0.3)
+    >>> linear(result)
+    (0.4, {'top1': 0.9, 'macs': -0.5})
+    >>> get_reward("paper")(result)
+    (-1.0, {'accuracy': -1.0, 'budget_macs': 0.0})
 """
 
 from __future__ import annotations
@@ -9,17 +35,24 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import torch
 
 __all__ = [
+    "LOSS_CAP",
+    "LOSS_SCALE_FLOOR",
     "BudgetTerm",
+    "EpisodeResult",
+    "RewardFn",
     "RunningLossScale",
+    "acc_log_macs_reward",
+    "accuracy_reward",
     "budget_term",
     "get_reward",
     "list_rewards",
+    "paper_reward",
     "register_reward",
 ]
 
@@ -96,12 +129,65 @@ class RunningLossScale:
         self.warmup, self.decay = int(state["warmup"]), float(state["decay"])
 
 
-RewardFn = Callable[..., Any]
+@dataclass(frozen=True)
+class EpisodeResult:
+    """What one static-pruning episode produced: the input of every reward function.
+
+    Every number is checked finite on construction (``ValueError`` otherwise), so a reward built from these
+    fields with finite arithmetic is finite too.
+
+    Attributes:
+        top1: Top-1 accuracy of the pruned model on the validation subset, in percent (0..100).
+        loss: Its mean cross-entropy per image (finite; the environment caps a non-finite loss, see
+            :class:`envs.static.StaticPruningEnv`).
+        macs_fraction: Backbone MACs per image as a fraction of the unpruned model's (the mean over images
+            when a runtime policy is in the loop).
+        params_fraction: Stored backbone parameters as a fraction of the unpruned model's.
+        macs: Backbone MACs per image, absolute (mean over images with a runtime policy).
+        params: Stored backbone parameters, absolute.
+        budget: MAC budget as a fraction of the base MACs, or ``None`` (no MAC budget).
+        param_budget: Parameter budget as a fraction of the base parameters, or ``None``.
+        loss_scale: β_b, the running mean of the loss that normalises ``-CE / β_b`` (this episode included).
+        budget_term: Coefficients of paper 7's budget term (scale, temperature, under-budget bonus).
+    """
+
+    top1: float
+    loss: float
+    macs_fraction: float
+    params_fraction: float
+    macs: float
+    params: float
+    budget: float | None
+    param_budget: float | None
+    loss_scale: float
+    budget_term: BudgetTerm = field(default_factory=BudgetTerm)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                raise ValueError(f"EpisodeResult.{f.name} is {value}; every field must be finite")
+
+
+#: A static-environment reward: ``fn(result) -> (reward, parts)``.
+RewardFn = Callable[[EpisodeResult], tuple[float, dict[str, float]]]
 _REWARDS: dict[str, RewardFn] = {}
+
+#: Smallest β_b the ``paper`` reward divides by: a model with zero loss would otherwise divide by zero.
+LOSS_SCALE_FLOOR = 1e-8
+#: A non-finite loss (logits that overflow) is replaced by this value before any reward is computed.
+LOSS_CAP = 1e4
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Register a static-environment reward function under ``name`` (duplicates raise ``ValueError``)."""
+    """Register a static-environment reward function under ``name`` (a decorator).
+
+    The function takes an :class:`EpisodeResult` and returns ``(reward, parts)`` (float, dict of named
+    floats). The environment refuses a non-finite reward with a ``ValueError`` naming the function.
+
+    Raises:
+        ValueError: a reward named ``name`` is already registered.
+    """
 
     def wrapper(fn: RewardFn) -> RewardFn:
         if name in _REWARDS:
@@ -113,15 +199,69 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def list_rewards() -> list[str]:
-    """Names of the registered reward functions."""
+    """Names of the registered reward functions, sorted."""
     return sorted(_REWARDS)
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward function registered as ``name``; unknown names suggest close matches."""
+    """The reward function registered as ``name``.
+
+    Raises:
+        ValueError: ``name`` is unknown; the message suggests close matches and lists every registered name.
+    """
     try:
         return _REWARDS[name]
     except KeyError:
         close = difflib.get_close_matches(name, _REWARDS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown reward {name!r}.{hint} Registered: {', '.join(list_rewards())}") from None
+
+
+@register_reward("paper")
+def paper_reward(result: EpisodeResult) -> tuple[float, dict[str, float]]:
+    """Paper 7's static-agent reward (Eqs. 14-15, released code): accuracy term + budget terms.
+
+    Parts:
+
+    * ``accuracy`` = ``-loss / max(loss_scale, LOSS_SCALE_FLOOR)``;
+    * ``budget_macs`` = ``result.budget_term(macs_fraction, budget)`` (steep penalty over, small bonus under);
+      absent without a MAC budget;
+    * ``budget_params`` = the same penalty on ``params_fraction`` against ``param_budget`` with no bonus
+      (the released code's parameter term); absent without a parameter budget.
+
+    The penalty's exponent is capped (:func:`budget_term`), so the reward is finite for any finite result.
+    """
+    parts = {"accuracy": -result.loss / max(result.loss_scale, LOSS_SCALE_FLOOR)}
+    term = result.budget_term
+    if result.budget is not None:
+        parts["budget_macs"] = float(term(result.macs_fraction, result.budget))
+    if result.param_budget is not None:
+        parts["budget_params"] = float(
+            budget_term(
+                result.params_fraction, result.param_budget, scale=term.scale, temperature=term.temperature, bonus=0.0
+            )
+        )
+    return float(sum(parts.values())), parts
+
+
+@register_reward("accuracy")
+def accuracy_reward(result: EpisodeResult) -> tuple[float, dict[str, float]]:
+    """AMC's ``acc_reward``: top-1 (percent) × 0.01, no budget term (AMC enforces the budget by its action wall).
+
+    Use it with ``budget_mode="clamp"``; under ``"penalty"`` nothing would stop the agent from keeping every
+    channel.
+    """
+    acc = 0.01 * result.top1
+    return acc, {"accuracy": acc}
+
+
+@register_reward("acc_log_macs")
+def acc_log_macs_reward(result: EpisodeResult) -> tuple[float, dict[str, float]]:
+    """AMC's ``acc_flops_reward``: ``-error · log(MACs)``, error = ``1 - top1/100``, MACs per image, absolute.
+
+    ``log`` is taken of ``max(MACs, 1)`` so it is finite. Fewer MACs and fewer errors both raise the reward,
+    so this reward pushes below the budget without a wall; AMC pairs it with its wall all the same.
+    """
+    error = 1.0 - 0.01 * result.top1
+    value = -error * math.log(max(result.macs, 1.0))
+    return value, {"acc_log_macs": value}

@@ -126,11 +126,15 @@ class PruningPlan:
                         raise ValueError(f"static_scores[{i}] contains NaN or inf")
 
     def runtime_for_unit(self, index: int, num_units: int) -> torch.Tensor | RuntimeSource | None:
-        """The runtime ratio(s) unit ``index`` uses: ``None``, a callable, a scalar or an ``(N,)`` tensor."""
+        """The runtime ratio(s) unit ``index`` uses: ``None``, a callable, a scalar or an ``(N,)`` tensor.
+
+        Ratios stay in float64, as static ratios do: in float32, 0.1 is 0.10000000149 and would keep 2 of 10
+        channels instead of 1 (:func:`keep_count` only forgives 1e-9).
+        """
         rk = self.runtime_keep
         if rk is None or callable(rk):
             return rk
-        t = torch.as_tensor(rk, dtype=torch.float32)
+        t = torch.as_tensor(rk, dtype=torch.float64)
         if t.ndim == 0:
             return t
         if t.ndim == 1:

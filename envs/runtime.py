@@ -1,0 +1,909 @@
+"""The runtime pruning environment ``prunegym/RuntimePruning-v0``: paper 7's runtime MDP, one image per episode.
+
+Two front ends share one batched implementation (:class:`_RuntimeCore`, which runs ``B`` images as ``B``
+synchronous episodes): :class:`RuntimePruningEnv`, a ``gymnasium.Env`` (the core with ``B = 1``), and
+:class:`RuntimePruningVecEnv`, a stable-baselines3 ``VecEnv`` whose ``num_envs`` episodes cost one batched
+forward pass. The class docstring of :class:`RuntimePruningEnv` is the manual.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from torch import nn
+
+from pruning.accounting import Cost, CostModel
+from pruning.data import ImageDataset, crop_flip, get_dataset
+from pruning.gating import GatedConv, gate_model, gated_units, is_gated, set_plan, stored_masks
+from pruning.models import get_model
+from pruning.plan import PruningPlan
+from pruning.stepper import UnitStepper
+from pruning.train import dataset_for_model
+
+from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, RunningLossScale
+
+__all__ = ["OBS_BOUND", "RuntimePruningEnv", "RuntimePruningVecEnv"]
+
+#: Observation entries are clipped to ``[-OBS_BOUND, OBS_BOUND]`` so the declared Box is finite (Gymnasium's
+#: checker warns on infinite bounds). GAP and ``u_r`` of a trained CIFAR net are O(1)-O(10); the clip only
+#: ever acts on a broken model.
+OBS_BOUND = 1e4
+
+
+#: Keep ratios are rounded to this many decimals: a float32 action carries ~1e-7 of noise, which without the
+#: rounding could make the action for ratio 0.5 keep 9 of 16 channels (``ceil(0.50000003·16) = 9``).
+RATIO_DECIMALS = 6
+
+#: Zero-padding of CIFAR's random crop (when a ``train`` split is augmented).
+_PAD = 4
+
+
+class _RuntimeCore:
+    """``B`` synchronous runtime-pruning episodes on one model: the engine of both front ends.
+
+    Holds the gated model, the data, the per-unit cost constants and the episode state (activations at the
+    current unit, kept channel counts so far). Every episode of a batch is at the same unit, so a step is one
+    batched segment of the forward pass (:class:`pruning.stepper.UnitStepper`). See
+    :class:`RuntimePruningEnv` for the meaning of every argument.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        *,
+        model: str | nn.Module,
+        weights: str | Path | None,
+        dataset: str | ImageDataset,
+        data_dir: str | Path | None,
+        split: str,
+        num_images: int | None,
+        dataset_kwargs: Mapping[str, Any] | None,
+        augment: bool | None,
+        budget: float,
+        static_keep: Sequence[float] | None,
+        tradeoff: float | None,
+        min_keep: float,
+        budget_term: BudgetTerm | None,
+        loss_scale: RunningLossScale | float | None,
+        loss_scale_warmup: int,
+        loss_scale_decay: float,
+        device: str | torch.device,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if not (math.isfinite(min_keep) and 0.0 < min_keep <= 1.0):
+            raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
+        self.num_envs = int(num_envs)
+        self.min_keep = float(min_keep)
+        self.device = torch.device(device)
+        self.budget = budget  # validated by the setter
+        self.budget_term = budget_term if budget_term is not None else BudgetTerm()
+        self._warmup, self._decay = int(loss_scale_warmup), float(loss_scale_decay)
+        self._own_scale = loss_scale is None  # only the env's own running mean restarts on a seeded reset
+        if loss_scale is None:
+            self.loss_scale: RunningLossScale | float = RunningLossScale(self._warmup, self._decay)
+        elif isinstance(loss_scale, RunningLossScale):
+            self.loss_scale = loss_scale
+        else:
+            if not (math.isfinite(loss_scale) and loss_scale > 0):
+                raise ValueError(f"a fixed loss_scale must be a positive number, got {loss_scale}")
+            self.loss_scale = float(loss_scale)
+
+        # -- data ------------------------------------------------------------------------------------------
+        data = self._load_split(dataset, data_dir, split, dict(dataset_kwargs or {}))
+        # -- model: a private gated copy, eval mode, no gradients -------------------------------------------
+        self.model = self._build_model(model, weights, data.num_classes).to(self.device)
+        self.dataset = dataset_for_model(data, self.model)
+        if num_images is not None:
+            if not 0 < num_images <= len(self.dataset):
+                raise ValueError(
+                    f"num_images={num_images} but the {data.name}/{data.split} split has {len(self.dataset)} "
+                    "images; choose num_images in that range (synthetic data: dataset_kwargs={'size': n})"
+                )
+            self.dataset = self.dataset.subset(range(num_images))
+        self.augment = self.dataset.augment if augment is None else bool(augment)
+        self._images = self.dataset.images.to(self.device)
+        self._labels = self.dataset.labels.to(self.device)
+
+        # -- plan: the fixed static side and R_r -----------------------------------------------------------
+        self.units: list[GatedConv] = gated_units(self.model)
+        self.num_units = len(self.units)
+        exported = any(g.frozen_static is not None for g in self.units)
+        if exported:
+            if static_keep is not None or tradeoff is not None:
+                raise ValueError(
+                    "this model is exported (pruning.export.export_static): its static plan and R_r are fixed; "
+                    "pass static_keep=None and tradeoff=None"
+                )
+        else:
+            if static_keep is not None and tradeoff is None:
+                raise ValueError(
+                    "a static plan needs tradeoff=R_r in [0, 1] (paper 7 uses 0.5; 1 = runtime only, "
+                    "0 = static only)"
+                )
+            r = 1.0 if tradeoff is None else float(tradeoff)
+            set_plan(self.model, PruningPlan(static_keep=static_keep, runtime_keep=None, tradeoff=r))
+        self.static_keep = None if static_keep is None else [float(s) for s in static_keep]
+        self.tradeoff = self.units[0].tradeoff
+        self.stepper = UnitStepper(self.model)
+
+        # -- accounting constants (per unit, computed once) -------------------------------------------------
+        cm = CostModel(self.model)
+        self.cost_model = cm
+        self.base_macs = cm.base_macs
+        self._stored = torch.tensor([int(s.sum()) for s in stored_masks(self.model)])
+        static_cost = cm.from_counts(self._stored.unsqueeze(0), self._stored)
+        self.params_fraction = float(static_cost.params_fraction)
+        self._unit_coef = [int(c) for c in cm.unit_coef]
+        self._consumer_coef = [int(c) for c in cm.consumer_coef]
+        self._producer = list(cm.producer)
+        self._in_channels = [int(c) for c in cm.in_channels]
+        self._fixed_macs = int(cm.fixed_macs)
+        self._full = [g.full_channels for g in self.units]
+
+        # -- observation layout -----------------------------------------------------------------------------
+        self.gap_width = max(g.full_in_channels for g in self.units)
+        self.ur_width = max(g.full_channels for g in self.units)
+        self.obs_dim = self.gap_width + self.ur_width + 3
+        low = np.full(self.obs_dim, -OBS_BOUND, dtype=np.float32)
+        high = np.full(self.obs_dim, OBS_BOUND, dtype=np.float32)
+        low[-3:], high[-3:] = 0.0, 1.0
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+        # -- episode state ----------------------------------------------------------------------------------
+        b = self.num_envs
+        self._t = -1  # -1: never reset; num_units: the episodes are over
+        self._h: torch.Tensor | None = None
+        self._y = torch.zeros(b, dtype=torch.long, device=self.device)
+        self._image_index: list[int] = [0] * b
+        # kept channels per episode and unit, and MACs committed so far: small, kept on the CPU in numpy
+        self._keep = np.zeros((b, self.num_units), dtype=np.int64)
+        self._committed = np.zeros(b, dtype=np.int64)
+        # (input, (GAP, u_r)) of the current unit, computed for the observation and reused by its forward
+        self._importance: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # -- construction helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _load_split(
+        dataset: str | ImageDataset, data_dir: str | Path | None, split: str, kwargs: dict[str, Any]
+    ) -> ImageDataset:
+        if isinstance(dataset, ImageDataset):
+            split = dataset.split
+        if split == "test":
+            raise ValueError(
+                "the test split is reserved for reporting accuracy; the agent must never see it. Use "
+                "split='val' (a held-out part of the training set) or split='train'"
+            )
+        if split not in ("val", "train"):
+            raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+        if isinstance(dataset, ImageDataset):
+            return dataset
+        if not isinstance(dataset, str):
+            raise TypeError(f"dataset must be a registered name or an ImageDataset, got {type(dataset).__name__}")
+        return get_dataset(dataset, split=split, root=data_dir, **kwargs)
+
+    @staticmethod
+    def _build_model(model: str | nn.Module, weights: str | Path | None, num_classes: int) -> nn.Module:
+        if isinstance(model, str):
+            # a fixed seed for the random initialisation: every env built from the same name is the same net
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                base = get_model(model, num_classes=num_classes, weights=weights)
+            net = gate_model(base, predictor=True, inplace=True)
+        elif isinstance(model, nn.Module):
+            if weights is not None:
+                raise ValueError("weights= applies to a model given by name; load them into the module instead")
+            net = copy.deepcopy(model) if is_gated(model) else gate_model(model, predictor=True)
+        else:
+            raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+        return net.eval().requires_grad_(False)
+
+    # -- properties ----------------------------------------------------------------------------------------
+    @property
+    def budget(self) -> float:
+        """MAC budget: the cap on each image's backbone MAC fraction."""
+        return self._budget
+
+    @budget.setter
+    def budget(self, value: float) -> None:
+        value = float(value)
+        if not (math.isfinite(value) and 0.0 < value <= 1.0):
+            raise ValueError(f"budget must be a MAC fraction in (0, 1], got {value}")
+        self._budget = value
+
+    @property
+    def loss_scale_value(self) -> float:
+        """β_b the next reward divides by."""
+        s = self.loss_scale
+        return max(s.value if isinstance(s, RunningLossScale) else s, LOSS_SCALE_FLOOR)
+
+    def restart_loss_scale(self) -> None:
+        """Forget the env's own running loss mean (a fixed or a shared ``loss_scale`` is left alone)."""
+        if self._own_scale:
+            self.loss_scale = RunningLossScale(self._warmup, self._decay)
+
+    def ratio_of(self, actions: np.ndarray) -> np.ndarray:
+        """Keep ratio of clipped actions (float64): ``min_keep + (a + 1)/2·(1 - min_keep)``, 6 decimals."""
+        r = self.min_keep + (actions + 1.0) * 0.5 * (1.0 - self.min_keep)
+        return np.clip(np.round(r, RATIO_DECIMALS), self.min_keep, 1.0)
+
+    # -- episodes -----------------------------------------------------------------------------------------
+    def reset(
+        self, rngs: Sequence[np.random.Generator], image_index: Sequence[int | None]
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Start ``B`` new episodes: draw each image from its own generator, run the prefix, observe unit 0."""
+        n = len(self._labels)
+        b = self.num_envs
+        idx = np.empty(b, dtype=np.int64)
+        shifts = np.empty((b, 3), dtype=np.int64)
+        for i, rng in enumerate(rngs):
+            forced = image_index[i]
+            if forced is None:
+                idx[i] = rng.integers(n)
+            else:
+                if not 0 <= int(forced) < n:
+                    raise ValueError(f"image_index {forced} out of range: the split has {n} images")
+                idx[i] = int(forced)
+            if self.augment:  # crop offsets (y, x) and flip, after the image, from the same generator
+                shifts[i, :2] = rng.integers(0, 2 * _PAD + 1, size=2)
+                shifts[i, 2] = rng.integers(2)
+        sel = torch.from_numpy(idx).to(self.device)
+        images = self._images[sel]
+        if self.augment:
+            s = torch.from_numpy(shifts)
+            images = crop_flip(images, s[:, 0], s[:, 1], s[:, 2].bool(), padding=_PAD)
+        x = self.dataset.normalize(images)
+        self._y = self._labels[sel]
+        self._image_index = idx.tolist()
+        with torch.inference_mode():
+            self._h = self.stepper.prefix(x)
+        self._t = 0
+        self._keep[:] = 0
+        self._committed[:] = self._fixed_macs
+        obs = self._observe(0)
+        return obs, [{"image_index": i} for i in self._image_index]
+
+    def _observe(self, t: int) -> np.ndarray:
+        """Observation of every episode at unit ``t`` (``t = num_units``: the terminal observation)."""
+        obs = np.zeros((self.num_envs, self.obs_dim), dtype=np.float32)
+        self._importance = None
+        if t < self.num_units:
+            assert self._h is not None
+            g = self.units[t]
+            with torch.inference_mode():
+                raw = g.runtime_importance(self._h)
+                gap, u_r = g.source_view(*raw)
+            self._importance = (self._h, raw)
+            obs[:, : gap.shape[1]] = gap.cpu().numpy()
+            obs[:, self.gap_width : self.gap_width + u_r.shape[1]] = u_r.cpu().numpy()
+            feats = obs[:, :-3]
+            if not np.isfinite(feats).all():
+                raise RuntimeError(
+                    f"the model produced non-finite activations at the input of unit {t}; check its weights"
+                )
+            np.clip(feats, -OBS_BOUND, OBS_BOUND, out=feats)
+        obs[:, -3] = min(t / max(self.num_units - 1, 1), 1.0)
+        obs[:, -2] = self._budget
+        obs[:, -1] = self._committed / self.base_macs
+        return obs
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, list[dict[str, Any]]]:
+        """Apply one keep ratio per episode to the current unit and run up to the next one.
+
+        Args:
+            actions: Float64 ``(B,)``, finite (checked by the front ends).
+
+        Returns:
+            ``(obs (B, D) float32, rewards (B,) float64, terminated, infos)``; after the last unit ``obs`` is
+            the terminal observation.
+        """
+        t = self._t
+        if t < 0:
+            raise RuntimeError("call reset() before step()")
+        if t >= self.num_units:
+            raise RuntimeError("the episode is over (the last unit was pruned); call reset() to start a new one")
+        requested = self.min_keep + (actions + 1.0) * 0.5 * (1.0 - self.min_keep)
+        ratio = self.ratio_of(np.clip(actions, -1.0, 1.0))
+        g = self.units[t]
+        g.runtime = torch.from_numpy(ratio).to(self.device)
+        if self._importance is not None:
+            # the observation computed GAP and u_r of this very input: the unit's forward reuses them
+            h_seen, seen = self._importance
+
+            def importance(x: torch.Tensor, g: GatedConv = g) -> tuple[torch.Tensor, torch.Tensor]:
+                return seen if x is h_seen else GatedConv.runtime_importance(g, x)
+
+            g.__dict__["runtime_importance"] = importance
+        try:
+            with torch.inference_mode():
+                self._h = self.stepper.step(t, self._h)  # type: ignore[arg-type]
+        finally:
+            g.runtime = None
+            g.__dict__.pop("runtime_importance", None)
+            self._importance = None
+        assert g.last_keep is not None
+        kept = g.last_keep.sum(1).cpu().numpy()
+        self._keep[:, t] = kept
+        p = self._producer[t]
+        cin = self._keep[:, p] if p is not None else self._in_channels[t]
+        self._committed += (self._unit_coef[t] * cin + self._consumer_coef[t]) * kept
+        self._t = t + 1
+        if self._t < self.num_units:
+            frac = (self._committed / self.base_macs).tolist()
+            obs, rewards, done = self._observe(self._t), np.zeros(self.num_envs), False
+        else:
+            cost = self.cost_model.from_counts(torch.from_numpy(self._keep), self._stored)
+            frac = cost.macs_fraction.tolist()  # from the final combined masks of every unit
+        c, pf = self._full[t], self.params_fraction
+        cols = zip(self._image_index, requested.tolist(), ratio.tolist(), kept.tolist(), frac, strict=True)
+        infos = [
+            {
+                "unit": t,
+                "image_index": i,
+                "requested_ratio": rq,
+                "ratio": r,
+                "kept_channels": k,
+                "kept_fraction": k / c,
+                "macs_fraction": f,
+                "params_fraction": pf,
+            }
+            for i, rq, r, k, f in cols
+        ]
+        if self._t < self.num_units:
+            return obs, rewards, done, infos
+        return self._finish(cost, infos)
+
+    def _finish(
+        self, cost: Cost, infos: list[dict[str, Any]]
+    ) -> tuple[np.ndarray, np.ndarray, bool, list[dict[str, Any]]]:
+        """The last unit ran: score the logits against the cost of the final masks, pay the reward."""
+        logits = self._h
+        assert logits is not None
+        with torch.inference_mode():
+            ce = F.cross_entropy(logits.float(), self._y, reduction="none").double()
+            capped = ~torch.isfinite(ce)
+            ce = torch.where(capped, torch.full_like(ce, LOSS_CAP), ce)
+            correct = logits.argmax(1) == self._y
+        frac = cost.macs_fraction  # float64 (B,)
+        if isinstance(self.loss_scale, RunningLossScale):
+            # before the reward, as in the static env: the first batch is normalised by its own mean CE
+            self.loss_scale.update(float(ce.mean()))
+        scale = self.loss_scale_value
+        r_acc = -ce.cpu() / scale
+        r_bud = self.budget_term(frac, self._budget)
+        reward = (r_acc + r_bud).numpy()
+        pred = (cost.predictor_macs.double() / self.base_macs).tolist()
+        cols = {
+            "predictor_macs_fraction": pred,
+            "reward_accuracy": r_acc.tolist(),
+            "reward_budget": r_bud.tolist(),
+            "ce": ce.tolist(),
+            "loss_capped": capped.tolist(),
+            "correct": correct.tolist(),
+            "label": self._y.tolist(),
+        }
+        for i, info in enumerate(infos):
+            for k, v in cols.items():
+                info[k] = v[i]
+            info["loss_scale"] = scale
+        self._committed = cost.macs.numpy()
+        return self._observe(self.num_units), reward, True, infos
+
+
+def _check_actions(actions: Any, num_envs: int) -> np.ndarray:
+    """Actions as float64 ``(B,)``; ``ValueError`` for a wrong shape or a non-finite value."""
+    try:
+        a = np.asarray(actions, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"actions must be numbers (a float array of shape ({num_envs}, 1)): {e}") from e
+    if num_envs == 1 and a.shape in ((), (1,), (1, 1)):
+        a = a.reshape(1)
+    elif a.shape in ((num_envs, 1), (num_envs,)):
+        a = a.reshape(num_envs)
+    else:
+        want = "(1,)" if num_envs == 1 else f"({num_envs}, 1)"
+        raise ValueError(f"action has shape {a.shape}; expected {want} (one keep-ratio action per episode)")
+    if not np.isfinite(a).all():
+        raise ValueError(
+            f"action contains {a[~np.isfinite(a)][0]}; actions must be finite (values outside [-1, 1] are clipped, "
+            "NaN and infinity are refused: they usually mean the policy diverged)"
+        )
+    return a
+
+
+class _SharedAttributes:
+    """Read-through properties of the core that both front ends expose."""
+
+    _core: _RuntimeCore
+
+    @property
+    def budget(self) -> float:
+        """MAC budget (fraction of the base backbone MACs per image); settable, observed from the next step."""
+        return self._core.budget
+
+    @budget.setter
+    def budget(self, value: float) -> None:
+        self._core.budget = value
+
+    @property
+    def min_keep(self) -> float:
+        """Smallest keep ratio an action maps to."""
+        return self._core.min_keep
+
+    @property
+    def num_units(self) -> int:
+        """L: prunable units, i.e. steps per episode."""
+        return self._core.num_units
+
+    @property
+    def model(self) -> nn.Module:
+        """The env's gated copy of the model (eval mode, no gradients; its static plan set)."""
+        return self._core.model
+
+    @property
+    def dataset(self) -> ImageDataset:
+        """The images episodes are drawn from (normalised as the model's weights expect)."""
+        return self._core.dataset
+
+    @property
+    def cost_model(self) -> CostModel:
+        """The :class:`pruning.accounting.CostModel` of :attr:`model`."""
+        return self._core.cost_model
+
+    @property
+    def base_macs(self) -> int:
+        """Backbone MACs per image of the unpruned model: the denominator of every MAC fraction."""
+        return self._core.base_macs
+
+    @property
+    def tradeoff(self) -> float:
+        """R_r of the trade-off pruner (fixed for the env's lifetime)."""
+        return self._core.tradeoff
+
+    @property
+    def static_keep(self) -> list[float] | None:
+        """The fixed static keep ratio per unit, or ``None``."""
+        return self._core.static_keep
+
+    @property
+    def loss_scale(self) -> RunningLossScale | float:
+        """β_b: the running mean of the loss (``RunningLossScale``) or a fixed float."""
+        return self._core.loss_scale
+
+    @loss_scale.setter
+    def loss_scale(self, value: RunningLossScale | float) -> None:
+        if not isinstance(value, RunningLossScale) and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"loss_scale must be a RunningLossScale or a positive number, got {value}")
+        self._core.loss_scale = value
+        self._core._own_scale = False
+
+    def action_for_ratio(self, ratio: float) -> np.ndarray:
+        """The action (``float32 (1,)``) whose applied keep ratio is ``ratio`` (clipped to ``[min_keep, 1]``)."""
+        r = min(max(float(ratio), self._core.min_keep), 1.0)
+        span = 1.0 - self._core.min_keep
+        a = 1.0 if span == 0 else 2.0 * (r - self._core.min_keep) / span - 1.0
+        return np.array([a], dtype=np.float32)
+
+
+class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
+    """Runtime channel pruning of one image's forward pass, one prunable unit per step (``prunegym/RuntimePruning-v0``).
+
+    ## Description
+
+    Paper 7's runtime MDP (Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning
+    via Deep RL", NeurIPS 2020, §3.3; ``reference/methods.md`` §7.3). An episode is one image's forward pass
+    through a fixed, gated network (``pruning.gating.GatedConv``: each prunable unit has a runtime channel
+    importance predictor ``u_r = FC(GAP(input))``). At step ``t`` the agent sees unit ``t``'s input (its
+    global average pool) and the predictor's importance of each of the unit's output channels, and chooses
+    the unit's **runtime keep ratio** for this image; the unit then keeps that fraction of its channels, the
+    most important by ``u_r`` (combined with the fixed static plan by the trade-off pruner at rate R_r), and
+    the network runs on to the next unit. After the last unit the logits are scored: the reward trades the
+    image's cross-entropy against its MAC cost.
+
+    The prunable units are those of ``pruning.units``: ``conv1`` of every residual block in a CIFAR ResNet,
+    every conv but the last in a plain net. A step runs the network from unit ``t`` to unit ``t + 1`` only
+    (``pruning.stepper.UnitStepper``), so an episode costs one forward pass. ``RuntimePruningVecEnv`` runs
+    ``num_envs`` images as synchronous episodes with one batched forward per step, and gives exactly what
+    ``num_envs`` of these environments give (see its docstring).
+
+    Two flaws of the released code are not copied: the MAC fraction is computed from the **final combined
+    masks** (what the trade-off pruner applied), not from the raw actions, and each conv's input channels
+    come from its producer unit's mask (the released code scales both the input and the output channels of
+    a layer by the previous layer's action).
+
+    ## Action Space
+
+    The action is a `ndarray` of shape `(1,)`, `float32`, in `[-1, 1]`: unit t's runtime keep ratio
+    `min_keep + (a + 1) / 2 · (1 - min_keep)`, i.e. `[-1, 1]` maps to `[min_keep, 1]` (`[0.1, 1]` by default,
+    paper 7's floor). Values outside `[-1, 1]` are clipped to it (a Gaussian policy samples outside its box);
+    `info` shows the requested (unclipped) and the applied ratio. NaN or infinite values, or an array that is
+    not one number, raise `ValueError`. The ratio is rounded to 6 decimals (float32 noise), and keeps
+    `k = clamp(ceil(ratio·C), 1, C)` channels (`pruning.plan.keep_count`; C = the unit's full width), capped at
+    the unit's stored channels. `action_for_ratio(r)` inverts the map.
+
+    ## Observation Space
+
+    The observation is a `ndarray` of shape `(G + U + 3,)`, `float32`, where `G` is the widest C_in and `U`
+    the widest C_out over the units (tiny_cnn: 16 + 16 + 3 = 35; ResNet-20/56: 64 + 64 + 3 = 131):
+
+    | Num         | Observation                                                          | Min    | Max   |
+    |-------------|----------------------------------------------------------------------|--------|-------|
+    | 0 … G-1     | GAP of unit t's input, channel c (0 for c ≥ unit t's C_in)           | -1e4   | 1e4   |
+    | G … G+U-1   | `u_r` of unit t's output channel c (0 for c ≥ C_out, and for channels not stored) | -1e4 | 1e4 |
+    | G+U         | unit index t / (L - 1)                                                | 0      | 1     |
+    | G+U+1       | MAC budget (fraction of the base backbone MACs)                      | 0      | 1     |
+    | G+U+2       | MAC fraction committed so far (see below)                            | 0      | 1     |
+
+    GAP and `u_r` are the predictor's own inputs and outputs at the unit's original widths
+    (`GatedConv.source_view`: input channels pruned upstream read 0, as do output channels that are never
+    stored), so an observation means the same for a masked, an exported and a `DynamicModel` network. They
+    are clipped to `[-1e4, 1e4]` (`OBS_BOUND`) so the Box is finite; real values are O(1)-O(10). The
+    **committed MAC fraction** is `(MACs of the layers that are not units' outputs, e.g. the stem and the
+    classifier) + Σ_{u < t} MACs of unit u's conv and of its non-unit consumer` under the masks applied so
+    far, over the base MACs: it starts at the unprunable floor and ends at the episode's MAC fraction B.
+    The terminal observation (after the last unit) has zeros for GAP and `u_r`, index 1 and the final B.
+
+    ## Rewards
+
+    0 at every step but the last. At the last unit, for the image `(x, y)`:
+
+    `r = -CE(x, y) / β + budget_term(B, budget)`, with
+
+    - `β` the running mean of the cross-entropy (`envs.rewards.RunningLossScale`: cumulative mean of the batch
+      mean CE over the first `loss_scale_warmup` batches, then an EMA with `loss_scale_decay`; 1 before the
+      first update), or a fixed `loss_scale`. β is updated with the batch's mean CE **before** the rewards are
+      computed (as in `StaticPruningEnv`), so the first batch is normalised by its own loss rather than by
+      an arbitrary 1; in a batch of B episodes each reward thus depends on the batch's mean CE. A single
+      environment is a batch of one.
+    - `B` the image's backbone MAC fraction: conv + linear MACs of the network under the final combined
+      masks of every unit (`pruning.accounting.CostModel.from_counts`), over the unpruned backbone's MACs.
+      Predictor MACs are overhead and are not charged (paper 7's B counts conv MACs only); `info` reports
+      them apart.
+    - `budget_term` paper 7's released-code budget reward (`envs.rewards.budget_term`, coefficients from
+      `budget_term=BudgetTerm(...)`): `-1.2·(exp((B - budget)/0.03) - 1)` over budget, `+0.1·(budget - B)`
+      under.
+
+    A non-finite CE (logits that overflow) is replaced by `LOSS_CAP` (`info["loss_capped"]`), and the penalty's
+    exponent is capped, so the reward is finite for any action.
+
+    ## Starting State
+
+    Unit 0 of an image drawn uniformly (with replacement) from the data split by `self.np_random`; on an
+    augmented split (`train` by default) the crop offsets and the flip are drawn next from the same generator.
+    `reset(seed=s)` reseeds the generator **and restarts the running loss scale** (a shared or fixed scale is
+    left alone), so two rollouts from the same seed and actions are identical; an unseeded `reset()` continues
+    both. `reset(options={"image_index": i})` runs image `i` of the split (no draw for the image; augmentation
+    is still drawn).
+
+    ## Episode End
+
+    1. Termination: the last unit has been pruned (every episode has exactly `num_units` steps).
+    2. Truncation: never.
+
+    `info` at every step: `unit`, `image_index`, `requested_ratio`, `ratio` (applied), `kept_channels`,
+    `kept_fraction` (kept / full width, after the trade-off with the static plan), `macs_fraction` (committed
+    so far; at the last unit the episode's B), `params_fraction` (stored backbone parameters over the base:
+    fixed by the static plan). At the last unit also `predictor_macs_fraction`, `reward_accuracy`,
+    `reward_budget`, `ce`, `loss_capped`, `correct` (top-1), `label` and `loss_scale` (the β used). `reset`'s
+    `info` has `image_index`.
+
+    ## Arguments
+
+    All keyword-only; `gymnasium.make("prunegym/RuntimePruning-v0", **kwargs)` passes them through.
+
+    | Parameter           | Default       | Description                                                               |
+    |---------------------|---------------|---------------------------------------------------------------------------|
+    | `model`             | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`             |
+    | `weights`           | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
+    | `dataset`           | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`       |
+    | `data_dir`          | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)         |
+    | `split`             | `"val"`       | where images come from: `"val"` or `"train"`; `"test"` is refused         |
+    | `num_images`        | `None`        | use only the split's first `num_images` images (`None`: all)              |
+    | `dataset_kwargs`    | `None`        | extra keywords of `get_dataset` (e.g. `val_size`; synthetic: `size`)      |
+    | `augment`           | `None`        | CIFAR crop + flip per episode; `None`: the split's default (train only)   |
+    | `budget`            | `0.5`         | MAC budget: cap on each image's backbone MAC fraction, in (0, 1]          |
+    | `static_keep`       | `None`        | fixed static keep ratio per unit (`None`: no static pruning)              |
+    | `tradeoff`          | `None`        | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`  |
+    | `min_keep`          | `0.1`         | keep ratio of action -1 (paper 7's runtime floor)                         |
+    | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)         |
+    | `loss_scale`        | `None`        | β: `None` (a fresh running mean), a shared `RunningLossScale`, or a float  |
+    | `loss_scale_warmup` | `200`         | batches averaged cumulatively before the EMA starts (fresh running mean)  |
+    | `loss_scale_decay`  | `0.995`       | EMA weight of the old value (fresh running mean)                          |
+    | `device`            | `"cpu"`       | where the model runs and the images live                                  |
+    | `render_mode`       | `None`        | nothing is rendered; must be `None`                                       |
+
+    Details:
+
+    - `model`: a name is built with `pruning.models.get_model` (random initialisation seeded with 0, so every
+      env built from the same name holds the same network) and gated with predictors; a plain `nn.Module` is
+      deep-copied and gated with predictors (fresh predictors compute `u_r = γ`, a constant ranking); a gated
+      module is deep-copied and used as it is (an exported one keeps its fixed static structure and R_r;
+      otherwise the env sets its own static plan). The copy runs in eval mode without gradients.
+    - Inputs are normalised as the model's weights expect (`pruning.train.dataset_for_model`).
+    - The static plan and R_r never change during the env's lifetime (paper 7 alternates agent and network
+      training; the network is the environment). `budget` may be changed (`env.budget = 0.3`); the
+      observation shows it from the next step.
+
+    ```python
+    >>> import gymnasium as gym
+    >>> import envs
+    >>> env = gym.make("prunegym/RuntimePruning-v0", model="tiny_cnn", budget=0.5)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape, obs.dtype, env.action_space
+    ((35,), dtype('float32'), Box(-1.0, 1.0, (1,), float32))
+    >>> terminated = False
+    >>> while not terminated:  # keep half of every unit's channels
+    ...     obs, reward, terminated, truncated, info = env.step(env.unwrapped.action_for_ratio(0.5))
+    >>> info["unit"], info["ratio"], info["kept_channels"], round(info["macs_fraction"], 4)
+    (2, 0.5, 8, 0.3423)
+    >>> reward == info["reward_accuracy"] + info["reward_budget"], info["reward_budget"] > 0
+    (True, True)
+
+    ```
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        *,
+        model: str | nn.Module = "tiny_cnn",
+        weights: str | Path | None = None,
+        dataset: str | ImageDataset = "synthetic",
+        data_dir: str | Path | None = None,
+        split: str = "val",
+        num_images: int | None = None,
+        dataset_kwargs: Mapping[str, Any] | None = None,
+        augment: bool | None = None,
+        budget: float = 0.5,
+        static_keep: Sequence[float] | None = None,
+        tradeoff: float | None = None,
+        min_keep: float = 0.1,
+        budget_term: BudgetTerm | None = None,
+        loss_scale: RunningLossScale | float | None = None,
+        loss_scale_warmup: int = 200,
+        loss_scale_decay: float = 0.995,
+        device: str | torch.device = "cpu",
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if render_mode is not None:
+            raise ValueError(f"RuntimePruningEnv renders nothing; render_mode must be None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self._core = _RuntimeCore(
+            1, model=model, weights=weights, dataset=dataset, data_dir=data_dir, split=split,
+            num_images=num_images, dataset_kwargs=dataset_kwargs, augment=augment, budget=budget,
+            static_keep=static_keep, tradeoff=tradeoff, min_keep=min_keep, budget_term=budget_term,
+            loss_scale=loss_scale, loss_scale_warmup=loss_scale_warmup, loss_scale_decay=loss_scale_decay,
+            device=device,
+        )  # fmt: skip
+        self.observation_space = self._core.observation_space
+        self.action_space = self._core.action_space
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode on a new image (see Starting State).
+
+        Args:
+            seed: Reseeds ``np_random`` and restarts the running loss scale.
+            options: ``{"image_index": i}`` runs image ``i`` of the split instead of a random one.
+
+        Raises:
+            ValueError: an unknown option or an image index out of range.
+        """
+        super().reset(seed=seed)
+        if seed is not None:
+            self._core.restart_loss_scale()
+        options = dict(options or {})
+        index = options.pop("image_index", None)
+        if options:
+            raise ValueError(f"unknown reset option(s) {sorted(options)}; the only option is 'image_index'")
+        obs, infos = self._core.reset([self.np_random], [index])
+        return obs[0], infos[0]
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Prune the current unit with ``action`` and run to the next unit (see Rewards and Episode End).
+
+        Raises:
+            ValueError: the action is not one finite number.
+            RuntimeError: no episode is running (call ``reset()``).
+        """
+        a = _check_actions(action, 1)
+        obs, rewards, terminated, infos = self._core.step(a)
+        return obs[0], float(rewards[0]), terminated, False, infos[0]
+
+    def render(self) -> None:
+        """Nothing to render (``render_mode`` is always ``None``)."""
+        return None
+
+
+class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
+    """``num_envs`` runtime-pruning episodes run as one batch: a stable-baselines3 ``VecEnv``.
+
+    The MDP, spaces, rewards and arguments are those of :class:`RuntimePruningEnv` (its docstring is the
+    manual); every keyword argument is passed through. Sub-environment ``i`` is an image's episode in row
+    ``i`` of a batch: all episodes are at the same unit, so each step is one batched forward segment
+    (activations stay in the env between steps) and every episode ends at the same step.
+
+    - **Auto-reset** as in SB3: at the last unit, ``dones`` are all true, each ``infos[i]`` carries
+      ``terminal_observation`` (and ``TimeLimit.truncated = False``), and the returned observations are the
+      first ones of the next episodes (their reset infos are in ``reset_infos``).
+    - **Seeding**: each sub-environment owns a generator. ``seed(s)`` (or ``set_random_seed`` in an SB3
+      algorithm) makes the next ``reset()`` seed sub-environment ``i`` with ``s + i``, exactly as a
+      ``RuntimePruningEnv`` reset with ``seed=s + i``: it draws the same images, so the observations, masks,
+      MAC fractions, CE and budget terms equal those of ``num_envs`` single environments. The accuracy term
+      agrees too while β is the same: always with a fixed ``loss_scale``, and in the first episode with a
+      running one (afterwards the vector env updates β with the batch's mean CE, a single env with its own).
+      A seeded reset restarts the running loss scale, like the single env's.
+    - ``set_options([{"image_index": i}, ...])`` fixes the images of the next ``reset()``.
+    - **Attributes**: the sub-environments share one model, plan, budget and loss scale. ``get_attr(name)``
+      returns the shared attribute once per index (``np_random``: each sub-environment's own generator);
+      ``set_attr`` sets a shared attribute for all indices at once (a subset of indices raises ``ValueError``,
+      except for ``np_random``); ``env_method(name, ...)`` calls the shared method once per index (the
+      batch-wide methods ``reset``, ``step``, ``close``, ``seed`` are refused: call them on the VecEnv);
+      ``env_is_wrapped`` is false (no Gymnasium wrappers inside).
+
+    Args:
+        num_envs: Episodes per batch (B).
+        **kwargs: Keyword arguments of :class:`RuntimePruningEnv`.
+
+    Example:
+        >>> import numpy as np
+        >>> from envs.runtime import RuntimePruningVecEnv
+        >>> venv = RuntimePruningVecEnv(num_envs=4, model="tiny_cnn", budget=0.5)
+        >>> venv.seed(0)
+        [0, 1, 2, 3]
+        >>> obs = venv.reset()
+        >>> obs.shape
+        (4, 35)
+        >>> for _ in range(venv.num_units):
+        ...     obs, rewards, dones, infos = venv.step(np.zeros((4, 1), dtype=np.float32))
+        >>> bool(dones.all()), "terminal_observation" in infos[0], round(infos[0]["ratio"], 3)
+        (True, True, 0.55)
+    """
+
+    _BATCH_METHODS = frozenset({"reset", "step", "step_async", "step_wait", "close", "seed", "set_options"})
+
+    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+        render_mode = kwargs.pop("render_mode", None)
+        if render_mode is not None:
+            raise ValueError(f"RuntimePruningVecEnv renders nothing; render_mode must be None, got {render_mode!r}")
+        defaults = _env_defaults()
+        unknown = set(kwargs) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {sorted(unknown)}; RuntimePruningEnv takes {sorted(defaults)}")
+        self._core = _RuntimeCore(num_envs, **{**defaults, **kwargs})
+        self.render_mode = None
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._actions: np.ndarray | None = None
+        super().__init__(num_envs, self._core.observation_space, self._core.action_space)
+
+    # -- SB3 VecEnv API ---------------------------------------------------------------------------------------
+    def reset(self) -> VecEnvObs:
+        """Start a new batch of episodes, with the seeds and options set since the last reset (used once)."""
+        seeded = False
+        for i, s in enumerate(self._seeds):
+            if s is not None or self._rngs[i] is None:
+                self._rngs[i], _ = seeding.np_random(s)
+                seeded |= s is not None
+        if seeded:
+            self._core.restart_loss_scale()
+        indices: list[int | None] = []
+        for opts in self._options:
+            opts = dict(opts or {})
+            indices.append(opts.pop("image_index", None))
+            if opts:
+                raise ValueError(f"unknown reset option(s) {sorted(opts)}; the only option is 'image_index'")
+        obs, self.reset_infos = self._core.reset(self._generators(), indices)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Store the actions of every episode (shape ``(num_envs, 1)``) for :meth:`step_wait`."""
+        self._actions = _check_actions(actions, self.num_envs)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Run the current unit of every episode; auto-reset after the last unit."""
+        if self._actions is None:
+            raise RuntimeError("call step_async(actions) before step_wait()")
+        actions, self._actions = self._actions, None
+        if self._core._t < 0:
+            raise RuntimeError("call reset() before step()")
+        obs, rewards, terminated, infos = self._core.step(actions)
+        dones = np.full(self.num_envs, terminated, dtype=bool)
+        if terminated:
+            for i, info in enumerate(infos):
+                info["terminal_observation"] = obs[i].copy()
+                info["TimeLimit.truncated"] = False
+            obs, self.reset_infos = self._core.reset(self._generators(), [None] * self.num_envs)
+        return obs, rewards.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        """Nothing to release."""
+        return None
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        """Seed sub-environment ``i`` with ``seed + i`` at the next :meth:`reset` (SB3 semantics).
+
+        Returns:
+            The seeds the next reset will use (random ones when ``seed`` is ``None``).
+        """
+        return super().seed(seed)
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """Attribute of each indexed sub-environment: the shared one, or each one's ``np_random``."""
+        idx = self._get_indices(indices)
+        if attr_name == "np_random":
+            return [self._generators()[i] for i in idx]
+        value = getattr(self, attr_name)
+        return [value for _ in idx]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Set an attribute: shared ones for all indices at once, ``np_random`` per sub-environment.
+
+        Raises:
+            ValueError: a shared attribute set for only some sub-environments.
+        """
+        idx = list(self._get_indices(indices))
+        if attr_name == "np_random":
+            for i in idx:
+                self._rngs[i] = value
+            return
+        if sorted(idx) != list(range(self.num_envs)):
+            raise ValueError(
+                f"{attr_name!r} is shared by all {self.num_envs} sub-environments of a RuntimePruningVecEnv "
+                "(they run as one batch); set it for all indices (indices=None)"
+            )
+        setattr(self, attr_name, value)
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        """Call a shared method once per indexed sub-environment and return the results.
+
+        Raises:
+            ValueError: a batch-wide method (``reset``, ``step``, ``close``, ``seed``, ...): call it on the VecEnv.
+        """
+        if method_name in self._BATCH_METHODS:
+            raise ValueError(
+                f"{method_name!r} acts on the whole batch of a RuntimePruningVecEnv; call venv.{method_name}() "
+                "directly"
+            )
+        method = getattr(self, method_name)
+        return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        """Always false: the sub-environments are rows of one batch, not wrapped Gymnasium envs."""
+        return [False for _ in self._get_indices(indices)]
+
+    def _generators(self) -> list[np.random.Generator]:
+        for i, rng in enumerate(self._rngs):
+            if rng is None:
+                self._rngs[i], _ = seeding.np_random(None)
+        return self._rngs  # type: ignore[return-value]
+
+
+def _env_defaults() -> dict[str, Any]:
+    """Keyword defaults of :class:`RuntimePruningEnv` (but ``render_mode``), shared by the vector env."""
+    import inspect
+
+    params = inspect.signature(RuntimePruningEnv.__init__).parameters
+    return {k: p.default for k, p in params.items() if k not in ("self", "render_mode")}

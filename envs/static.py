@@ -1,0 +1,847 @@
+"""The static pruning environment ``prunegym/StaticPruning-v0``: one episode decides every unit's static keep ratio.
+
+AMC-like (He et al., ECCV 2018, ``mit-han-lab/amc`` ``env/channel_pruning_env.py``) with the rewards and the
+optional runtime policy of paper 7 (Chen, Chen & Pan, NeurIPS 2020; ``reference/methods.md`` §7.3). The class
+docstring of :class:`StaticPruningEnv` is the manual.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from pruning.accounting import CostModel
+from pruning.data import ImageDataset, get_dataset, normalize
+from pruning.gating import GatedConv, applied_masks, gate_model, gated_units, is_gated, set_plan, stored_masks
+from pruning.models import get_model, input_normalization
+from pruning.plan import RATIO_EPS, PruningPlan, RuntimeSource, keep_count
+from pruning.units import Unit, unit_conv
+
+from .rewards import LOSS_CAP, BudgetTerm, EpisodeResult, RewardFn, RunningLossScale, get_reward
+
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "DESCRIPTOR_NAMES",
+    "StaticPruningEnv",
+    "l1_criterion",
+    "l2_criterion",
+    "us_criterion",
+]
+
+log = logging.getLogger(__name__)
+
+#: A channel criterion: ``fn(model, unit) -> scores (C_out,)``, higher = more important (kept first).
+Criterion = Callable[[nn.Module, Unit], torch.Tensor]
+
+#: Per-unit descriptors of the observation, in order (each min-max normalised over the model's units).
+DESCRIPTOR_NAMES: tuple[str, ...] = ("index", "c_in", "c_out", "kernel", "stride", "out_hw", "params", "macs")
+
+
+
+def _unit_weight(model: nn.Module, unit: Unit) -> torch.Tensor:
+    return unit_conv(model.get_submodule(unit.conv)).weight.detach()
+
+
+def l1_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
+    """L1 norm of each output filter of the unit's conv (Li et al., ICLR 2017): ``Σ|W[c]|``."""
+    return _unit_weight(model, unit).abs().sum(dim=(1, 2, 3))
+
+
+def l2_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
+    """L2 norm of each output filter of the unit's conv: ``‖W[c]‖₂``."""
+    return _unit_weight(model, unit).pow(2).sum(dim=(1, 2, 3)).sqrt()
+
+
+def us_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
+    """Paper 7's learned static importance ``u_s`` of a gated unit.
+
+    Raises:
+        ValueError: the unit is not gated (a plain model has no ``u_s``; use ``"l1"`` or gate and train it).
+    """
+    mod = model.get_submodule(unit.conv)
+    if not isinstance(mod, GatedConv) or mod.static_importance is None:
+        raise ValueError(
+            f"criterion 'u_s' needs a gated model (unit {unit.index} at {unit.conv!r} is not gated); "
+            "use criterion='l1' for plain models, or gate the model (pruning.gating.gate_model) and train u_s"
+        )
+    return mod.static_importance.detach().clone()
+
+
+#: Channel criteria by name. Any ``Criterion`` callable can be passed to the environment instead.
+CRITERIA: dict[str, Criterion] = {"l1": l1_criterion, "l2": l2_criterion, "u_s": us_criterion}
+
+
+def _stored_counts(c: int, k_s: np.ndarray, tradeoff: float) -> np.ndarray:
+    """Stored channels for static keep counts ``k_s``: ``C - floor((1 - R_r)(C - k_s))`` (as :mod:`pruning.gating`)."""
+    return c - np.floor((1.0 - tradeoff) * (c - k_s) + RATIO_EPS).astype(np.int64)
+
+
+def _computed_bound(c: int, k_s: np.ndarray, tradeoff: float, k_r: int | None) -> np.ndarray:
+    """Most channels a unit can compute for one image, for each static keep count in ``k_s``.
+
+    ``k_r`` is the runtime keep count of a fixed runtime ratio, or ``None`` when there is no runtime policy
+    (the unit computes exactly its stored channels) or the policy is a callable (it may keep every stored
+    channel). With a fixed ratio the trade-off pruner (paper 7 Eqs. 3-5, :func:`pruning.gating.tradeoff_pruned`)
+    prunes ``o + floor(R_r(n_r - o)) + floor((1 - R_r)(n_s - o))`` channels, where the overlap ``o`` of the
+    static and runtime pruned sets depends on the image; the bound is the maximum over every overlap the
+    pruner allows (at least the stored-pruned channels, at most ``min(n_r, n_s)``).
+    """
+    stored = _stored_counts(c, k_s, tradeoff)
+    if k_r is None:
+        return stored
+    n_r = (c - np.minimum(k_r, stored))[:, None]
+    n_s = (c - k_s)[:, None]
+    n_rem = (c - stored)[:, None]
+    o = np.arange(c + 1)[None, :]
+    lo = np.maximum(np.maximum(n_rem, n_r + n_s - c), 0)
+    hi = np.minimum(n_r, n_s)
+    pruned = (
+        o
+        + np.floor(tradeoff * (n_r - o) + RATIO_EPS).astype(np.int64)
+        + np.floor((1.0 - tradeoff) * (n_s - o) + RATIO_EPS).astype(np.int64)
+    )
+    kept = np.where((o >= lo) & (o <= hi), c - pruned, -1)
+    return kept.max(axis=1)
+
+
+class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Static channel pruning of a CIFAR CNN, one prunable unit per step (``prunegym/StaticPruning-v0``).
+
+    ## Description
+
+    The agent walks once through the prunable units of a fixed, pretrained network (DESIGN §3: ``conv1`` of
+    every residual block in a CIFAR ResNet, every conv but the last in a plain net) and gives each one a
+    **static keep ratio**: the fraction of its output channels kept for every input. Which channels are kept
+    is decided by a channel criterion (L1 filter norm for a plain model, paper 7's learned ``u_s`` for a gated
+    one). When the last unit is decided, the pruned model is scored on a fixed validation subset and the
+    episode's only non-zero reward is paid. The budget — a fraction of the unpruned model's MACs per image,
+    optionally also of its parameters — is either enforced by AMC's *action wall* (``budget_mode="clamp"``:
+    each action is cut so that the remaining units, even at the smallest keep ratio, can still meet the budget)
+    or charged in the reward by paper 7's exponential penalty (``budget_mode="penalty"``).
+
+    This is the MDP of AMC (He et al., ECCV 2018) with the rewards of paper 7 (Chen, Chen & Pan, "Storage
+    Efficient and Dynamic Flexible Runtime Channel Pruning via Deep RL", NeurIPS 2020). Optionally a runtime
+    policy runs in the loop (``runtime=``), so the static agent is rewarded for the model as it will run, with
+    runtime and static pruning combined by the trade-off pruner at rate R_r; ``learn_split=True`` lets the agent
+    choose each unit's R_r too (beyond the paper, where R_r is one fixed number).
+
+    ## Action Space
+
+    The action is a `ndarray` of shape `(1,)` (or `(2,)` with `learn_split=True`), `float32`, in `[-1, 1]`:
+
+    | Num | Action                              | Maps to                                                       |
+    |-----|-------------------------------------|---------------------------------------------------------------|
+    | 0   | static keep ratio of unit t         | `min_keep + (a + 1) / 2 · (1 - min_keep)`, in `[min_keep, 1]` |
+    | 1   | R_r of unit t (`learn_split` only)  | `(a + 1) / 2` in `[0, 1]` (0 = pure static, 1 = pure runtime) |
+
+    Values outside `[-1, 1]` are clipped to it (Gaussian policies sample outside their box; stable-baselines3
+    clips before the env sees the action anyway). NaN or infinite values, or an array of the wrong size, raise
+    `ValueError`. A keep ratio `a` keeps `k = clamp(ceil(a·C), 1, C)` channels (`pruning.plan.keep_count`).
+
+    In `clamp` mode the **action wall** then lowers `k` to the largest count for which the budget can still be
+    met with every later unit at `min_keep` (and, with `learn_split`, at R_r = 0); with a parameter budget the
+    wall enforces both budgets. The check is exact: the candidate plans are costed with
+    `pruning.accounting.CostModel`, including the coupling of a plain net's unit with the next unit's input.
+    With a runtime policy in the loop the wall bounds each image's MACs by the most channels each unit can
+    compute (exact for a fixed runtime ratio, all stored channels for a callable policy), so *every* image,
+    not only the mean, meets the budget. With `learn_split`, when even `min_keep` does not fit the requested
+    R_r, R_r is lowered (in steps of 1/20 of the request) until it fits; R_r = 0 always fits. `info` reports
+    the requested and the applied values; the applied ratio equals the requested one unless the wall cut it,
+    and is then `k / C` (always below the requested ratio). In `penalty` mode there is no wall.
+
+    ## Observation Space
+
+    The observation is a `ndarray` of shape `(13,)` (`(14,)` with `learn_split`), `float32`, every entry in
+    `[0, 1]`. Entries 0-7 describe the unit to decide (AMC's layer embedding), each min-max normalised over the
+    model's units (`(x - min) / (max - min)`, 0 when all units are equal):
+
+    | Num | Observation                                                      | Min | Max |
+    |-----|------------------------------------------------------------------|-----|-----|
+    | 0   | unit index t                                                     | 0   | 1   |
+    | 1   | input channels C_in                                              | 0   | 1   |
+    | 2   | output channels C_out                                            | 0   | 1   |
+    | 3   | kernel size k                                                    | 0   | 1   |
+    | 4   | stride                                                           | 0   | 1   |
+    | 5   | output H × W                                                     | 0   | 1   |
+    | 6   | conv weights k²·C_in·C_out (unpruned)                            | 0   | 1   |
+    | 7   | conv MACs k²·H·W·C_in·C_out (unpruned)                           | 0   | 1   |
+    | 8   | MACs already removed, fraction of the base MACs                  | 0   | 1   |
+    | 9   | MACs still removable by units t.., fraction of the base MACs     | 0   | 1   |
+    | 10  | MAC budget, fraction of the base MACs (1 when there is none)     | 0   | 1   |
+    | 11  | parameter budget, fraction of the base params (1 when none)      | 0   | 1   |
+    | 12  | previous applied keep ratio (1 at t = 0)                         | 0   | 1   |
+    | 13  | previous applied R_r (`learn_split` only; `tradeoff` at t = 0)   | 0   | 1   |
+
+    Entries 8 and 9 are computed from the decisions so far: "removed" is `1 - MACs(units < t as decided,
+    units ≥ t unpruned) / base`, "removable" is `MACs(units ≥ t unpruned) - MACs(units ≥ t at min_keep)` over
+    the base, both with the other units as decided. They are exact per-image MACs without a runtime policy
+    and the same per-image upper bound the wall uses with one. The observation after the last step repeats
+    the last unit's descriptors with "removable" 0.
+
+    ## Rewards
+
+    0 at every step but the last. At the last step the pruned model (the plan applied, the runtime policy in
+    the loop if given) is scored on the cached validation subset — deterministic, batched, no gradient —
+    and the reward function is called on an `envs.rewards.EpisodeResult`:
+
+    - `"paper"` (default) — paper 7: `-CE / β_b` (β_b = running mean of the episode loss,
+      `envs.rewards.RunningLossScale`, updated with this episode's loss first) + `budget_term(MAC fraction,
+      budget)` (`-1.2·(exp((B - cap)/0.03) - 1)` over, `+0.1·(cap - B)` under) + with a parameter budget
+      the same penalty on the parameter fraction with no bonus;
+    - `"accuracy"` — AMC's `acc_reward`: top-1 (percent) × 0.01;
+    - `"acc_log_macs"` — AMC's `acc_flops_reward`: `-(1 - top1/100) · log(MACs per image)`;
+    - any name registered with `envs.rewards.register_reward`, or a callable `fn(EpisodeResult) -> (reward,
+      parts)`.
+
+    The MAC fraction is the mean over images when a runtime policy is in the loop. The reward is never NaN:
+    the loss is capped at `LOSS_CAP` when it is not finite (`info["loss_capped"]` is then true), the penalty's
+    exponent is capped, and a reward function that returns a non-finite value raises `ValueError`.
+
+    ## Starting State
+
+    Unit 0, nothing pruned. There is no randomness: the validation subset is drawn once, at construction,
+    with `val_seed`, and every episode scores the same images. `reset(seed=...)` seeds `np_random` (unused by
+    the dynamics) as Gymnasium requires. `reset(options={"budget": b, "param_budget": p})` changes the budgets
+    from this episode on (`ValueError` if `clamp` mode cannot meet them).
+
+    ## Episode End
+
+    1. Termination: the last unit has been decided (the episode has exactly one step per unit).
+    2. Truncation: never.
+
+    `info` at every step: `unit`, `requested_keep`, `applied_keep`, `keep_count`, `wall_keep` (the largest
+    ratio the wall allowed, 1 in `penalty` mode) and with `learn_split` `requested_tradeoff`,
+    `applied_tradeoff`. At the last step also `macs_fraction`, `macs_fraction_max` (the largest over images),
+    `params_fraction`, `macs`, `params`, `top1` (percent), `loss`, `loss_scale`, `loss_capped`,
+    `requested_keeps`, `applied_keeps`, `keep_counts`, `tradeoffs` (lists, one entry per unit) and
+    `reward_parts`.
+
+    ## Arguments
+
+    All keyword-only (`gymnasium.make("prunegym/StaticPruning-v0", **kwargs)` passes them through):
+
+    | Parameter        | Default       | Description                                                                |
+    |------------------|---------------|----------------------------------------------------------------------------|
+    | `model`          | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`, plain/gated |
+    | `weights`        | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
+    | `dataset`        | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`        |
+    | `data_dir`       | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)          |
+    | `split`          | `"val"`       | where reward images come from: `"val"` or `"train"`; `"test"` is refused   |
+    | `num_val`        | `512`         | size of the fixed reward subset (`None`: the whole split)                  |
+    | `val_seed`       | `0`           | seed of the one-time draw of the subset                                    |
+    | `batch_size`     | `128`         | images per forward pass when scoring (CPU caches favour small batches)     |
+    | `budget`         | `0.5`         | MAC budget, fraction of the base MACs per image; `None` for none           |
+    | `param_budget`   | `None`        | parameter budget, fraction of the base backbone parameters                 |
+    | `budget_mode`    | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (paper 7, reward only)        |
+    | `reward`         | `"paper"`     | name in the `envs.rewards` registry, or a callable                         |
+    | `min_keep`       | `0.2`         | smallest keep ratio an action maps to                                      |
+    | `criterion`      | `None`        | `"l1"`, `"l2"`, `"u_s"` or `fn(model, unit) -> scores`                     |
+    | `runtime`        | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
+    | `tradeoff`       | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (paper 7)           |
+    | `learn_split`    | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
+    | `budget_term`    | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)          |
+    | `loss_scale`     | `None`        | β_b: `None` (a fresh running mean), a shared `RunningLossScale`, a float   |
+    | `device`         | `"cpu"`       | where the model is scored                                                  |
+    | `dataset_kwargs` | `None`        | extra keywords of `get_dataset` (e.g. `val_size`, `seed`)                  |
+
+    Details:
+
+    - `model` is deep-copied and used in eval mode without gradients; a plain model is gated without
+      predictors (`pruning.gating.gate_model(predictor=False)`) so plans can mask it.
+    - `num_val`: for `"synthetic"` the split is generated with this many images; for CIFAR the subset is a
+      seeded draw from the 5 000-image `val` split. `None` uses the whole split.
+    - `min_keep` 0.2 is AMC's `lbound`: a static cut is permanent, so no unit drops below a fifth of its
+      channels (the runtime environment's 0.1 is paper 7's runtime floor).
+    - `criterion=None` picks `"u_s"` for a gated model (paper 7's learned static importance) and `"l1"` (filter
+      L1 norm, Li et al. ICLR 2017) for a plain one. A callable gets the env's gated copy of the model and a
+      `pruning.units.Unit`, and returns one score per output channel (higher = kept first); the scores become
+      `PruningPlan.static_scores`.
+    - `runtime`: `None`, one keep ratio for every unit, one per unit, or a `pruning.plan.RuntimeSource`
+      `fn(unit_index, gap, u_r) -> ratios (N,)` asked during the forward pass (a runtime agent). `tradeoff` and
+      `learn_split` need it. With `learn_split` each unit's R_r is set on its `GatedConv` after `set_plan`
+      (`PruningPlan.tradeoff` is one number; see `apply_plan`).
+    - `loss_scale`: share one `RunningLossScale` between environments to normalise them alike; a float
+      fixes β_b.
+
+    A budget that `clamp` mode cannot meet even with every unit at `min_keep` raises `ValueError` at
+    construction (it names the smallest reachable fraction). To time one episode at a given subset size,
+    construct with `num_val=512` or `num_val=2048` (synthetic data is generated at that size).
+
+    ```python
+    >>> import gymnasium as gym
+    >>> import envs
+    >>> env = gym.make("prunegym/StaticPruning-v0", num_val=64, budget=0.5)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape, obs.dtype, env.action_space
+    ((13,), dtype('float32'), Box(-1.0, 1.0, (1,), float32))
+    >>> terminated = False
+    >>> while not terminated:  # ask to keep everything: the wall cuts what the budget cannot afford
+    ...     obs, reward, terminated, truncated, info = env.step(env.action_space.high)
+    >>> info["macs_fraction"] <= 0.5, len(info["applied_keeps"]), info["applied_keeps"][0]
+    (True, 3, 1.0)
+    >>> sorted(info["reward_parts"])
+    ['accuracy', 'budget_macs']
+
+    ```
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        *,
+        model: str | nn.Module = "tiny_cnn",
+        weights: str | Path | None = None,
+        dataset: str | ImageDataset = "synthetic",
+        data_dir: str | Path | None = None,
+        split: str = "val",
+        num_val: int | None = 512,
+        val_seed: int = 0,
+        batch_size: int = 128,
+        budget: float | None = 0.5,
+        param_budget: float | None = None,
+        budget_mode: str = "clamp",
+        reward: str | RewardFn = "paper",
+        min_keep: float = 0.2,
+        criterion: str | Criterion | None = None,
+        runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None = None,
+        tradeoff: float | None = None,
+        learn_split: bool = False,
+        budget_term: BudgetTerm | None = None,
+        loss_scale: RunningLossScale | float | None = None,
+        device: str | torch.device = "cpu",
+        dataset_kwargs: Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if render_mode is not None:
+            raise ValueError(f"StaticPruningEnv renders nothing; render_mode must be None, got {render_mode!r}")
+        self.render_mode = render_mode
+        if budget_mode not in ("clamp", "penalty"):
+            raise ValueError(
+                f"budget_mode must be 'clamp' (AMC's action wall) or 'penalty' (paper 7), got {budget_mode!r}"
+            )
+        if not (math.isfinite(min_keep) and 0.0 < min_keep <= 1.0):
+            raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.budget_mode = budget_mode
+        self.min_keep = float(min_keep)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.learn_split = bool(learn_split)
+
+        # -- data: a fixed reward subset, drawn once ---------------------------------------------------------
+        data = self._load_split(dataset, data_dir, split, num_val, dict(dataset_kwargs or {}))
+        # -- model: a private copy, gated (maskable) ---------------------------------------------------------
+        if isinstance(model, str):
+            # an untrained model (weights=None) is initialised from seed 0, so two envs built alike agree
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                base = get_model(model, num_classes=data.num_classes, weights=weights)
+            self.model_name = model
+        elif isinstance(model, nn.Module):
+            if weights is not None:
+                raise ValueError("weights= applies to a model given by name; load them into the module instead")
+            base = copy.deepcopy(model)
+            self.model_name = type(model).__name__
+        else:
+            raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+        base.eval().requires_grad_(False)
+        self.gated_input = is_gated(base)
+        work = base if self.gated_input else gate_model(base, predictor=False, inplace=True)
+        self._model = work.to(self.device).eval()
+        self.cost_model = CostModel(self._model)
+        self.units: list[Unit] = self.cost_model.units
+        if not self.units:
+            raise ValueError(f"model {self.model_name} has no prunable units")
+        self.num_units = len(self.units)
+        self.channels = np.array([u.out_channels for u in self.units], dtype=np.int64)
+        self._val_x, self._val_y = self._cache_subset(data, num_val, val_seed, input_normalization(self._model))
+
+        # -- channel criterion -------------------------------------------------------------------------------
+        if criterion is None:
+            criterion = "u_s" if self.gated_input else "l1"
+        if isinstance(criterion, str):
+            if criterion == "u_s" and not self.gated_input:
+                raise ValueError(
+                    "criterion 'u_s' needs a gated model (paper 7's learned static importance); this model is "
+                    "plain: use criterion='l1', or gate it (pruning.gating.gate_model) and train u_s first"
+                )
+            if criterion not in CRITERIA:
+                raise ValueError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}, or a callable")
+            self.criterion_name = criterion
+            crit = CRITERIA[criterion]
+        elif callable(criterion):
+            self.criterion_name = getattr(criterion, "__name__", type(criterion).__name__)
+            crit = criterion
+        else:
+            raise TypeError(f"criterion must be a name or a callable, got {type(criterion).__name__}")
+        self.static_scores = [
+            torch.as_tensor(crit(self._model, u), dtype=torch.float32).detach().flatten().cpu() for u in self.units
+        ]
+
+        # -- runtime policy and R_r --------------------------------------------------------------------------
+        self.runtime = self._check_runtime(runtime)
+        if self.runtime is None and (tradeoff not in (None, 0, 0.0) or self.learn_split):
+            raise ValueError(
+                "tradeoff R_r and learn_split split pruning between runtime and static; they need a runtime "
+                "policy in the loop (runtime=<ratio, per-unit ratios or a RuntimeSource>)"
+            )
+        self.tradeoff = float(tradeoff) if tradeoff is not None else (0.0 if self.runtime is None else 0.5)
+        if not (math.isfinite(self.tradeoff) and 0.0 <= self.tradeoff <= 1.0):
+            raise ValueError(f"tradeoff R_r must be in [0, 1], got {tradeoff}")
+        probe = PruningPlan(
+            static_keep=[1.0] * self.num_units, runtime_keep=self.runtime, tradeoff=self.tradeoff,
+            static_scores=self.static_scores,
+        )  # fmt: skip
+        probe.validate(self.num_units, [int(c) for c in self.channels])
+        # Runtime keep counts of a fixed runtime policy, taken through the same path as the forward pass
+        # (PruningPlan.runtime_for_unit, then GatedConv's float64 keep_count), so the wall's bound follows it.
+        self._runtime_counts: list[int | None] = []
+        for t, c in enumerate(self.channels):
+            ratio = probe.runtime_for_unit(t, self.num_units)
+            if ratio is None or callable(ratio):
+                self._runtime_counts.append(None)
+            else:
+                self._runtime_counts.append(int(keep_count(torch.as_tensor(ratio, dtype=torch.float64), int(c))))
+
+        # -- reward ------------------------------------------------------------------------------------------
+        if isinstance(reward, str):
+            self.reward_fn: RewardFn = get_reward(reward)
+            self.reward_name = reward
+        elif callable(reward):
+            self.reward_fn = reward
+            self.reward_name = getattr(reward, "__name__", type(reward).__name__)
+        else:
+            raise TypeError(f"reward must be a registered name or a callable, got {type(reward).__name__}")
+        self.budget_term = budget_term if budget_term is not None else BudgetTerm()
+        if loss_scale is None:
+            self.loss_scale: RunningLossScale | float = RunningLossScale()
+        elif isinstance(loss_scale, RunningLossScale):
+            self.loss_scale = loss_scale
+        else:
+            if not (math.isfinite(loss_scale) and loss_scale > 0):
+                raise ValueError(f"a fixed loss_scale must be a positive number, got {loss_scale}")
+            self.loss_scale = float(loss_scale)
+
+        # -- budgets, spaces ---------------------------------------------------------------------------------
+        self._min_counts = np.array([int(keep_count(self.min_keep, int(c))) for c in self.channels])
+        # What the wall assumes of an undecided unit: min_keep at the default R_r (at R_r = 0 with learn_split,
+        # the split that computes the fewest channels for a fixed static count).
+        witness_r = 0.0 if self.learn_split else self.tradeoff
+        self._witness = [self._counts(t, self._min_counts[t : t + 1], witness_r) for t in range(self.num_units)]
+        self._full = [self._counts(t, self.channels[t : t + 1], self.tradeoff) for t in range(self.num_units)]
+        least = self.cost_model.from_counts(
+            torch.from_numpy(np.concatenate([w[0] for w in self._witness]))[None],
+            torch.from_numpy(np.concatenate([w[1] for w in self._witness])),
+        )
+        #: Smallest MAC fraction the wall can guarantee (every unit at ``min_keep``): the lowest ``clamp`` budget.
+        self.min_macs_fraction = float(least.macs[0]) / self.cost_model.base_macs
+        #: Smallest parameter fraction at ``min_keep``: the lowest ``clamp`` parameter budget.
+        self.min_params_fraction = least.params / self.cost_model.base_params
+        self.budget: float | None = None
+        self.param_budget: float | None = None
+        self._set_budgets(budget, param_budget)
+        self._descriptors = self._unit_descriptors()
+        obs_dim = len(DESCRIPTOR_NAMES) + 5 + int(self.learn_split)
+        self.observation_space = spaces.Box(0.0, 1.0, (obs_dim,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (2 if self.learn_split else 1,), np.float32)
+        self._reset_episode()
+        self._t = -1  # reset() first
+
+    # ------------------------------------------------------------------------------------------------------
+    # construction helpers
+    # ------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _load_split(
+        dataset: str | ImageDataset,
+        data_dir: str | Path | None,
+        split: str,
+        num_val: int | None,
+        kwargs: dict[str, Any],
+    ) -> ImageDataset:
+        if isinstance(dataset, ImageDataset):
+            split = dataset.split
+        if split == "test":
+            raise ValueError(
+                "the test split is reserved for reporting accuracy; an agent's reward must never see it. "
+                "Use split='val' (a held-out part of the training set) for rewards"
+            )
+        if split not in ("val", "train"):
+            raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+        if isinstance(dataset, ImageDataset):
+            return dataset
+        if not isinstance(dataset, str):
+            raise TypeError(f"dataset must be a registered name or an ImageDataset, got {type(dataset).__name__}")
+        if dataset == "synthetic" and num_val is not None:
+            kwargs.setdefault("size", num_val)
+        return get_dataset(dataset, split=split, root=data_dir, augment=False, **kwargs)
+
+    def _cache_subset(
+        self, data: ImageDataset, num_val: int | None, seed: int, norm: tuple[Sequence[float], Sequence[float]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(data)
+        if num_val is None:
+            num_val = n
+        if not (0 < num_val <= n):
+            raise ValueError(
+                f"num_val={num_val} but the {data.name}/{data.split} split has {n} images; "
+                f"choose num_val in [1, {n}] (or a larger val_size in dataset_kwargs)"
+            )
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:num_val]
+        self.val_indices = idx
+        mean, std = norm
+        x = normalize(data.images[idx], mean, std).to(self.device)
+        return x, data.labels[idx].to(self.device)
+
+    def _check_runtime(
+        self, runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None
+    ) -> float | torch.Tensor | RuntimeSource | None:
+        if runtime is None or callable(runtime):
+            return runtime
+        t = torch.as_tensor(runtime, dtype=torch.float64)
+        if t.ndim == 0:
+            value = float(t)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"runtime keep ratio must be in [0, 1], got {value}")
+            return value
+        if t.shape != (self.num_units,):
+            raise ValueError(
+                f"runtime has shape {tuple(t.shape)}; give one ratio, one per unit ({self.num_units},), "
+                "or a RuntimeSource callable (per-image ratios depend on the batch and are not accepted here)"
+            )
+        return t
+
+    def _counts(self, t: int, k_s: np.ndarray, tradeoff: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(computed bound, stored)`` channel counts of unit ``t`` for static keep counts ``k_s``."""
+        c = int(self.channels[t])
+        k_s = np.asarray(k_s, dtype=np.int64)
+        return _computed_bound(c, k_s, tradeoff, self._runtime_counts[t]), _stored_counts(c, k_s, tradeoff)
+
+    def _unit_descriptors(self) -> np.ndarray:
+        raw = np.array(
+            [
+                [u.index, u.in_channels, u.out_channels, u.kernel_size, u.stride, u.out_hw[0] * u.out_hw[1],
+                 u.params, u.macs]
+                for u in self.units
+            ],
+            dtype=np.float64,
+        )  # fmt: skip
+        lo, hi = raw.min(axis=0), raw.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return ((raw - lo) / span).astype(np.float32)
+
+    def _set_budgets(self, budget: float | None, param_budget: float | None) -> None:
+        for name, value in (("budget", budget), ("param_budget", param_budget)):
+            if value is not None and not (math.isfinite(value) and 0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be a fraction in (0, 1] of the base model, or None; got {value}")
+        if budget is None and param_budget is None:
+            raise ValueError("give a MAC budget (budget=) or a parameter budget (param_budget=), or both")
+        if self.budget_mode == "clamp":
+            if budget is not None and self.min_macs_fraction > budget + 1e-12:
+                raise ValueError(
+                    f"budget={budget} MAC fraction cannot be met: with every unit at min_keep={self.min_keep} the "
+                    f"model keeps {self.min_macs_fraction:.4f} of its MACs (layers that are not units are never "
+                    "pruned). Raise the budget, lower min_keep, or use budget_mode='penalty'"
+                )
+            if param_budget is not None and self.min_params_fraction > param_budget + 1e-12:
+                raise ValueError(
+                    f"param_budget={param_budget} cannot be met: with every unit at min_keep={self.min_keep} the "
+                    f"model keeps {self.min_params_fraction:.4f} of its parameters. Raise it, lower min_keep, or "
+                    "use budget_mode='penalty'"
+                )
+        self.budget = None if budget is None else float(budget)
+        self.param_budget = None if param_budget is None else float(param_budget)
+
+    # ------------------------------------------------------------------------------------------------------
+    # episode state
+    # ------------------------------------------------------------------------------------------------------
+    def _reset_episode(self) -> None:
+        self._t = 0
+        self._requested: list[float] = []
+        self._applied: list[float] = []
+        self._keep_counts: list[int] = []
+        self._requested_r: list[float] = []
+        self._tradeoffs: list[float] = []
+        self._eff = np.zeros(self.num_units, dtype=np.int64)
+        self._stored = np.zeros(self.num_units, dtype=np.int64)
+
+    def _plan_counts(self, t: int, undecided: str) -> tuple[np.ndarray, np.ndarray]:
+        """Counts of units ``< t`` as decided and ``>= t`` at ``undecided`` (``"full"`` or ``"witness"``)."""
+        table = self._full if undecided == "full" else self._witness
+        eff = self._eff.copy()
+        stored = self._stored.copy()
+        for u in range(t, self.num_units):
+            eff[u], stored[u] = int(table[u][0][0]), int(table[u][1][0])
+        return eff, stored
+
+    def _macs(self, eff: np.ndarray) -> np.ndarray:
+        keep = torch.from_numpy(np.atleast_2d(eff))
+        cost = self.cost_model.from_counts(keep, torch.from_numpy(np.atleast_2d(eff)[0]))
+        return cost.macs.numpy()
+
+    def _observation(self) -> np.ndarray:
+        t = min(self._t, self.num_units - 1)
+        base = self.cost_model.base_macs
+        full_eff, _ = self._plan_counts(self._t, "full")
+        min_eff, _ = self._plan_counts(self._t, "witness")
+        macs = self._macs(np.stack([full_eff, min_eff]))
+        removed = 1.0 - macs[0] / base
+        removable = (macs[0] - macs[1]) / base
+        prev_keep = self._applied[-1] if self._applied else 1.0
+        extra = [
+            removed,
+            removable,
+            1.0 if self.budget is None else self.budget,
+            1.0 if self.param_budget is None else self.param_budget,
+            prev_keep,
+        ]
+        if self.learn_split:
+            extra.append(self._tradeoffs[-1] if self._tradeoffs else self.tradeoff)
+        obs = np.concatenate([self._descriptors[t], np.asarray(extra, dtype=np.float32)])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------------------
+    # the wall
+    # ------------------------------------------------------------------------------------------------------
+    def _feasible(self, t: int, k_s: np.ndarray, tradeoff: float) -> np.ndarray:
+        """For each static keep count in ``k_s`` of unit ``t`` (at R_r ``tradeoff``): do the budgets still fit?
+
+        Earlier units are as decided, later units at the wall's assumption (``min_keep``). Both MACs and
+        parameters are affine in unit ``t``'s counts once the other units are fixed, so two costings give the
+        cost of every candidate exactly.
+        """
+        eff_c, stored_c = self._counts(t, k_s, tradeoff)
+        eff, stored = self._plan_counts(t + 1, "witness")
+        ok = np.ones(len(k_s), dtype=bool)
+        probes = []
+        for value in (1, 2):
+            e, s = eff.copy(), stored.copy()
+            e[t], s[t] = value, value
+            probes.append(self.cost_model.from_counts(torch.from_numpy(e)[None], torch.from_numpy(s)))
+        if self.budget is not None:
+            m1, m2 = int(probes[0].macs[0]), int(probes[1].macs[0])
+            macs = m1 + (eff_c - 1) * (m2 - m1)
+            ok &= macs <= self.budget * self.cost_model.base_macs * (1 + 1e-12)
+        if self.param_budget is not None:
+            p1, p2 = probes[0].params, probes[1].params
+            params = p1 + (stored_c - 1) * (p2 - p1)
+            ok &= params <= self.param_budget * self.cost_model.base_params * (1 + 1e-12)
+        return ok
+
+    def _wall(self, t: int, k_req: int, tradeoff: float) -> tuple[int, float, int]:
+        """Largest feasible ``k <= k_req`` (and R_r, lowered if needed); also the wall's largest feasible count."""
+        c = int(self.channels[t])
+        k_min = int(self._min_counts[t])
+        candidates = [tradeoff]
+        if self.learn_split:
+            candidates += [float(r) for r in np.linspace(tradeoff, 0.0, 21)[1:]]
+        for r in candidates:
+            ks = np.arange(k_min, c + 1)
+            ok = self._feasible(t, ks, r)
+            if ok[0]:
+                wall = int(ks[ok].max())
+                return min(k_req, wall), r, wall
+        raise AssertionError("the action wall found no feasible keep count; this is a bug in StaticPruningEnv")
+
+    # ------------------------------------------------------------------------------------------------------
+    # Gymnasium API
+    # ------------------------------------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode at unit 0 (see "Starting State"); ``options`` may set ``budget``/``param_budget``."""
+        super().reset(seed=seed)
+        if options:
+            unknown = set(options) - {"budget", "param_budget"}
+            if unknown:
+                raise ValueError(f"unknown reset options {sorted(unknown)}; known: budget, param_budget")
+            self._set_budgets(options.get("budget", self.budget), options.get("param_budget", self.param_budget))
+        self._reset_episode()
+        return self._observation(), {"unit": 0}
+
+    def _parse_action(self, action: Any) -> np.ndarray:
+        dim = 2 if self.learn_split else 1
+        try:
+            a = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"action must be numbers, got {action!r}") from err
+        if a.size != dim or a.ndim > 1:
+            raise ValueError(f"action must have shape ({dim},), got shape {a.shape}")
+        a = a.reshape(dim)
+        if not np.isfinite(a).all():
+            raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+        return np.clip(a, -1.0, 1.0)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Decide the current unit's keep ratio (and R_r); the last unit's step scores the pruned model."""
+        if self._t < 0 or self._t >= self.num_units:
+            raise RuntimeError("the episode is over (or never started); call reset() first")
+        a = self._parse_action(action)
+        t = self._t
+        c = int(self.channels[t])
+        requested = self.min_keep + (float(a[0]) + 1.0) / 2.0 * (1.0 - self.min_keep)
+        requested = min(max(requested, self.min_keep), 1.0)
+        requested_r = (float(a[1]) + 1.0) / 2.0 if self.learn_split else self.tradeoff
+        k_req = int(keep_count(requested, c))
+        if self.budget_mode == "clamp":
+            k, r, wall = self._wall(t, k_req, requested_r)
+        else:
+            k, r, wall = k_req, requested_r, c
+        applied = requested if k == k_req else k / c
+        eff, stored = self._counts(t, np.array([k]), r)
+        self._eff[t], self._stored[t] = int(eff[0]), int(stored[0])
+        self._requested.append(requested)
+        self._applied.append(applied)
+        self._keep_counts.append(k)
+        self._requested_r.append(requested_r)
+        self._tradeoffs.append(r)
+        info: dict[str, Any] = {
+            "unit": t,
+            "requested_keep": requested,
+            "applied_keep": applied,
+            "keep_count": k,
+            "wall_keep": wall / c,
+        }
+        if self.learn_split:
+            info["requested_tradeoff"] = requested_r
+            info["applied_tradeoff"] = r
+        self._t += 1
+        reward = 0.0
+        terminated = self._t == self.num_units
+        if terminated:
+            reward = self._finish(info)
+        return self._observation(), reward, terminated, False, info
+
+    def render(self) -> None:
+        """Nothing to render (``render_modes`` is empty)."""
+        return None
+
+    # ------------------------------------------------------------------------------------------------------
+    # scoring
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached reward subset: normalised images ``(N, 3, H, W)`` and labels ``(N,)`` (do not modify)."""
+        return self._val_x, self._val_y
+
+    @property
+    def model(self) -> nn.Module:
+        """The env's private gated copy of the model (its plan is the last scored episode's)."""
+        return self._model
+
+    def final_plan(self) -> PruningPlan:
+        """The plan of the episode so far (decided units; undecided ones keep everything).
+
+        With ``learn_split`` the per-unit R_r cannot be written in a :class:`~pruning.plan.PruningPlan` (its
+        ``tradeoff`` is one number): the plan carries the default ``tradeoff`` and :meth:`apply_plan` sets
+        each unit's R_r on the model. Without ``learn_split`` the plan is complete.
+        """
+        keeps = self._applied + [1.0] * (self.num_units - len(self._applied))
+        return PruningPlan(
+            static_keep=keeps,
+            runtime_keep=self.runtime,
+            tradeoff=self.tradeoff if self.runtime is not None else None,
+            static_scores=self.static_scores,
+        )
+
+    def apply_plan(self, model: nn.Module | None = None) -> nn.Module:
+        """Set the episode's plan on a gated model (default: the env's own copy) and return the model.
+
+        :func:`pruning.gating.set_plan` applies :meth:`final_plan`; then, with ``learn_split``, each
+        ``GatedConv.tradeoff`` is set to that unit's chosen R_r directly (``PruningPlan`` holds one R_r).
+        """
+        target = self._model if model is None else model
+        set_plan(target, self.final_plan())
+        if self.learn_split:
+            for g, r in zip(gated_units(target), self._tradeoffs, strict=False):
+                g.tradeoff = r
+        return target
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """Top-1 (%), mean CE, per-image kept counts ``(N, L)`` and stored counts ``(L,)`` of the applied plan."""
+        model = self.apply_plan()
+        model.eval()
+        correct = 0
+        loss_sum = 0.0
+        keeps = []
+        n = int(self._val_y.shape[0])
+        for start in range(0, n, self.batch_size):
+            x = self._val_x[start : start + self.batch_size]
+            y = self._val_y[start : start + self.batch_size]
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            if self.runtime is not None:
+                keeps.append(torch.stack([m.sum(-1).cpu() for m in applied_masks(model)], dim=-1))
+        stored = torch.tensor([int(s.sum()) for s in stored_masks(model)])
+        keep = torch.cat(keeps) if keeps else stored.unsqueeze(0)
+        return 100.0 * correct / n, loss_sum / n, keep, stored
+
+    def _finish(self, info: dict[str, Any]) -> float:
+        top1, loss, keep, stored = self._evaluate()
+        capped = not math.isfinite(loss)
+        if capped:
+            log.warning("validation loss is %s (non-finite logits?); using %g for the reward", loss, LOSS_CAP)
+            loss = LOSS_CAP
+        loss = min(loss, LOSS_CAP)
+        cost = self.cost_model.from_counts(keep, stored)
+        macs_per_image = cost.macs.double()
+        macs = float(macs_per_image.mean())
+        if isinstance(self.loss_scale, RunningLossScale):
+            scale = self.loss_scale.update(loss)
+        else:
+            scale = self.loss_scale
+        result = EpisodeResult(
+            top1=top1,
+            loss=loss,
+            macs_fraction=macs / cost.base_macs,
+            params_fraction=cost.params_fraction,
+            macs=macs,
+            params=float(cost.params),
+            budget=self.budget,
+            param_budget=self.param_budget,
+            loss_scale=scale,
+            budget_term=self.budget_term,
+        )
+        reward, parts = self.reward_fn(result)
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise ValueError(
+                f"reward function {self.reward_name!r} returned {reward} for {result}; rewards must be finite"
+            )
+        info.update(
+            macs_fraction=result.macs_fraction,
+            macs_fraction_max=float(macs_per_image.max()) / cost.base_macs,
+            params_fraction=result.params_fraction,
+            macs=macs,
+            params=int(cost.params),
+            top1=top1,
+            loss=loss,
+            loss_scale=scale,
+            loss_capped=capped,
+            requested_keeps=list(self._requested),
+            applied_keeps=list(self._applied),
+            keep_counts=list(self._keep_counts),
+            tradeoffs=list(self._tradeoffs),
+            reward_parts={k: float(v) for k, v in parts.items()},
+        )
+        return reward
