@@ -8,7 +8,6 @@ forward pass. The class docstring of :class:`RuntimePruningEnv` is the manual.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,13 +23,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from torch import nn
 
 from pruning.accounting import Cost, CostModel
-from pruning.data import ImageDataset, crop_flip, get_dataset
-from pruning.gating import GatedConv, gate_model, gated_units, is_gated, set_plan, stored_masks
-from pruning.models import get_model
+from pruning.data import ImageDataset, crop_flip
+from pruning.gating import GatedConv, gated_units, set_plan, stored_masks
 from pruning.plan import PruningPlan
 from pruning.stepper import UnitStepper
 from pruning.train import dataset_for_model
 
+from .common import build_env_model, load_reward_split
 from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, RunningLossScale
 
 __all__ = ["OBS_BOUND", "RuntimePruningEnv", "RuntimePruningVecEnv"]
@@ -101,9 +100,9 @@ class _RuntimeCore:
             self.loss_scale = float(loss_scale)
 
         # -- data ------------------------------------------------------------------------------------------
-        data = self._load_split(dataset, data_dir, split, dict(dataset_kwargs or {}))
+        data = load_reward_split(dataset, data_dir, split, **dict(dataset_kwargs or {}))
         # -- model: a private gated copy, eval mode, no gradients -------------------------------------------
-        self.model = self._build_model(model, weights, data.num_classes).to(self.device)
+        self.model = build_env_model(model, weights, data.num_classes, predictor=True).to(self.device)
         self.dataset = dataset_for_model(data, self.model)
         if num_images is not None:
             if not 0 < num_images <= len(self.dataset):
@@ -173,42 +172,6 @@ class _RuntimeCore:
         self._committed = np.zeros(b, dtype=np.int64)
         # (input, (GAP, u_r)) of the current unit, computed for the observation and reused by its forward
         self._importance: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    # -- construction helpers ---------------------------------------------------------------------------------
-    @staticmethod
-    def _load_split(
-        dataset: str | ImageDataset, data_dir: str | Path | None, split: str, kwargs: dict[str, Any]
-    ) -> ImageDataset:
-        if isinstance(dataset, ImageDataset):
-            split = dataset.split
-        if split == "test":
-            raise ValueError(
-                "the test split is reserved for reporting accuracy; the agent must never see it. Use "
-                "split='val' (a held-out part of the training set) or split='train'"
-            )
-        if split not in ("val", "train"):
-            raise ValueError(f"split must be 'val' or 'train', got {split!r}")
-        if isinstance(dataset, ImageDataset):
-            return dataset
-        if not isinstance(dataset, str):
-            raise TypeError(f"dataset must be a registered name or an ImageDataset, got {type(dataset).__name__}")
-        return get_dataset(dataset, split=split, root=data_dir, **kwargs)
-
-    @staticmethod
-    def _build_model(model: str | nn.Module, weights: str | Path | None, num_classes: int) -> nn.Module:
-        if isinstance(model, str):
-            # a fixed seed for the random initialisation: every env built from the same name is the same net
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                base = get_model(model, num_classes=num_classes, weights=weights)
-            net = gate_model(base, predictor=True, inplace=True)
-        elif isinstance(model, nn.Module):
-            if weights is not None:
-                raise ValueError("weights= applies to a model given by name; load them into the module instead")
-            net = copy.deepcopy(model) if is_gated(model) else gate_model(model, predictor=True)
-        else:
-            raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
-        return net.eval().requires_grad_(False)
 
     # -- properties ----------------------------------------------------------------------------------------
     @property

@@ -7,7 +7,6 @@ docstring of :class:`StaticPruningEnv` is the manual.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -22,12 +21,13 @@ from gymnasium import spaces
 from torch import nn
 
 from pruning.accounting import CostModel
-from pruning.data import ImageDataset, get_dataset, normalize
-from pruning.gating import GatedConv, applied_masks, gate_model, gated_units, is_gated, set_plan, stored_masks
-from pruning.models import get_model, input_normalization
+from pruning.data import ImageDataset, normalize
+from pruning.gating import GatedConv, applied_masks, gated_units, is_gated, set_plan, stored_masks
+from pruning.models import input_normalization
 from pruning.plan import RATIO_EPS, PruningPlan, RuntimeSource, keep_count
 from pruning.units import Unit, unit_conv
 
+from .common import build_env_model, load_reward_split
 from .rewards import LOSS_CAP, BudgetTerm, EpisodeResult, RewardFn, RunningLossScale, get_reward
 
 __all__ = [
@@ -348,24 +348,14 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self.learn_split = bool(learn_split)
 
         # -- data: a fixed reward subset, drawn once ---------------------------------------------------------
-        data = self._load_split(dataset, data_dir, split, num_val, dict(dataset_kwargs or {}))
+        kwargs = dict(dataset_kwargs or {})
+        if dataset == "synthetic" and num_val is not None:
+            kwargs.setdefault("size", num_val)
+        data = load_reward_split(dataset, data_dir, split, augment=False, **kwargs)
         # -- model: a private copy, gated (maskable) ---------------------------------------------------------
-        if isinstance(model, str):
-            # an untrained model (weights=None) is initialised from seed 0, so two envs built alike agree
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                base = get_model(model, num_classes=data.num_classes, weights=weights)
-            self.model_name = model
-        elif isinstance(model, nn.Module):
-            if weights is not None:
-                raise ValueError("weights= applies to a model given by name; load them into the module instead")
-            base = copy.deepcopy(model)
-            self.model_name = type(model).__name__
-        else:
-            raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
-        base.eval().requires_grad_(False)
-        self.gated_input = is_gated(base)
-        work = base if self.gated_input else gate_model(base, predictor=False, inplace=True)
+        self.model_name = model if isinstance(model, str) else type(model).__name__
+        self.gated_input = isinstance(model, nn.Module) and is_gated(model)
+        work = build_env_model(model, weights, data.num_classes, predictor=False)
         self._model = work.to(self.device).eval()
         self.cost_model = CostModel(self._model)
         self.units: list[Unit] = self.cost_model.units
@@ -469,30 +459,6 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------------------------------------------
     # construction helpers
     # ------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _load_split(
-        dataset: str | ImageDataset,
-        data_dir: str | Path | None,
-        split: str,
-        num_val: int | None,
-        kwargs: dict[str, Any],
-    ) -> ImageDataset:
-        if isinstance(dataset, ImageDataset):
-            split = dataset.split
-        if split == "test":
-            raise ValueError(
-                "the test split is reserved for reporting accuracy; an agent's reward must never see it. "
-                "Use split='val' (a held-out part of the training set) for rewards"
-            )
-        if split not in ("val", "train"):
-            raise ValueError(f"split must be 'val' or 'train', got {split!r}")
-        if isinstance(dataset, ImageDataset):
-            return dataset
-        if not isinstance(dataset, str):
-            raise TypeError(f"dataset must be a registered name or an ImageDataset, got {type(dataset).__name__}")
-        if dataset == "synthetic" and num_val is not None:
-            kwargs.setdefault("size", num_val)
-        return get_dataset(dataset, split=split, root=data_dir, augment=False, **kwargs)
 
     def _cache_subset(
         self, data: ImageDataset, num_val: int | None, seed: int, norm: tuple[Sequence[float], Sequence[float]]
