@@ -32,13 +32,14 @@ Example — a reward that trades accuracy against the MAC fraction linearly; reg
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import torch
+
+from pruning.registry import Registry
 
 __all__ = [
     "LOSS_CAP",
@@ -171,7 +172,7 @@ class EpisodeResult:
 
 #: A static-environment reward: ``fn(result) -> (reward, parts)``.
 RewardFn = Callable[[EpisodeResult], tuple[float, dict[str, float]]]
-_REWARDS: dict[str, RewardFn] = {}
+_REWARDS: Registry[RewardFn] = Registry("reward")
 
 #: Smallest β_b the ``paper`` reward divides by: a model with zero loss would otherwise divide by zero.
 LOSS_SCALE_FLOOR = 1e-8
@@ -188,19 +189,12 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     Raises:
         ValueError: a reward named ``name`` is already registered.
     """
-
-    def wrapper(fn: RewardFn) -> RewardFn:
-        if name in _REWARDS:
-            raise ValueError(f"a reward named {name!r} is already registered")
-        _REWARDS[name] = fn
-        return fn
-
-    return wrapper
+    return _REWARDS.register(name)
 
 
 def list_rewards() -> list[str]:
     """Names of the registered reward functions, sorted."""
-    return sorted(_REWARDS)
+    return _REWARDS.names()
 
 
 def get_reward(name: str) -> RewardFn:
@@ -209,12 +203,7 @@ def get_reward(name: str) -> RewardFn:
     Raises:
         ValueError: ``name`` is unknown; the message suggests close matches and lists every registered name.
     """
-    try:
-        return _REWARDS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REWARDS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown reward {name!r}.{hint} Registered: {', '.join(list_rewards())}") from None
+    return _REWARDS.get(name)
 
 
 @register_reward("paper")

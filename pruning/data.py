@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .registry import Registry
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -496,7 +498,7 @@ class BatchLoader:
 #: plus builder-specific ones; returns the split.
 DatasetBuilder = Callable[..., ImageDataset]
 
-_DATASETS: dict[str, DatasetBuilder] = {}
+_DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
@@ -521,19 +523,12 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
         def _tiny(*, split, root=None, download=False, val_size=5000, seed=0):
             return get_dataset("synthetic", split=split, seed=seed, size=8)
     """
-
-    def decorator(fn: DatasetBuilder) -> DatasetBuilder:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = fn
-        return fn
-
-    return decorator
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Return the names of all registered datasets, sorted."""
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def get_dataset(
@@ -587,11 +582,9 @@ def get_dataset(
             data file is malformed.
         FileNotFoundError: If no data is found; the message lists every place looked at and the fixes.
     """
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+    builder = _DATASETS.get(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    builder = _DATASETS[name]
     dataset = builder(split=split, root=root, download=download, val_size=val_size, seed=seed, **kwargs)
     dataset.augment = (split == "train") if augment is None else augment
     return dataset

@@ -131,7 +131,7 @@ def test_zero_loss_scale_is_floored() -> None:
 
 
 def test_registry_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rewards, "_REWARDS", dict(rewards._REWARDS))
+    monkeypatch.setattr(rewards, "_REWARDS", rewards._REWARDS.copy())
     with pytest.raises(ValueError, match="already registered"):
         register_reward("paper")(lambda r: (0.0, {}))
     register_reward("mine")(lambda r: (1.0, {"one": 1.0}))

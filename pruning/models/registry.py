@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
 
+from ..registry import Registry
+
 __all__ = ["register_model", "get_model", "list_models", "get_model_builder"]
 
 M = TypeVar("M", bound=Callable[..., nn.Module])
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str | None = None) -> Callable[[M], M]:
@@ -27,10 +28,7 @@ def register_model(name: str | None = None) -> Callable[[M], M]:
     """
 
     def wrapper(fn: M) -> M:
-        key = name or fn.__name__
-        if key in _MODELS:
-            raise ValueError(f"a model named {key!r} is already registered")
-        _MODELS[key] = fn
+        _MODELS.add(name or fn.__name__, fn)
         return fn
 
     return wrapper
@@ -38,7 +36,7 @@ def register_model(name: str | None = None) -> Callable[[M], M]:
 
 def list_models() -> list[str]:
     """Return the names of every registered model, sorted."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
@@ -47,12 +45,7 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
     Raises:
         ValueError: ``name`` is unknown; the message lists close matches and every registered name.
     """
-    try:
-        return _MODELS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _MODELS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}") from None
+    return _MODELS.get(name)
 
 
 def get_model(
