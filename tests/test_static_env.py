@@ -368,7 +368,7 @@ def test_amc_rewards_and_fixed_loss_scale() -> None:
 
 
 def test_user_registered_and_callable_rewards(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rewards, "_REWARDS", dict(rewards._REWARDS))
+    monkeypatch.setattr(rewards, "_REWARDS", rewards._REWARDS.copy())
 
     @register_reward("macs_only")
     def macs_only(result: rewards.EpisodeResult) -> tuple[float, dict[str, float]]:
