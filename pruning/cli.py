@@ -25,13 +25,14 @@ routes.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+
+from .registry import Registry
 
 __all__ = [
     "BUILTIN_COMMANDS",
@@ -87,7 +88,7 @@ class Command:
         return fn  # type: ignore[no-any-return]
 
 
-_COMMANDS: dict[str, Command] = {}
+_COMMANDS: Registry[Command] = Registry("command")
 _entry_points_loaded = False
 
 
@@ -100,6 +101,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default:" in help_text:
             return help_text
         return super()._get_help_string(action)
+
 
 def register_command(name: str, target: CommandFn | str, help: str = "", *, replace: bool = False) -> Command:
     """Add a sub-command to ``prunegym``.
@@ -120,9 +122,7 @@ def register_command(name: str, target: CommandFn | str, help: str = "", *, repl
         raise ValueError(f"invalid command name {name!r}: use a word such as 'pretrain' or 'train-agent'")
     if name in _COMMANDS and not replace:
         raise ValueError(f"a command named {name!r} is already registered; pass replace=True to override it")
-    cmd = Command(name, target, help)
-    _COMMANDS[name] = cmd
-    return cmd
+    return _COMMANDS.add(name, Command(name, target, help), replace=replace)
 
 
 for _name, (_target, _help) in BUILTIN_COMMANDS.items():
@@ -145,22 +145,17 @@ def _load_entry_points() -> None:
 def list_commands() -> list[str]:
     """Names of all commands (built in, registered and installed), sorted."""
     _load_entry_points()
-    return sorted(_COMMANDS)
+    return _COMMANDS.names()
 
 
 def get_command(name: str) -> Command:
     """The command called ``name``.
 
     Raises:
-        KeyError: No such command; the message suggests close names.
+        ValueError: No such command; the message suggests close names.
     """
     _load_entry_points()
-    try:
-        return _COMMANDS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _COMMANDS, n=3)
-        hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise KeyError(f"unknown command {name!r}.{hint} Commands: {', '.join(list_commands())}") from None
+    return _COMMANDS.get(name)
 
 
 def _help_line(cmd: Command) -> str:
@@ -183,7 +178,7 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {n:<{width}}{_help_line(_COMMANDS[n])}" for n in names]
+    lines += [f"  {n:<{width}}{_help_line(_COMMANDS.get(n))}" for n in names]
     lines += ["", "Run 'prunegym <command> --help' for a command's options."]
     return "\n".join(lines)
 
@@ -206,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cmd = get_command(args[0])
-    except KeyError as err:
-        print(f"prunegym: error: {err.args[0]}", file=sys.stderr)
+    except ValueError as err:
+        print(f"prunegym: error: {err}", file=sys.stderr)
         return 2
     code = cmd.load()(args[1:])
     return 0 if code is None else int(code)

@@ -428,7 +428,10 @@ def test_pretrain_as_a_module_and_through_the_cli(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_cli_dispatches_registered_commands(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dispatches_registered_commands(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_COMMANDS", cli._COMMANDS.copy())
     seen: list[list[str]] = []
 
     def echo(argv: list[str]) -> int:
@@ -436,18 +439,15 @@ def test_cli_dispatches_registered_commands(capsys: pytest.CaptureFixture[str]) 
         return 7
 
     cli.register_command("echo-test", echo, "echo the arguments")
-    try:
-        with pytest.raises(ValueError, match="already registered"):
-            cli.register_command("echo-test", echo)
-        assert cli.main(["echo-test", "a", "--b"]) == 7 and seen == [["a", "--b"]]
-        assert cli.main(["--help"]) == 0
-        listing = capsys.readouterr().out
-        assert "pretrain" in listing and "echo-test" in listing
-        assert cli.main(["pretrian"]) == 2
-        assert "Did you mean pretrain" in capsys.readouterr().err
-        assert cli.get_command("pretrain").target == "pruning.pretrain:main"
-    finally:
-        cli._COMMANDS.pop("echo-test", None)
+    with pytest.raises(ValueError, match="already registered"):
+        cli.register_command("echo-test", echo)
+    assert cli.main(["echo-test", "a", "--b"]) == 7 and seen == [["a", "--b"]]
+    assert cli.main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert "pretrain" in listing and "echo-test" in listing
+    assert cli.main(["pretrian"]) == 2
+    assert "Did you mean pretrain" in capsys.readouterr().err
+    assert cli.get_command("pretrain").target == "pruning.pretrain:main"
 
 
 @pytest.mark.realdata
