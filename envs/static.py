@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,17 @@ from gymnasium import spaces
 from torch import nn
 
 from pruning.accounting import CostModel
+from pruning.criteria import Criterion, get_criterion, l1_criterion, l2_criterion, us_criterion
 from pruning.data import ImageDataset, normalize
-from pruning.gating import GatedConv, applied_masks, gated_units, is_gated, set_plan, stored_masks
+from pruning.gating import applied_masks, gated_units, is_gated, set_plan, stored_masks
 from pruning.models import input_normalization
 from pruning.plan import RATIO_EPS, PruningPlan, RuntimeSource, keep_count
-from pruning.units import Unit, unit_conv
+from pruning.units import Unit
 
 from .common import build_env_model, load_reward_split
 from .rewards import LOSS_CAP, BudgetTerm, EpisodeResult, RewardFn, RunningLossScale, get_reward
 
 __all__ = [
-    "CRITERIA",
     "Criterion",
     "DESCRIPTOR_NAMES",
     "StaticPruningEnv",
@@ -42,45 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A channel criterion: ``fn(model, unit) -> scores (C_out,)``, higher = more important (kept first).
-Criterion = Callable[[nn.Module, Unit], torch.Tensor]
-
 #: Per-unit descriptors of the observation, in order (each min-max normalised over the model's units).
 DESCRIPTOR_NAMES: tuple[str, ...] = ("index", "c_in", "c_out", "kernel", "stride", "out_hw", "params", "macs")
-
-
-
-def _unit_weight(model: nn.Module, unit: Unit) -> torch.Tensor:
-    return unit_conv(model.get_submodule(unit.conv)).weight.detach()
-
-
-def l1_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
-    """L1 norm of each output filter of the unit's conv (Li et al., ICLR 2017): ``Σ|W[c]|``."""
-    return _unit_weight(model, unit).abs().sum(dim=(1, 2, 3))
-
-
-def l2_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
-    """L2 norm of each output filter of the unit's conv: ``‖W[c]‖₂``."""
-    return _unit_weight(model, unit).pow(2).sum(dim=(1, 2, 3)).sqrt()
-
-
-def us_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
-    """Paper 7's learned static importance ``u_s`` of a gated unit.
-
-    Raises:
-        ValueError: the unit is not gated (a plain model has no ``u_s``; use ``"l1"`` or gate and train it).
-    """
-    mod = model.get_submodule(unit.conv)
-    if not isinstance(mod, GatedConv) or mod.static_importance is None:
-        raise ValueError(
-            f"criterion 'u_s' needs a gated model (unit {unit.index} at {unit.conv!r} is not gated); "
-            "use criterion='l1' for plain models, or gate the model (pruning.gating.gate_model) and train u_s"
-        )
-    return mod.static_importance.detach().clone()
-
-
-#: Channel criteria by name. Any ``Criterion`` callable can be passed to the environment instead.
-CRITERIA: dict[str, Criterion] = {"l1": l1_criterion, "l2": l2_criterion, "u_s": us_criterion}
 
 
 def _stored_counts(c: int, k_s: np.ndarray, tradeoff: float) -> np.ndarray:
@@ -247,7 +210,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | `budget_mode`    | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (paper 7, reward only)        |
     | `reward`         | `"paper"`     | name in the `envs.rewards` registry, or a callable                         |
     | `min_keep`       | `0.2`         | smallest keep ratio an action maps to                                      |
-    | `criterion`      | `None`        | `"l1"`, `"l2"`, `"u_s"` or `fn(model, unit) -> scores`                     |
+    | `criterion`      | `None`        | a `pruning.criteria` name (`"l1"`, `"u_s"`, ...) or `fn(model, unit)`      |
     | `runtime`        | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
     | `tradeoff`       | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (paper 7)           |
     | `learn_split`    | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
@@ -374,10 +337,8 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
                     "criterion 'u_s' needs a gated model (paper 7's learned static importance); this model is "
                     "plain: use criterion='l1', or gate it (pruning.gating.gate_model) and train u_s first"
                 )
-            if criterion not in CRITERIA:
-                raise ValueError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}, or a callable")
+            crit = get_criterion(criterion)  # unknown names: ValueError with close matches
             self.criterion_name = criterion
-            crit = CRITERIA[criterion]
         elif callable(criterion):
             self.criterion_name = getattr(criterion, "__name__", type(criterion).__name__)
             crit = criterion

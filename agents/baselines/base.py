@@ -1,0 +1,338 @@
+"""The baseline policy protocol, the baseline registry and the budget solver they share.
+
+A baseline is a fixed rule that gives every prunable unit a keep ratio. It implements stable-baselines3's
+``PolicyPredictor`` protocol (``predict(observation, state, episode_start, deterministic) -> (action,
+state)``), so ``stable_baselines3.common.evaluation.evaluate_policy`` scores a baseline with the same code
+as a trained agent. Before it predicts, :meth:`BaselinePolicy.prepare` reads the environment (its units,
+its cost model and its budget) and solves the per-unit keep counts once; ``predict`` then only reads the
+unit index from the observation and returns that unit's action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+
+from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
+from envs.static import StaticPruningEnv
+from pruning.accounting import CostModel
+from pruning.gating import stored_masks
+from pruning.plan import keep_count
+from pruning.registry import Registry
+from pruning.units import Unit
+
+__all__ = [
+    "BaselinePolicy",
+    "PruningTarget",
+    "get_baseline",
+    "list_baselines",
+    "register_baseline",
+    "solve_budget",
+]
+
+B = TypeVar("B", bound=type["BaselinePolicy"])
+
+_BASELINES: Registry[type[BaselinePolicy]] = Registry("baseline")
+
+
+def register_baseline(name: str) -> Callable[[B], B]:
+    """Register a :class:`BaselinePolicy` subclass under ``name`` (a class decorator; sets ``cls.name``).
+
+    Raises:
+        ValueError: a baseline named ``name`` is already registered.
+    """
+
+    def wrapper(cls: B) -> B:
+        _BASELINES.add(name, cls)
+        cls.name = name
+        return cls
+
+    return wrapper
+
+
+def list_baselines() -> list[str]:
+    """Names of the registered baselines, sorted."""
+    return _BASELINES.names()
+
+
+def get_baseline(name: str, **kwargs: Any) -> BaselinePolicy:
+    """Build the baseline registered as ``name`` with ``kwargs`` (e.g. ``get_baseline("l1", allocation="global")``).
+
+    Raises:
+        ValueError: ``name`` is unknown; the message suggests close matches and lists every registered name.
+    """
+    return _BASELINES.get(name)(**kwargs)
+
+
+@dataclass(frozen=True)
+class PruningTarget:
+    """What a baseline needs to know of an environment, whichever kind it is.
+
+    Attributes:
+        kind: ``"static"`` (:class:`envs.static.StaticPruningEnv`) or ``"runtime"``
+            (:class:`envs.runtime.RuntimePruningEnv` / ``RuntimePruningVecEnv``).
+        model: The env's gated copy of the model (criteria score it).
+        units: The prunable units, in order.
+        cost_model: The env's :class:`pruning.accounting.CostModel`.
+        channels: Full output channels per unit, int64 ``(L,)``.
+        min_counts: Fewest channels an action can keep per unit (``keep_count(min_keep, C)``), int64 ``(L,)``.
+        stored: Stored channels per unit (the runtime env's fixed static plan; all channels for the static env,
+            whose stored counts are the plan itself), int64 ``(L,)``.
+        min_keep: The env's smallest keep ratio.
+        budget: The env's MAC budget (fraction of the base MACs), or ``None``.
+        action_dim: Size of the env's action (2 for a static env with ``learn_split``).
+        tradeoff: The env's R_r.
+    """
+
+    kind: str
+    model: nn.Module
+    units: list[Unit]
+    cost_model: CostModel
+    channels: np.ndarray
+    min_counts: np.ndarray
+    stored: np.ndarray
+    min_keep: float
+    budget: float | None
+    action_dim: int
+    tradeoff: float
+
+    @property
+    def num_units(self) -> int:
+        """L: the number of prunable units."""
+        return len(self.units)
+
+    def macs_fraction(self, counts: np.ndarray) -> float:
+        """MAC fraction of the base model when unit ``t`` keeps ``counts[t]`` channels (exact, per image)."""
+        keep = np.minimum(np.asarray(counts, dtype=np.int64), self.stored)
+        stored = keep if self.kind == "static" else self.stored
+        cost = self.cost_model.from_counts(torch.from_numpy(keep)[None], torch.from_numpy(stored))
+        return float(cost.macs_fraction[0])
+
+    @classmethod
+    def of(cls, env: Any) -> PruningTarget:
+        """Read a static or runtime env, a wrapped one, or a ``VecEnv`` of them (the first env is read).
+
+        Raises:
+            TypeError: ``env`` is none of those.
+            ValueError: the env's setting is one the baselines cannot cost exactly (see the message).
+        """
+        inner = _unwrap(env)
+        if isinstance(inner, StaticPruningEnv):
+            if inner.runtime is not None:
+                raise ValueError(
+                    "baselines choose static keep ratios for a StaticPruningEnv without a runtime policy in the loop "
+                    "(runtime=None); build the env without runtime= to evaluate a baseline"
+                )
+            channels = inner.channels.astype(np.int64)
+            return cls(
+                kind="static", model=inner.model, units=list(inner.units), cost_model=inner.cost_model,
+                channels=channels, min_counts=_min_counts(inner.min_keep, channels), stored=channels.copy(),
+                min_keep=inner.min_keep, budget=inner.budget, action_dim=2 if inner.learn_split else 1,
+                tradeoff=inner.tradeoff,
+            )  # fmt: skip
+        if isinstance(inner, RuntimePruningEnv | RuntimePruningVecEnv):
+            if inner.tradeoff != 1.0:
+                raise ValueError(
+                    f"baselines cost the runtime env exactly only for pure runtime pruning (R_r = 1); this env has "
+                    f"R_r = {inner.tradeoff}. Build it with static_keep=None (or tradeoff=1)"
+                )
+            model = inner.model
+            cost_model = inner.cost_model
+            channels = cost_model.channels.numpy().astype(np.int64)
+            stored = np.array([int(s.sum()) for s in stored_masks(model)], dtype=np.int64)
+            return cls(
+                kind="runtime", model=model, units=list(cost_model.units), cost_model=cost_model, channels=channels,
+                min_counts=_min_counts(inner.min_keep, channels), stored=stored, min_keep=inner.min_keep,
+                budget=inner.budget, action_dim=1, tradeoff=inner.tradeoff,
+            )  # fmt: skip
+        raise TypeError(
+            f"baselines run in StaticPruningEnv or RuntimePruningEnv (or a VecEnv of them); got {type(env).__name__}"
+        )
+
+
+def _unwrap(env: Any) -> Any:
+    if isinstance(env, VecEnv):
+        vec = env.unwrapped
+        if isinstance(vec, RuntimePruningVecEnv):
+            return vec
+        envs = getattr(vec, "envs", None)  # DummyVecEnv; SubprocVecEnv keeps its envs in other processes
+        if not envs:
+            raise TypeError(f"cannot read the environments of a {type(vec).__name__}; use a DummyVecEnv")
+        return envs[0].unwrapped
+    if isinstance(env, gym.Env):
+        return env.unwrapped
+    return env
+
+
+def _min_counts(min_keep: float, channels: np.ndarray) -> np.ndarray:
+    return np.array([int(keep_count(min_keep, int(c))) for c in channels], dtype=np.int64)
+
+
+def solve_budget(
+    target: PruningTarget, counts_at: Callable[[float], np.ndarray], lo: float, hi: float, budget: float
+) -> np.ndarray:
+    """Keep counts ``counts_at(s)`` for the largest ``s`` in ``[lo, hi]`` whose MAC fraction meets ``budget``.
+
+    ``counts_at`` must be non-decreasing in ``s`` (a larger ``s`` never keeps fewer channels); it is clipped to
+    ``[min_counts, channels]``. Bisection on ``s`` (60 halvings), each step one exact costing
+    (:meth:`pruning.accounting.CostModel.from_counts`): the answer meets the budget, and the smallest larger
+    ``s`` that changes any count breaks it.
+
+    Raises:
+        ValueError: even ``counts_at(lo)`` (at the env's ``min_keep`` floor) exceeds the budget.
+    """
+
+    def counts(s: float) -> np.ndarray:
+        return np.clip(np.asarray(counts_at(s), dtype=np.int64), target.min_counts, target.channels)
+
+    floor = counts(lo)
+    if target.macs_fraction(floor) > budget + 1e-12:
+        raise ValueError(
+            f"MAC budget {budget} cannot be met: the smallest allocation keeps {target.macs_fraction(floor):.4f} "
+            f"of the MACs (min_keep={target.min_keep}; layers that are not units are never pruned). "
+            "Raise the budget or lower min_keep"
+        )
+    if target.macs_fraction(counts(hi)) <= budget + 1e-12:
+        return counts(hi)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if target.macs_fraction(counts(mid)) <= budget + 1e-12:
+            lo = mid
+        else:
+            hi = mid
+    return counts(lo)
+
+
+class BaselinePolicy:
+    """A fixed per-unit keep-ratio rule, usable wherever a trained agent's ``predict`` is.
+
+    Subclasses implement :meth:`allocate` (keep counts per unit that meet the budget); this class turns them
+    into actions and reads the unit index from observations. Call :meth:`prepare` with the env before
+    :meth:`predict`; prepare again when the env's budget changes.
+
+    Args:
+        budget: MAC budget (fraction of the base model's MACs) to meet; ``None`` (default) uses the env's.
+
+    Attributes:
+        name: The registry name (set by :func:`register_baseline`).
+        criterion: The channel criterion the static env should be built with (a :mod:`pruning.criteria` name),
+            or ``None`` for the env's default. Only the static env ranks channels by it; in the runtime env
+            channels are ranked by ``u_r`` whatever the baseline.
+    """
+
+    name: ClassVar[str] = ""
+    criterion: str | None = None
+
+    def __init__(self, *, budget: float | None = None) -> None:
+        if budget is not None and not (0.0 < float(budget) <= 1.0):
+            raise ValueError(f"budget must be a MAC fraction in (0, 1], or None for the env's; got {budget}")
+        self.budget = None if budget is None else float(budget)
+        self._target: PruningTarget | None = None
+        self._actions: np.ndarray | None = None
+        self.keep_counts: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, criterion={self.criterion!r}, budget={self.budget})"
+
+    # -- to override ---------------------------------------------------------------------------------------
+    def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
+        """Keep counts per unit, int64 ``(L,)`` within ``[min_counts, channels]``, whose MACs meet ``budget``."""
+        raise NotImplementedError
+
+    # -- the protocol --------------------------------------------------------------------------------------
+    def prepare(self, env: Any) -> BaselinePolicy:
+        """Read ``env`` (static or runtime, wrapped, or a VecEnv of them) and solve the keep counts; return self.
+
+        Raises:
+            ValueError: no budget is given (here or by the env), or it cannot be met.
+            TypeError: ``env`` is not a PruneGym environment.
+        """
+        target = PruningTarget.of(env)
+        budget = self.budget if self.budget is not None else target.budget
+        if budget is None:
+            raise ValueError(
+                "no MAC budget: the env has only a parameter budget; pass budget= to the baseline"
+            )
+        if self.criterion is not None and target.kind == "static":
+            env_criterion = getattr(_unwrap(env), "criterion_name", None)
+            if env_criterion != self.criterion:
+                raise ValueError(
+                    f"baseline {self.name!r} ranks channels by {self.criterion!r} but the env uses "
+                    f"{env_criterion!r}; build the env with criterion={self.criterion!r} (baseline.criterion)"
+                )
+        counts = np.asarray(self.allocate(target, budget), dtype=np.int64)
+        if counts.shape != (target.num_units,):
+            raise ValueError(f"{type(self).__name__}.allocate returned shape {counts.shape}, expected "
+                             f"({target.num_units},)")
+        self._target, self.keep_counts = target, counts
+        self._actions = np.stack([self._action(target, int(k), int(c)) for k, c in zip(counts, target.channels,
+                                                                                        strict=True)])
+        return self
+
+    def keep_ratios(self) -> list[float]:
+        """The prepared keep ratio of every unit (kept / full channels)."""
+        if self._target is None or self.keep_counts is None:
+            raise RuntimeError(f"{type(self).__name__}: call prepare(env) first")
+        return [int(k) / int(c) for k, c in zip(self.keep_counts, self._target.channels, strict=True)]
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """The action of the unit the observation is at (a batch of observations gives a batch of actions).
+
+        Args:
+            observation: One observation ``(D,)`` or a batch ``(N, D)`` of the prepared env (not normalised:
+                the unit index is read from it).
+            state: Unused (baselines have no recurrent state); returned as is.
+            episode_start: Unused.
+            deterministic: Unused (baselines are deterministic once prepared).
+
+        Returns:
+            ``(actions, state)``: actions ``(action_dim,)`` or ``(N, action_dim)``, float32.
+
+        Raises:
+            RuntimeError: :meth:`prepare` was not called.
+        """
+        del episode_start, deterministic
+        if self._target is None or self._actions is None:
+            raise RuntimeError(f"{type(self).__name__}: call prepare(env) before predict (it reads the env's units)")
+        if isinstance(observation, dict):
+            raise TypeError("PruneGym observations are arrays, not dicts")
+        obs = np.asarray(observation, dtype=np.float64)
+        batch = obs.ndim == 2
+        obs2 = np.atleast_2d(obs)
+        # static env: entry 0 is the unit index min-max normalised over units (t / (L - 1));
+        # runtime env: entry -3 is t / (L - 1)
+        pos = obs2[:, 0] if self._target.kind == "static" else obs2[:, -3]
+        last = self._target.num_units - 1
+        t = np.clip(np.rint(pos * last), 0, last).astype(np.int64)
+        actions = self._actions[t]
+        return (actions if batch else actions[0]), state
+
+    @staticmethod
+    def _action(target: PruningTarget, k: int, c: int) -> np.ndarray:
+        """The action that keeps ``k`` of ``c`` channels (and, with ``learn_split``, the env's R_r)."""
+        # aim at the middle of the ratio interval that keeps k ((k-1)/C, k/C]: float32 noise cannot shift the count
+        ratio = (k - 0.5) / c
+        span = 1.0 - target.min_keep
+        if k >= c or span <= 0:
+            a = 1.0
+        elif ratio <= target.min_keep:
+            a = -1.0
+        else:
+            a = 2.0 * (ratio - target.min_keep) / span - 1.0
+        out = [a]
+        if target.action_dim == 2:
+            out.append(2.0 * target.tradeoff - 1.0)
+        return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,211 @@
+"""Baseline policies: registry, budgets met tightly in both envs, SB3's evaluate_policy, vectorised envs."""
+
+from __future__ import annotations
+
+import doctest
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+from _nets import randomize_
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.type_aliases import PolicyPredictor
+from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
+
+import agents.baselines as baselines
+from agents.baselines import BaselinePolicy, PruningTarget, get_baseline, list_baselines, register_baseline
+from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
+from envs.static import StaticPruningEnv
+from pruning.models import get_model
+from pruning.plan import keep_count
+
+CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in list_baselines()] + [
+    (name, {"allocation": "global"}) for name in ("l1", "l2", "bn_scale")
+]
+IDS = [name + ("-global" if kw else "") for name, kw in CASES]
+_NETS: dict[str, nn.Module] = {}
+
+
+def _net(name: str) -> nn.Module:
+    if name not in _NETS:
+        _NETS[name] = randomize_(get_model(name), seed=0)
+    return _NETS[name]
+
+
+_ENVS: dict[tuple[str, str | None, float], Any] = {}
+
+
+def _static(model: str, policy: BaselinePolicy, budget: float) -> StaticPruningEnv:
+    key = (model, policy.criterion, budget)
+    if key not in _ENVS:  # envs are reused across tests: building them dominates the run time
+        _ENVS[key] = StaticPruningEnv(model=_net(model), num_val=16, budget=budget, criterion=policy.criterion)
+    return _ENVS[key]
+
+
+def _runtime(model: str, budget: float) -> RuntimePruningEnv:
+    key = (model, "runtime", budget)
+    if key not in _ENVS:
+        _ENVS[key] = RuntimePruningEnv(model=_net(model), budget=budget, dataset_kwargs={"size": 8})
+    return _ENVS[key]
+
+
+def _assert_tight(policy: BaselinePolicy, env: Any, budget: float) -> None:
+    """The plan meets the budget, and one more channel in every unit (not at full width) breaks it."""
+    target = PruningTarget.of(env)
+    counts = policy.keep_counts
+    assert counts is not None
+    assert ((counts >= target.min_counts) & (counts <= target.channels)).all()
+    assert target.macs_fraction(counts) <= budget + 1e-12
+    if (counts < target.channels).any():
+        assert target.macs_fraction(np.minimum(counts + 1, target.channels)) > budget
+
+
+def test_module_doctest() -> None:
+    result = doctest.testmod(baselines, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_registry() -> None:
+    assert list_baselines() == ["bn_scale", "l1", "l2", "random", "uniform"]
+    policy = get_baseline("l1", allocation="global", budget=0.4)
+    assert policy.name == "l1" and policy.criterion == "l1" and policy.budget == 0.4
+    predictor: PolicyPredictor = policy  # the protocol is static-only: a type check, not isinstance
+    assert callable(predictor.predict)
+    assert get_baseline("uniform").criterion is None
+    with pytest.raises(ValueError, match=r"unknown baseline 'unifrom'\. Did you mean uniform"):
+        get_baseline("unifrom")
+    with pytest.raises(ValueError, match="already registered"):
+        register_baseline("uniform")(type("Other", (BaselinePolicy,), {}))
+    with pytest.raises(ValueError, match="allocation"):
+        get_baseline("l2", allocation="local")
+    with pytest.raises(ValueError, match="budget"):
+        get_baseline("uniform", budget=1.5)
+    with pytest.raises(RuntimeError, match="prepare"):
+        get_baseline("uniform").predict(np.zeros(13, dtype=np.float32))
+
+
+@pytest.mark.parametrize("model", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+def test_static_env_budget_met_tightly(model: str, name: str, kwargs: dict[str, Any]) -> None:
+    budget = 0.45
+    policy = get_baseline(name, **kwargs)
+    env = _static(model, policy, budget)
+    policy.prepare(env)
+    _assert_tight(policy, env, budget)
+    obs, _ = env.reset(seed=0)
+    done, info = False, dict[str, Any]()
+    while not done:
+        action, state = policy.predict(obs)
+        assert state is None and action.shape == (1,) and action.dtype == np.float32
+        obs, _, done, _, info = env.step(action)
+        assert info["applied_keep"] == info["requested_keep"]  # the action wall never had to cut
+    assert info["keep_counts"] == policy.keep_counts.tolist()  # type: ignore[union-attr]
+    assert info["macs_fraction"] <= budget + 1e-12
+    assert info["macs_fraction"] == pytest.approx(PruningTarget.of(env).macs_fraction(policy.keep_counts))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+def test_runtime_env_budget_met_tightly(model: str, name: str, kwargs: dict[str, Any]) -> None:
+    budget = 0.4
+    policy = get_baseline(name, **kwargs)
+    env = _runtime(model, budget)
+    policy.prepare(env)
+    _assert_tight(policy, env, budget)
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        done, info, kept = False, dict[str, Any](), []
+        while not done:
+            action, _ = policy.predict(obs)
+            obs, _, done, _, info = env.step(action)
+            kept.append(info["kept_channels"])
+        assert kept == policy.keep_counts.tolist()  # type: ignore[union-attr]
+        assert info["macs_fraction"] <= budget + 1e-12
+
+
+def test_uniform_keeps_one_ratio_and_random_depends_on_its_seed() -> None:
+    policy = get_baseline("uniform")
+    env = _static("resnet8", policy, 0.5)
+    ratios = policy.prepare(env).keep_ratios()
+    # one ratio r, each unit keeping ceil(r·C) of its 16, 32 or 64 channels
+    counts = policy.keep_counts
+    assert counts is not None and len(set(env.channels.tolist())) == 3
+    r = min(ratios)
+    assert counts.tolist() == [int(keep_count(r, int(c))) for c in env.channels]
+    a = get_baseline("random", seed=1).prepare(env).keep_counts
+    b = get_baseline("random", seed=1).prepare(env).keep_counts
+    c = get_baseline("random", seed=2).prepare(env).keep_counts
+    assert a is not None and b is not None and c is not None
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_global_allocation_is_not_uniform_when_scales_differ() -> None:
+    net = randomize_(get_model("resnet8"), seed=0)
+    # make the last unit's γ tiny except one channel: a global threshold prunes it harder than the others
+    bn = net.get_submodule("layer3.0.bn1")
+    assert isinstance(bn, nn.BatchNorm2d)
+    bn.weight.data[:] = 0.01
+    bn.weight.data[0] = 1.0
+    policy = get_baseline("bn_scale", allocation="global")
+    env = StaticPruningEnv(model=net, num_val=16, budget=0.6, criterion="bn_scale")
+    counts = policy.prepare(env).keep_counts
+    assert counts is not None
+    assert counts[-1] == PruningTarget.of(env).min_counts[-1] and counts[:-1].max() > counts[-1]
+
+
+def test_env_criterion_must_match_and_impossible_budget_is_refused() -> None:
+    env = StaticPruningEnv(model=_net("tiny_cnn"), num_val=16, budget=0.5, criterion="l1")
+    with pytest.raises(ValueError, match="criterion='l2'"):
+        get_baseline("l2").prepare(env)
+    with pytest.raises(ValueError, match="cannot be met"):
+        get_baseline("uniform", budget=0.01).prepare(env)
+
+
+@pytest.mark.parametrize("name", ["uniform", "bn_scale"])
+def test_evaluate_policy_static_env(name: str) -> None:
+    policy = get_baseline(name)
+    env = _static("tiny_cnn", policy, 0.5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Monitor.*")
+        rewards, lengths = evaluate_policy(policy.prepare(env), env, n_eval_episodes=2, return_episode_rewards=True)
+    assert lengths == [env.num_units] * 2
+    assert all(np.isfinite(rewards))
+
+
+@pytest.mark.parametrize("name", ["random", "l2"])
+def test_evaluate_policy_runtime_env(name: str) -> None:
+    policy = get_baseline(name)
+    env = _runtime("resnet8", 0.5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Monitor.*")
+        mean, std = evaluate_policy(policy.prepare(env), env, n_eval_episodes=3)
+    assert np.isfinite(mean) and np.isfinite(std)
+
+
+def test_vectorised_envs() -> None:
+    policy = get_baseline("uniform", budget=0.4)
+    vec = RuntimePruningVecEnv(4, model=_net("resnet8"), budget=0.4, dataset_kwargs={"size": 8})
+    single = _runtime("resnet8", 0.4)
+    expected = policy.prepare(single).keep_counts
+    policy.prepare(vec)
+    assert np.array_equal(policy.keep_counts, expected)  # type: ignore[arg-type]
+    obs = vec.reset()
+    kept = []
+    for _ in range(vec.num_units):
+        assert isinstance(obs, np.ndarray)
+        actions, _ = policy.predict(obs)
+        assert actions.shape == (4, 1)
+        obs, _, dones, infos = vec.step(actions)
+        kept.append([i["kept_channels"] for i in infos])
+    assert dones.all()
+    assert np.array_equal(np.array(kept).T, np.tile(expected, (4, 1)))  # type: ignore[arg-type]
+    assert all(i["macs_fraction"] <= 0.4 + 1e-12 for i in infos)
+
+    static = get_baseline("l1")
+    dummy = DummyVecEnv([lambda: StaticPruningEnv(model=_net("tiny_cnn"), num_val=16, criterion="l1")] * 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Monitor.*")
+        _, lengths = evaluate_policy(static.prepare(dummy), dummy, n_eval_episodes=2, return_episode_rewards=True)
+    assert lengths == [3, 3]
