@@ -10,6 +10,7 @@ unit index from the observation and returns that unit's action.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -210,7 +211,7 @@ def solve_budget(
     return counts(lo)
 
 
-class BaselinePolicy:
+class BaselinePolicy(abc.ABC):
     """A fixed per-unit keep-ratio rule, usable wherever a trained agent's ``predict`` is.
 
     Subclasses implement :meth:`allocate` (keep counts per unit that meet the budget); this class turns them
@@ -242,9 +243,9 @@ class BaselinePolicy:
         return f"{type(self).__name__}(name={self.name!r}, criterion={self.criterion!r}, budget={self.budget})"
 
     # -- to override ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
         """Keep counts per unit, int64 ``(L,)`` within ``[min_counts, channels]``, whose MACs meet ``budget``."""
-        raise NotImplementedError
 
     # -- the protocol --------------------------------------------------------------------------------------
     def prepare(self, env: Any) -> BaselinePolicy:
