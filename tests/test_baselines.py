@@ -25,6 +25,9 @@ CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in list_baselines
     (name, {"allocation": "global"}) for name in ("l1", "l2", "bn_scale")
 ]
 IDS = [name + ("-global" if kw else "") for name, kw in CASES]
+RUNTIME_ONLY = {"fbs"}
+STATIC_CASES = [case for case in CASES if case[0] not in RUNTIME_ONLY]
+STATIC_IDS = [i for i, case in zip(IDS, CASES, strict=True) if case[0] not in RUNTIME_ONLY]
 _NETS: dict[str, nn.Module] = {}
 
 
@@ -68,7 +71,7 @@ def test_module_doctest() -> None:
 
 
 def test_registry() -> None:
-    assert list_baselines() == ["bn_scale", "l1", "l2", "random", "uniform"]
+    assert list_baselines() == ["bn_scale", "fbs", "l1", "l2", "random", "uniform"]
     policy = get_baseline("l1", allocation="global", budget=0.4)
     assert policy.name == "l1" and policy.criterion == "l1" and policy.budget == 0.4
     predictor: PolicyPredictor = policy  # the protocol is static-only: a type check, not isinstance
@@ -87,7 +90,7 @@ def test_registry() -> None:
 
 
 @pytest.mark.parametrize("model", ["tiny_cnn", "resnet8"])
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), STATIC_CASES, ids=STATIC_IDS)
 def test_static_env_budget_met_tightly(model: str, name: str, kwargs: dict[str, Any]) -> None:
     budget = 0.45
     policy = get_baseline(name, **kwargs)
@@ -209,3 +212,11 @@ def test_vectorised_envs() -> None:
         warnings.filterwarnings("ignore", message=".*Monitor.*")
         _, lengths = evaluate_policy(static.prepare(dummy), dummy, n_eval_episodes=2, return_episode_rewards=True)
     assert lengths == [3, 3]
+
+
+def test_fbs_is_the_constant_runtime_ratio_and_refuses_static_envs() -> None:
+    fbs = get_baseline("fbs").prepare(_runtime("resnet8", 0.4))
+    uniform = get_baseline("uniform").prepare(_runtime("resnet8", 0.4))
+    assert fbs.keep_counts.tolist() == uniform.keep_counts.tolist()  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="runtime baseline"):
+        get_baseline("fbs").prepare(_static("resnet8", get_baseline("uniform"), 0.4))

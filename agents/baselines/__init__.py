@@ -11,12 +11,13 @@ for the env (:meth:`BaselinePolicy.prepare`). Baselines work in both environment
 | `l1`       | uniform, or `allocation="global"`                   | filter L1 norm         |
 | `l2`       | uniform, or `allocation="global"`                   | filter L2 norm         |
 | `bn_scale` | uniform, or `allocation="global"` (slimming)        | BN `|γ|`               |
+| `fbs`      | one runtime ratio for all units and images (FBS)    | runtime env only: `u_r` |
 
 Example:
     >>> from agents.baselines import get_baseline, list_baselines
     >>> from envs.static import StaticPruningEnv
     >>> list_baselines()
-    ['bn_scale', 'l1', 'l2', 'random', 'uniform']
+    ['bn_scale', 'fbs', 'l1', 'l2', 'random', 'uniform']
     >>> policy = get_baseline("l2", allocation="global")
     >>> env = StaticPruningEnv(num_val=16, budget=0.5, criterion=policy.criterion)
     >>> policy = policy.prepare(env)
@@ -32,11 +33,12 @@ Example:
 from __future__ import annotations
 
 from .base import BaselinePolicy, PruningTarget, get_baseline, list_baselines, register_baseline, solve_budget
-from .policies import CriterionBaseline, RandomBaseline, UniformBaseline
+from .policies import CriterionBaseline, FBSBaseline, RandomBaseline, UniformBaseline
 
 __all__ = [
     "BaselinePolicy",
     "CriterionBaseline",
+    "FBSBaseline",
     "PruningTarget",
     "RandomBaseline",
     "UniformBaseline",

@@ -14,7 +14,7 @@ from pruning.plan import keep_count
 
 from .base import BaselinePolicy, PruningTarget, register_baseline, solve_budget
 
-__all__ = ["CriterionBaseline", "RandomBaseline", "UniformBaseline"]
+__all__ = ["CriterionBaseline", "FBSBaseline", "RandomBaseline", "UniformBaseline"]
 
 
 def _uniform_counts(target: PruningTarget, budget: float) -> np.ndarray:
@@ -41,6 +41,33 @@ class UniformBaseline(BaselinePolicy):
     def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
         """Keep counts of the largest uniform ratio that meets ``budget``."""
         return _uniform_counts(target, budget)
+
+
+@register_baseline("fbs")
+class FBSBaseline(UniformBaseline):
+    """Feature Boosting and Suppression (Gao et al., ICLR 2019): the runtime mechanism paper 7 builds on.
+
+    The same channel-importance predictor ``u_r = Linear(GAP(x))`` as paper 7, and one constant runtime keep
+    ratio for every unit and every image, solved for the MAC budget; per input the top-k channels by ``u_r``
+    run (winner-take-all). It is :class:`UniformBaseline` restricted to the runtime env, where the ratio is a
+    runtime ratio and the env's predictors choose the channels. (FBS also trains its predictors with a
+    sparsity loss; here they are whatever the model's gate stage trained.)
+
+    Args:
+        budget: MAC budget (fraction of the base MACs); ``None`` (default) uses the env's.
+
+    Raises:
+        ValueError: from :meth:`prepare` on a static env (FBS has no static side).
+    """
+
+    def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
+        """Keep counts of the largest constant runtime ratio that meets ``budget`` (runtime env only)."""
+        if target.kind != "runtime":
+            raise ValueError(
+                "fbs is a runtime baseline (a constant per-input keep ratio chosen by the predictor); "
+                "use it with prunegym/RuntimePruning-v0, or 'uniform' for a static plan"
+            )
+        return super().allocate(target, budget)
 
 
 @register_baseline("random")
