@@ -29,6 +29,8 @@ from typing import Any
 
 from gymnasium import spaces
 
+from pruning.registry import Registry
+
 __all__ = [
     "ALGOS",
     "ENV_KEYS",
@@ -152,7 +154,7 @@ class AlgoSpec:
 
 
 #: Every registered algorithm by name.
-ALGOS: dict[str, AlgoSpec] = {}
+ALGOS: Registry[AlgoSpec] = Registry("algorithm")
 
 
 def register_algo(
@@ -189,13 +191,12 @@ def register_algo(
     if not isinstance(cls_or_path, str):
         _check_api(cls_or_path, name)
     spec = AlgoSpec(name, cls_or_path, action_spaces, default_policy, recurrent)
-    ALGOS[name] = spec
-    return spec
+    return ALGOS.add(name, spec, replace=overwrite)
 
 
 def list_algos() -> list[str]:
     """Names of the registered algorithms, sorted."""
-    return sorted(ALGOS)
+    return ALGOS.names()
 
 
 def get_algo(name: str | AlgoSpec) -> AlgoSpec:
@@ -212,29 +213,27 @@ def get_algo(name: str | AlgoSpec) -> AlgoSpec:
         The algorithm's :class:`AlgoSpec`; ``spec.cls`` is the class.
 
     Raises:
-        KeyError: For an unknown name (the message lists the registered ones).
+        ValueError: For an unknown name (the message suggests close ones and lists the registered ones).
         ImportError: If the class cannot be imported.
         TypeError: If the class does not follow the stable-baselines3 algorithm API.
     """
     if isinstance(name, AlgoSpec):
         spec = name
     elif name in ALGOS:
-        spec = ALGOS[name]
+        spec = ALGOS.get(name)
     elif ":" in name:
         cls = _check_api(_import_path(name), name)
-        known = next((s for s in ALGOS.values() if s.target is cls or _same_path(s.target, cls)), None)
+        known = next((s for _, s in ALGOS.items() if s.target is cls or _same_path(s.target, cls)), None)
         spec = (
             AlgoSpec(name, cls, known.action_spaces, known.default_policy, known.recurrent)
             if known
             else AlgoSpec(name, cls)
         )
     else:
-        close = difflib.get_close_matches(name, ALGOS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise KeyError(
-            f"unknown algorithm {name!r}{hint}. Registered: {', '.join(list_algos())}; "
-            f"or give an import path 'package.module:Class'"
-        )
+        try:
+            spec = ALGOS.get(name)
+        except ValueError as err:
+            raise ValueError(f"{err}; or give an import path 'package.module:Class'") from None
     spec.cls  # noqa: B018 - import and API check now
     return spec
 

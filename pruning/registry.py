@@ -76,6 +76,10 @@ class Registry(Generic[T]):
         new._items = dict(self._items)
         return new
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, entry)`` pairs, sorted by name."""
+        return sorted(self._items.items(), key=lambda kv: kv[0])
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

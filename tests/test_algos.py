@@ -14,6 +14,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import LinearSchedule
 
+import agents.algos as algos
 import envs  # noqa: F401 - registers the prunegym/ ids
 from agents.algos import (
     ALGOS,
@@ -33,11 +34,9 @@ NUM_VAL = 16
 
 
 @pytest.fixture
-def restore_registry() -> Any:
-    saved = dict(ALGOS)
-    yield
-    ALGOS.clear()
-    ALGOS.update(saved)
+def restore_registry(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(algos, "ALGOS", algos.ALGOS.copy())
+    return algos.ALGOS
 
 
 def _static_env() -> gym.Env:
@@ -69,7 +68,7 @@ def test_action_space_declarations() -> None:
 
 
 def test_unknown_name_lists_registered() -> None:
-    with pytest.raises(KeyError, match=r"unknown algorithm 'ppoo' \(did you mean ppo.*\)\. Registered: a2c"):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'ppoo'\. Did you mean ppo.*\? Registered: a2c"):
         get_algo("ppoo")
 
 
@@ -77,7 +76,7 @@ def test_import_path_algorithm() -> None:
     spec = get_algo("stable_baselines3.ppo:PPO")
     assert spec.cls is PPO
     # the registry's knowledge of PPO (spaces, policy) carries over to its import path
-    assert spec.action_spaces == ALGOS["ppo"].action_spaces
+    assert spec.action_spaces == ALGOS.get("ppo").action_spaces
     model, n = make_model(
         "stable_baselines3.ppo:PPO", gym.make("CartPole-v1"), {"n_steps": 16, "batch_size": 16}, seed=0
     )
@@ -143,7 +142,7 @@ def test_register_custom_and_duplicates(restore_registry: Any) -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_algo("my_ppo", PPO)
     register_algo("my_ppo", PPO, overwrite=True)
-    assert ALGOS["my_ppo"].target is PPO and ALGOS["my_ppo"].action_spaces is None
+    assert restore_registry.get("my_ppo").target is PPO and restore_registry.get("my_ppo").action_spaces is None
     with pytest.raises(ValueError, match="plain non-empty name"):
         register_algo("a:b", PPO)
 
