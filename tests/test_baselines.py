@@ -71,7 +71,7 @@ def test_module_doctest() -> None:
 
 
 def test_registry() -> None:
-    assert list_baselines() == ["bn_scale", "fbs", "l1", "l2", "random", "uniform"]
+    assert list_baselines() == ["bn_scale", "fbs", "l1", "l2", "pfp", "random", "uniform"]
     policy = get_baseline("l1", allocation="global", budget=0.4)
     assert policy.name == "l1" and policy.criterion == "l1" and policy.budget == 0.4
     predictor: PolicyPredictor = policy  # the protocol is static-only: a type check, not isinstance

@@ -27,7 +27,7 @@ def test_module_doctest() -> None:
 
 
 def test_registry() -> None:
-    assert list_criteria() == ["bn_scale", "l1", "l2", "random", "u_s"]
+    assert list_criteria() == ["bn_scale", "l1", "l2", "pfp_sensitivity", "random", "u_s"]
     assert get_criterion("l1") is criteria.l1_criterion
     with pytest.raises(ValueError, match=r"unknown criterion 'l11'\. Did you mean l1"):
         get_criterion("l11")

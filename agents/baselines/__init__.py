@@ -12,12 +12,13 @@ for the env (:meth:`BaselinePolicy.prepare`). Baselines work in both environment
 | `l2`       | uniform, or `allocation="global"`                   | filter L2 norm         |
 | `bn_scale` | uniform, or `allocation="global"` (slimming)        | BN `|γ|`               |
 | `fbs`      | one runtime ratio for all units and images (FBS)    | runtime env only: `u_r` |
+| `pfp`      | PFP sample sizes m(ε), one ε solved for the budget  | env's (`pfp_sensitivity`) |
 
 Example:
     >>> from agents.baselines import get_baseline, list_baselines
     >>> from envs.static import StaticPruningEnv
     >>> list_baselines()
-    ['bn_scale', 'fbs', 'l1', 'l2', 'random', 'uniform']
+    ['bn_scale', 'fbs', 'l1', 'l2', 'pfp', 'random', 'uniform']
     >>> policy = get_baseline("l2", allocation="global")
     >>> env = StaticPruningEnv(num_val=16, budget=0.5, criterion=policy.criterion)
     >>> policy = policy.prepare(env)
@@ -33,12 +34,14 @@ Example:
 from __future__ import annotations
 
 from .base import BaselinePolicy, PruningTarget, get_baseline, list_baselines, register_baseline, solve_budget
+from .pfp import PFPBaseline
 from .policies import CriterionBaseline, FBSBaseline, RandomBaseline, UniformBaseline
 
 __all__ = [
     "BaselinePolicy",
     "CriterionBaseline",
     "FBSBaseline",
+    "PFPBaseline",
     "PruningTarget",
     "RandomBaseline",
     "UniformBaseline",

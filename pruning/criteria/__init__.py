@@ -10,7 +10,7 @@ Criteria are looked up by name (:func:`get_criterion`); a new one is a function 
     >>> import torch
     >>> from pruning.criteria import get_criterion, list_criteria, register_criterion
     >>> list_criteria()
-    ['bn_scale', 'l1', 'l2', 'random', 'u_s']
+    ['bn_scale', 'l1', 'l2', 'pfp_sensitivity', 'random', 'u_s']
     >>> from pruning.models import get_model
     >>> from pruning.units import get_units
     >>> model = get_model("tiny_cnn")
@@ -28,6 +28,7 @@ Criteria are looked up by name (:func:`get_criterion`); a new one is a function 
 | `bn_scale` | `|γ[c]|` of the unit's BatchNorm                            | Liu et al., ICCV 2017 (slimming)    |
 | `random`   | `U[0, 1)`, seeded per (seed, unit index)                    | a control                           |
 | `u_s`      | paper 7's learned static importance (gated units only)      | Chen, Chen & Pan, NeurIPS 2020      |
+| `pfp_sensitivity` | PFP's sensitivity w.r.t. the consumer, on a batch `inputs=` | Liebenwein et al., ICLR 2020 |
 """
 
 from __future__ import annotations
@@ -166,3 +167,9 @@ def us_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
             "use criterion='l1' for plain models, or gate the model (pruning.gating.gate_model) and train u_s"
         )
     return mod.static_importance.detach().clone()
+
+
+from .pfp import pfp_sensitivity_criterion  # noqa: E402  (registered after the registry exists)
+
+register_criterion("pfp_sensitivity")(pfp_sensitivity_criterion)
+__all__ += ["pfp_sensitivity_criterion"]
