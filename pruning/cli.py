@@ -55,6 +55,7 @@ ENTRY_POINT_GROUP = "prunegym.commands"
 #: Commands of this package: name → (``"module:function"``, one-line help).
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pruning.pretrain:main", "train or fine-tune a CIFAR model, gate it and run the gate stage"),
+    "compare": ("agents.compare:main", "compare pruning policies: table + Pareto plot"),
 }
 
 
