@@ -90,8 +90,12 @@ class _RuntimeCore:
         self.budget_term = budget_term if budget_term is not None else BudgetTerm()
         self._warmup, self._decay = int(loss_scale_warmup), float(loss_scale_decay)
         self._own_scale = loss_scale is None  # only the env's own running mean restarts on a seeded reset
+        # the env's own running mean is one per episode slot, each updated with its own episodes' CE only, so
+        # that a VecEnv of B slots is exactly B single environments (rewards included)
+        self._own_scales: list[RunningLossScale] = []
+        self.loss_scale: RunningLossScale | float = 1.0
         if loss_scale is None:
-            self.loss_scale: RunningLossScale | float = RunningLossScale(self._warmup, self._decay)
+            self.restart_loss_scale()
         elif isinstance(loss_scale, RunningLossScale):
             self.loss_scale = loss_scale
         else:
@@ -186,16 +190,26 @@ class _RuntimeCore:
             raise ValueError(f"budget must be a MAC fraction in (0, 1], got {value}")
         self._budget = value
 
-    @property
-    def loss_scale_value(self) -> float:
-        """β_b the next reward divides by."""
-        s = self.loss_scale
-        return max(s.value if isinstance(s, RunningLossScale) else s, LOSS_SCALE_FLOOR)
-
     def restart_loss_scale(self) -> None:
-        """Forget the env's own running loss mean (a fixed or a shared ``loss_scale`` is left alone)."""
+        """Forget the env's own running loss means (a fixed or a shared ``loss_scale`` is left alone)."""
         if self._own_scale:
-            self.loss_scale = RunningLossScale(self._warmup, self._decay)
+            self._own_scales = [RunningLossScale(self._warmup, self._decay) for _ in range(self.num_envs)]
+            self.loss_scale = self._own_scales[0]  # what `env.loss_scale` shows (sub-env 0's in a VecEnv)
+
+    def _update_loss_scales(self, ce: torch.Tensor) -> torch.Tensor:
+        """Fold this batch's CE into β and return the β of every episode (float64 ``(B,)``), floored.
+
+        Own running means: slot i is updated with episode i's CE. A shared ``RunningLossScale``: one update
+        with the batch mean (paper 7's per-batch β). A fixed float: unchanged.
+        """
+        values = ce.cpu().tolist()
+        if self._own_scale:
+            betas = [s.update(v) for s, v in zip(self._own_scales, values, strict=True)]
+        elif isinstance(self.loss_scale, RunningLossScale):
+            betas = [self.loss_scale.update(sum(values) / len(values))] * len(values)
+        else:
+            betas = [float(self.loss_scale)] * len(values)
+        return torch.tensor(betas, dtype=torch.float64).clamp(min=LOSS_SCALE_FLOOR)
 
     def ratio_of(self, actions: np.ndarray) -> np.ndarray:
         """Keep ratio of clipped actions (float64): ``min_keep + (a + 1)/2·(1 - min_keep)``, 6 decimals."""
@@ -340,10 +354,8 @@ class _RuntimeCore:
             ce = torch.where(capped, torch.full_like(ce, LOSS_CAP), ce)
             correct = logits.argmax(1) == self._y
         frac = cost.macs_fraction  # float64 (B,)
-        if isinstance(self.loss_scale, RunningLossScale):
-            # before the reward, as in the static env: the first batch is normalised by its own mean CE
-            self.loss_scale.update(float(ce.mean()))
-        scale = self.loss_scale_value
+        # β is updated before the reward, as in the static env: a first episode is normalised by its own CE
+        scale = self._update_loss_scales(ce)
         r_acc = -ce.cpu() / scale
         r_bud = self.budget_term(frac, self._budget)
         reward = (r_acc + r_bud).numpy()
@@ -360,7 +372,7 @@ class _RuntimeCore:
         for i, info in enumerate(infos):
             for k, v in cols.items():
                 info[k] = v[i]
-            info["loss_scale"] = scale
+            info["loss_scale"] = float(scale[i])
         self._committed = cost.macs.numpy()
         return self._observe(self.num_units), reward, True, infos
 
@@ -524,12 +536,13 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
 
     `r = -CE(x, y) / β + budget_term(B, budget)`, with
 
-    - `β` the running mean of the cross-entropy (`envs.rewards.RunningLossScale`: cumulative mean of the batch
-      mean CE over the first `loss_scale_warmup` batches, then an EMA with `loss_scale_decay`; 1 before the
-      first update), or a fixed `loss_scale`. β is updated with the batch's mean CE **before** the rewards are
-      computed (as in `StaticPruningEnv`), so the first batch is normalised by its own loss rather than by
-      an arbitrary 1; in a batch of B episodes each reward thus depends on the batch's mean CE. A single
-      environment is a batch of one.
+    - `β` the running mean of the cross-entropy (`envs.rewards.RunningLossScale`: cumulative mean over the
+      first `loss_scale_warmup` updates, then an EMA with `loss_scale_decay`), updated **before** the reward
+      is computed (as in `StaticPruningEnv`), so a first episode is normalised by its own loss. By default
+      each environment keeps its own β, and `RuntimePruningVecEnv` one per sub-environment, each fed by its
+      own episodes only: a VecEnv of B is exactly B single environments, rewards included. A shared
+      `RunningLossScale` passed as `loss_scale` is updated once per batch with the batch's mean CE (paper 7's
+      per-batch β); a float fixes β.
     - `B` the image's backbone MAC fraction: conv + linear MACs of the network under the final combined
       masks of every unit (`pruning.accounting.CostModel.from_counts`), over the unpruned backbone's MACs.
       Predictor MACs are overhead and are not charged (paper 7's B counts conv MACs only); `info` reports

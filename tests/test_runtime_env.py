@@ -142,8 +142,8 @@ def test_vec_env_equals_single_envs(fixed_scale: bool) -> None:
                 assert obs[-1] == np.float32(info["macs_fraction"])  # committed MACs end at the episode's B
                 assert v_rew[i] == pytest.approx(vi["reward_accuracy"] + vi["reward_budget"], rel=1e-6)
                 assert vi["reward_accuracy"] == pytest.approx(-vi["ce"] / vi["loss_scale"], rel=1e-12)
-                if fixed_scale:  # same beta: same reward (a running beta follows the batch mean CE)
-                    assert v_rew[i] == pytest.approx(rew, rel=1e-5, abs=1e-6)
+                assert vi["loss_scale"] == pytest.approx(info["loss_scale"], rel=1e-5)
+                assert v_rew[i] == pytest.approx(rew, rel=1e-5, abs=1e-6)  # own beta per sub-env: same reward
                 obs = singles[i].reset()[0]
             else:
                 assert v_rew[i] == rew == 0.0
