@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from _common import add_machine_args
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
@@ -37,7 +38,6 @@ from pruning.models import get_model, input_normalization
 from pruning.plan import PruningPlan, keep_count
 from pruning.units import get_units
 
-REPO = Path(__file__).resolve().parents[1]
 ACCOUNTING_MODELS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16_bn", "m_cifarnet"]
 
 
@@ -47,11 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="timed runs per model at batch 128 (default 60; 3 with --quick)")
     p.add_argument("--repeats-b1", type=int, default=None,
                    help="timed runs per model at batch 1 (default 20 x --repeats)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--models-dir", type=Path, default=REPO.parent / "shared" / "models",
-                   help="checkpoints directory (default ../shared/models relative to the repository)")
-    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
-                   help="data root holding cifar10/test.npz (default ../shared/data)")
+    add_machine_args(p, data_file="test.npz")
     p.add_argument("--eval-images", type=int, default=None,
                    help="test images for top-1, 10%% per class (default 2000; 200 with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke run: two models, one plan each, few repeats")

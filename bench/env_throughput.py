@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_machine_args
 from tqdm import tqdm
 
 from envs.runtime import RuntimePruningVecEnv
@@ -40,7 +41,6 @@ from pruning.gating import set_plan
 from pruning.models import get_model, input_normalization
 from pruning.plan import PruningPlan
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = ("resnet20", "resnet56")
 RATIO = 0.5
 
@@ -53,11 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128, help="runtime episodes per batch B (default 128)")
     p.add_argument("--static-sizes", type=int, nargs="*", default=None,
                    help="validation images of the static env (default 512 2048; 128 quick); none to skip")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--models-dir", type=Path, default=REPO.parent / "shared" / "models",
-                   help="checkpoints directory (default ../shared/models relative to the repository)")
-    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
-                   help="data root holding cifar10/val.npz (default ../shared/data)")
+    add_machine_args(p, data_file="val.npz")
     p.add_argument("--quick", action="store_true", help="smoke run: few repeats, one small static size")
     a = p.parse_args(argv)
     if a.repeats is None:
