@@ -423,6 +423,11 @@ class _SharedAttributes:
         return self._core.num_units
 
     @property
+    def budget_index(self) -> int:
+        """Position of the MAC budget in the observation (a policy can read its target from it)."""
+        return self._core.obs_dim - 2
+
+    @property
     def model(self) -> nn.Module:
         """The env's gated copy of the model (eval mode, no gradients; its static plan set)."""
         return self._core.model

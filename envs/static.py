@@ -674,6 +674,11 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         """The env's private gated copy of the model (its plan is the last scored episode's)."""
         return self._model
 
+    @property
+    def budget_index(self) -> int:
+        """Position of the MAC budget in the observation (1.0 there when the env has no MAC budget)."""
+        return len(DESCRIPTOR_NAMES) + 2
+
     def final_plan(self) -> PruningPlan:
         """The plan of the episode so far (decided units; undecided ones keep everything).
 

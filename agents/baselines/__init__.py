@@ -33,17 +33,30 @@ Example:
 
 from __future__ import annotations
 
-from .base import BaselinePolicy, PruningTarget, get_baseline, list_baselines, register_baseline, solve_budget
+from .base import (
+    BaselinePolicy,
+    BuiltModel,
+    PruningTarget,
+    TrainContext,
+    TrainedBaseline,
+    get_baseline,
+    list_baselines,
+    register_baseline,
+    solve_budget,
+)
 from .pfp import PFPBaseline
 from .policies import CriterionBaseline, FBSBaseline, RandomBaseline, UniformBaseline
 
 __all__ = [
     "BaselinePolicy",
+    "BuiltModel",
     "CriterionBaseline",
     "FBSBaseline",
     "PFPBaseline",
     "PruningTarget",
     "RandomBaseline",
+    "TrainContext",
+    "TrainedBaseline",
     "UniformBaseline",
     "get_baseline",
     "list_baselines",

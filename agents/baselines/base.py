@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
@@ -31,7 +31,10 @@ from pruning.units import Unit
 
 __all__ = [
     "BaselinePolicy",
+    "BuiltModel",
     "PruningTarget",
+    "TrainContext",
+    "TrainedBaseline",
     "get_baseline",
     "list_baselines",
     "register_baseline",
@@ -337,3 +340,74 @@ class BaselinePolicy(abc.ABC):
         if target.action_dim == 2:
             out.append(2.0 * target.tradeoff - 1.0)
         return np.asarray(out, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training-based baselines: methods that change the weights (or the layers) before they are scored
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What a training-based baseline may use to build its pruned model (the same for every method).
+
+    Attributes:
+        train_set: Training split, normalised for the base model (:func:`pruning.train.dataset_for_model`).
+        val_set: Validation split (model selection, calibration); never the test split.
+        budget: The MAC budget (fraction of the base model's MACs per image) the method should aim at.
+        seed: Seeds the method's data order and any sampling.
+        epochs: The shared short training budget, in passes over ``train_set`` (fractions allowed, e.g. 0.25
+            trains on a quarter of an epoch's batches). Every training-based method gets the same value.
+        device: Where to train.
+        progress: Show progress bars.
+    """
+
+    train_set: Any
+    val_set: Any
+    budget: float
+    seed: int = 0
+    epochs: float = 1.0
+    device: str = "cpu"
+    progress: bool = False
+
+
+@dataclass
+class BuiltModel:
+    """A training-based baseline's result: the model to score and its costs, measured as the method defines.
+
+    Attributes:
+        model: The pruned (and trained) model, evaluated as is in eval mode on val and test, and timed.
+        macs_fraction: MACs per image over the base model's (for per-input methods, the measured mean).
+        params_fraction: Stored parameters over the base model's.
+        keep_ratios: Per-unit static keep ratios when the method yields a channel plan, else ``None``.
+        train_seconds: Wall time of the method's training.
+        info: Extra plain values to report (e.g. unstructured sparsity, gate rate, the threshold chosen).
+    """
+
+    model: nn.Module
+    macs_fraction: float
+    params_fraction: float
+    keep_ratios: list[float] | None = None
+    train_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainedBaseline(BaselinePolicy):
+    """A baseline that trains (its regulariser, control factors, gates or optimizer) before it prunes.
+
+    Such a method changes the weights or the layers, so it cannot act in an env whose model is fixed: it is
+    scored by :mod:`agents.compare` through :meth:`build`, which returns the pruned model and its costs.
+    ``prepare``/``predict`` raise with that explanation.
+    """
+
+    trains: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
+        """Train on ``context`` starting from a copy of ``base`` (never modified) and return the pruned model."""
+
+    def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:  # noqa: D102
+        raise TypeError(
+            f"{self.name!r} is a training-based method: it changes the weights, so it does not act in an env with a "
+            "fixed model. Score it with agents.compare (prunegym compare), which calls its build()"
+        )
