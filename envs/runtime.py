@@ -32,7 +32,14 @@ from pruning.train import dataset_for_model
 from .common import build_env_model, load_reward_split
 from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, RunningLossScale
 
-__all__ = ["OBS_BOUND", "RuntimePruningEnv", "RuntimePruningVecEnv"]
+__all__ = [
+    "OBS_BOUND",
+    "PolicyRuntimeSource",
+    "RuntimePruningEnv",
+    "RuntimePruningVecEnv",
+    "action_to_ratio",
+    "runtime_observation",
+]
 
 #: Observation entries are clipped to ``[-OBS_BOUND, OBS_BOUND]`` so the declared Box is finite (Gymnasium's
 #: checker warns on infinite bounds). GAP and ``u_r`` of a trained CIFAR net are O(1)-O(10); the clip only
@@ -46,6 +53,178 @@ RATIO_DECIMALS = 6
 
 #: Zero-padding of CIFAR's random crop (when a ``train`` split is augmented).
 _PAD = 4
+
+
+def action_to_ratio(actions: np.ndarray, min_keep: float) -> np.ndarray:
+    """Keep ratio of actions (float64): ``min_keep + (clip(a, -1, 1) + 1)/2·(1 - min_keep)``, 6 decimals.
+
+    Actions outside ``[-1, 1]`` are clipped (the env's documented behaviour); the rounding to
+    :data:`RATIO_DECIMALS` removes float32 noise that would otherwise change a keep count.
+    """
+    a = np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0)
+    r = min_keep + (a + 1.0) * 0.5 * (1.0 - min_keep)
+    return np.clip(np.round(r, RATIO_DECIMALS), min_keep, 1.0)
+
+
+def runtime_observation(
+    t: int,
+    num_units: int,
+    gap: torch.Tensor | None,
+    u_r: torch.Tensor | None,
+    gap_width: int,
+    ur_width: int,
+    budget: float,
+    committed: np.ndarray,
+) -> np.ndarray:
+    """The runtime MDP's observation of ``N`` episodes at unit ``t`` (float32 ``(N, gap_width + ur_width + 3)``).
+
+    Layout: ``GAP`` of the unit input (zero-padded to ``gap_width``), ``u_r`` (zero-padded to ``ur_width``),
+    ``t / (L - 1)``, the MAC budget, the MAC fraction committed so far. ``gap``/``u_r`` are ``None`` for the
+    terminal observation (``t = L``: features are zero). Features are clipped to ``±OBS_BOUND``.
+
+    Raises:
+        RuntimeError: the features are not finite (the model's weights are broken).
+    """
+    committed = np.asarray(committed, dtype=np.float64)
+    obs = np.zeros((committed.shape[0], gap_width + ur_width + 3), dtype=np.float32)
+    if gap is not None and u_r is not None:
+        obs[:, : gap.shape[1]] = gap.detach().cpu().numpy()
+        obs[:, gap_width : gap_width + u_r.shape[1]] = u_r.detach().cpu().numpy()
+        feats = obs[:, :-3]
+        if not np.isfinite(feats).all():
+            raise RuntimeError(f"the model produced non-finite activations at the input of unit {t}; check its weights")
+        np.clip(feats, -OBS_BOUND, OBS_BOUND, out=feats)
+    obs[:, -3] = min(t / max(num_units - 1, 1), 1.0)
+    obs[:, -2] = budget
+    obs[:, -1] = committed
+    return obs
+
+
+class PolicyRuntimeSource:
+    """A :data:`pruning.plan.RuntimeSource` that asks a policy for every unit's keep ratio, per input.
+
+    The policy sees exactly the observation :class:`RuntimePruningEnv` shows it (GAP and ``u_r`` of the unit,
+    unit index, budget, MAC fraction committed so far, from the kept counts of the units already run), so an
+    agent trained in the env prunes a model's ordinary forward pass — in training (the CNN phase of paper 7's
+    schedule), in :class:`StaticPruningEnv` (``runtime=``), in :func:`pruning.train.evaluate` or in
+    :class:`pruning.export.DynamicModel` — as it did in the env. A recurrent policy's state is carried from unit
+    to unit and restarts at unit 0 of every forward pass.
+
+    Args:
+        policy: Anything with stable-baselines3's ``predict(obs, state, episode_start, deterministic)``: a
+            trained SB3 / sb3-contrib model, a :mod:`agents.baselines` policy, a user class.
+        model: The gated model the source prunes (the one the agent was trained on: its :class:`CostModel`
+            defines the committed MAC fraction). Use :meth:`bind` to run the same source on an exported copy or
+            a ``DynamicModel`` of it.
+        budget: The MAC budget shown to the policy.
+        min_keep: The env's smallest keep ratio (actions map to ``[min_keep, 1]``). Default 0.1, the env's.
+        deterministic: Ask for the policy's deterministic action (evaluation, CNN phase) or a sample.
+
+    Example:
+        >>> import torch
+        >>> from agents.baselines import get_baseline
+        >>> from envs.runtime import PolicyRuntimeSource, RuntimePruningEnv
+        >>> from pruning.gating import set_plan
+        >>> from pruning.plan import PruningPlan
+        >>> env = RuntimePruningEnv(budget=0.5)
+        >>> policy = get_baseline("fbs").prepare(env)
+        >>> source = PolicyRuntimeSource(policy, env.model, budget=0.5)
+        >>> set_plan(env.model, PruningPlan(runtime_keep=source))
+        >>> env.model(torch.randn(4, 3, 32, 32)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        model: nn.Module,
+        *,
+        budget: float,
+        min_keep: float = 0.1,
+        deterministic: bool = True,
+    ) -> None:
+        if not callable(getattr(policy, "predict", None)):
+            raise TypeError(
+                f"policy must have a predict(obs, state, episode_start, deterministic) method; "
+                f"got {type(policy).__name__}"
+            )
+        if not (math.isfinite(budget) and 0.0 < budget <= 1.0):
+            raise ValueError(f"budget must be a MAC fraction in (0, 1], got {budget}")
+        if not (math.isfinite(min_keep) and 0.0 < min_keep <= 1.0):
+            raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
+        self.policy = policy
+        self.budget = float(budget)
+        self.min_keep = float(min_keep)
+        self.deterministic = bool(deterministic)
+        plans = [(g.runtime, g.static_keep) for g in gated_units(model)]
+        try:  # cost the unpruned structure: the trace must not call a source already set on the model
+            for g in gated_units(model):
+                g.runtime = None
+            cm = CostModel(model)
+        finally:
+            for g, (rt, _) in zip(gated_units(model), plans, strict=True):
+                g.runtime = rt
+        self.base_macs = int(cm.base_macs)
+        self._fixed = int(cm.fixed_macs)
+        self._unit_coef = [int(c) for c in cm.unit_coef]
+        self._consumer_coef = [int(c) for c in cm.consumer_coef]
+        self._producer = list(cm.producer)
+        self._in_channels = [int(c) for c in cm.in_channels]
+        self.units: list[GatedConv] = []
+        self.bind(model)
+        self._state: Any = None
+        self._committed = np.zeros(0)
+        self._keep: np.ndarray = np.zeros((0, len(self.units)), dtype=np.int64)
+        self.calls = 0
+
+    def bind(self, model: nn.Module) -> PolicyRuntimeSource:
+        """Read kept counts from ``model``'s units (an exported copy, a ``DynamicModel``); returns ``self``.
+
+        Raises:
+            ValueError: ``model`` does not have the same number of units.
+        """
+        units = gated_units(model)
+        if self.units and len(units) != len(self.units):
+            raise ValueError(f"model has {len(units)} gated units; this source prunes {len(self.units)}")
+        self.units = units
+        self.gap_width = max(g.full_in_channels for g in units)
+        self.ur_width = max(g.full_channels for g in units)
+        return self
+
+    def __call__(self, unit_index: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """Keep ratios ``(N,)`` (float64) of unit ``unit_index`` for a batch whose GAP and ``u_r`` are given."""
+        t = int(unit_index)
+        n = int(gap.shape[0])
+        num_units = len(self.units)
+        if t == 0:
+            self._state = None
+            self._committed = np.full(n, self._fixed, dtype=np.float64)
+            self._keep = np.zeros((n, num_units), dtype=np.int64)
+        elif self._committed.shape[0] != n:
+            raise RuntimeError(
+                f"unit {t} was called with {n} inputs before unit 0 of that batch; "
+                "a forward pass must run the units in index order"
+            )
+        else:  # charge unit t - 1, which ran since the last call (its kept counts are on the model's unit)
+            s = t - 1
+            last = self.units[s].last_keep
+            if last is None:
+                raise RuntimeError(f"unit {s} has not run before unit {t}; units must run in index order")
+            kept = np.broadcast_to(last.sum(-1).cpu().numpy().astype(np.int64).reshape(-1), (n,))
+            p = self._producer[s]
+            cin = self._keep[:, p] if p is not None else self._in_channels[s]
+            self._committed = self._committed + (self._unit_coef[s] * cin + self._consumer_coef[s]) * kept
+            self._keep[:, s] = kept
+        start = np.full(n, t == 0, dtype=bool)
+        obs = runtime_observation(
+            t, num_units, gap, u_r, self.gap_width, self.ur_width, self.budget, self._committed / self.base_macs
+        )
+        actions, self._state = self.policy.predict(
+            obs, state=self._state, episode_start=start, deterministic=self.deterministic
+        )
+        self.calls += 1
+        ratios = action_to_ratio(np.asarray(actions, dtype=np.float64).reshape(n, -1)[:, 0], self.min_keep)
+        return torch.from_numpy(ratios).to(u_r.device)
 
 
 class _RuntimeCore:
@@ -132,8 +311,7 @@ class _RuntimeCore:
         else:
             if static_keep is not None and tradeoff is None:
                 raise ValueError(
-                    "a static plan needs tradeoff=R_r in [0, 1] (paper 7 uses 0.5; 1 = runtime only, "
-                    "0 = static only)"
+                    "a static plan needs tradeoff=R_r in [0, 1] (paper 7 uses 0.5; 1 = runtime only, 0 = static only)"
                 )
             r = 1.0 if tradeoff is None else float(tradeoff)
             set_plan(self.model, PruningPlan(static_keep=static_keep, runtime_keep=None, tradeoff=r))
@@ -212,9 +390,8 @@ class _RuntimeCore:
         return torch.tensor(betas, dtype=torch.float64).clamp(min=LOSS_SCALE_FLOOR)
 
     def ratio_of(self, actions: np.ndarray) -> np.ndarray:
-        """Keep ratio of clipped actions (float64): ``min_keep + (a + 1)/2·(1 - min_keep)``, 6 decimals."""
-        r = self.min_keep + (actions + 1.0) * 0.5 * (1.0 - self.min_keep)
-        return np.clip(np.round(r, RATIO_DECIMALS), self.min_keep, 1.0)
+        """Keep ratio of clipped actions (float64): see :func:`action_to_ratio`."""
+        return action_to_ratio(actions, self.min_keep)
 
     # -- episodes -----------------------------------------------------------------------------------------
     def reset(
@@ -254,8 +431,8 @@ class _RuntimeCore:
 
     def _observe(self, t: int) -> np.ndarray:
         """Observation of every episode at unit ``t`` (``t = num_units``: the terminal observation)."""
-        obs = np.zeros((self.num_envs, self.obs_dim), dtype=np.float32)
         self._importance = None
+        gap = u_r = None
         if t < self.num_units:
             assert self._h is not None
             g = self.units[t]
@@ -263,18 +440,9 @@ class _RuntimeCore:
                 raw = g.runtime_importance(self._h)
                 gap, u_r = g.source_view(*raw)
             self._importance = (self._h, raw)
-            obs[:, : gap.shape[1]] = gap.cpu().numpy()
-            obs[:, self.gap_width : self.gap_width + u_r.shape[1]] = u_r.cpu().numpy()
-            feats = obs[:, :-3]
-            if not np.isfinite(feats).all():
-                raise RuntimeError(
-                    f"the model produced non-finite activations at the input of unit {t}; check its weights"
-                )
-            np.clip(feats, -OBS_BOUND, OBS_BOUND, out=feats)
-        obs[:, -3] = min(t / max(self.num_units - 1, 1), 1.0)
-        obs[:, -2] = self._budget
-        obs[:, -1] = self._committed / self.base_macs
-        return obs
+        return runtime_observation(
+            t, self.num_units, gap, u_r, self.gap_width, self.ur_width, self._budget, self._committed / self.base_macs
+        )
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, list[dict[str, Any]]]:
         """Apply one keep ratio per episode to the current unit and run up to the next one.
@@ -865,8 +1033,7 @@ class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
         """
         if method_name in self._BATCH_METHODS:
             raise ValueError(
-                f"{method_name!r} acts on the whole batch of a RuntimePruningVecEnv; call venv.{method_name}() "
-                "directly"
+                f"{method_name!r} acts on the whole batch of a RuntimePruningVecEnv; call venv.{method_name}() directly"
             )
         method = getattr(self, method_name)
         return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]

@@ -1,0 +1,680 @@
+"""``python train_agent.py`` / ``prunegym train``: train paper 7's pruning agents on a CNN and export the result.
+
+One run = gate stage → rounds of {RL phase (runtime agent, then static agent, CNN frozen), CNN phase (agents
+frozen)} → final evaluation and export (:mod:`agents.schedule` describes the phases). With no options it
+prunes the public ResNet-20 on CIFAR-10 to half of its MACs in about 15 minutes on two CPU cores, and ends with
+a table: the base model, the pruned model, and the uniform-ratio policy at the same measured MAC fraction.
+
+Run directory (``--out``; default ``runs/<env>__<algo>__<seed>__<time>``):
+
+=======================  ==================================================================================
+``config.json``          resolved settings, hyperparameters of both agents, the command line(s)
+``progress.csv``         every logged scalar (stable-baselines3 logger), one row per dump
+``events.out.*``         TensorBoard: ``runtime/…``, ``static/…`` (each agent's SB3 keys), ``pruning/…``
+                         (MAC / param fraction, val top-1 of finished episodes), ``reward/…`` (reward parts),
+                         ``eval/…`` (val subset after every phase), ``cnn/…``, ``gate/…``
+``checkpoint.pt``        position in the schedule, CNN, optimizer, static plan, RNG (``--resume`` reads it)
+``checkpoints/*.zip``    the agents at that checkpoint
+``runtime_agent.zip``    final agents (``PPO.load`` etc.; ``agents.cli.load_run`` rebuilds everything)
+``static_agent.zip``
+``model.pt``             the fine-tuned gated CNN (``pruning.checkpoint.load_model``)
+``exported.pt``          the static plan applied physically (``pruning.export.load_exported``)
+``results.json``         base / pruned / uniform-reference top-1 (val, test), MAC and param fractions, times
+=======================  ==================================================================================
+
+Examples::
+
+    python train_agent.py                                   # ResNet-20, CIFAR-10, budget 0.5, joint mode
+    python train_agent.py --mode runtime --budget 0.25 --algo recurrent_ppo --preset paper
+    python train_agent.py --model tiny_cnn --dataset synthetic --total-timesteps 4000 --out /tmp/run
+    python train_agent.py --algo mypkg.algos:MyAlgo --hyperparams learning_rate=1e-4 runtime.n_steps=16
+    python train_agent.py --resume runs/RuntimePruning-v0__ppo__0__20260101-120000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pruning.checkpoint import load_model, save_model
+from pruning.cli import HelpFormatter
+from pruning.data import ImageDataset, get_dataset, list_datasets
+from pruning.export import DynamicModel, export_static, load_exported, save_exported
+from pruning.gating import clear_plan, gate_model, is_gated, set_plan
+from pruning.models import get_model, list_models, load_checkpoint_file
+from pruning.plan import PruningPlan
+from pruning.train import dataset_for_model, evaluate, seed_everything
+
+from .algos import get_algo
+from .hyperparams import load_hyperparams
+from .schedule import (
+    RUNTIME_ENV_ID,
+    RUNTIME_MIN_KEEP,
+    STATIC_ENV_ID,
+    AgentSpec,
+    JointTrainer,
+    config_from_dict,
+    config_to_dict,
+)
+
+__all__ = ["UsageError", "build_parser", "load_run", "main", "resolve_config", "run"]
+
+log = logging.getLogger("agents.cli")
+
+CONFIG_FILE, RESULTS_FILE, MODEL_FILE, EXPORTED_FILE = "config.json", "results.json", "model.pt", "exported.pt"
+AGENT_FILES = {"runtime": "runtime_agent.zip", "static": "static_agent.zip"}
+#: Settings that define a run; ``--resume`` refuses to change them.
+IDENTITY_KEYS = (
+    "model",
+    "weights",
+    "dataset",
+    "mode",
+    "budget",
+    "param_budget",
+    "tradeoff",
+    "algo",
+    "static_algo",
+    "seed",
+    "rounds",
+    "preset",
+)
+#: Validation images used to match the uniform reference's MAC fraction (bisection).
+REFERENCE_IMAGES = 1000
+#: Share of each round's RL timesteps given to the static agent when ``--total-timesteps`` sets both.
+STATIC_SHARE = 0.1
+
+
+class UsageError(Exception):
+    """A problem with the command line, the data or the run directory, reported as one line (exit code 2)."""
+
+
+# -----------------------------------------------------------------------------------------------------------
+# command line
+# -----------------------------------------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
+
+
+def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
+    """The argument parser of ``train_agent.py`` / ``prunegym train``.
+
+    Args:
+        defaults: With ``False`` every default is ``argparse.SUPPRESS`` (used to apply overrides on ``--resume``).
+    """
+
+    def d(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    p = argparse.ArgumentParser(
+        prog="train_agent.py",
+        description="Train runtime and static channel-pruning agents (Chen, Chen & Pan, NeurIPS 2020) on a CNN "
+        "with the alternating schedule, then export the pruned model. Writes a run directory.",
+        formatter_class=HelpFormatter,
+        argument_default=None if defaults else argparse.SUPPRESS,
+    )
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=d("resnet20"), metavar="NAME", help=f"one of: {', '.join(list_models())}")
+    g.add_argument(
+        "--weights", default=d("DEFAULT"), metavar="W",
+        help="DEFAULT (public checkpoint), a checkpoint path (a prunegym pretrain model.pt too), or None",
+    )  # fmt: skip
+    g.add_argument("--dataset", default=d("cifar10"), choices=list_datasets(), help="dataset")
+    g.add_argument(
+        "--data-dir", default=d(None), metavar="DIR",
+        help="data root (default: $PRUNEGYM_DATA, else ~/.cache/prunegym/data)",
+    )  # fmt: skip
+    g.add_argument(
+        "--download", action=argparse.BooleanOptionalAction, default=d(True),
+        help="download CIFAR into the data root when it is not there",
+    )  # fmt: skip
+    g = p.add_argument_group("pruning")
+    g.add_argument(
+        "--mode",
+        default=d("joint"),
+        choices=["runtime", "static", "joint"],
+        help="train the runtime agent, the static agent, or both (paper 7)",
+    )
+    g.add_argument("--budget", type=_fraction, default=d(0.5), help="MAC budget: fraction of the base MACs per image")
+    g.add_argument(
+        "--param-budget",
+        type=_fraction,
+        default=d(None),
+        help="stored-parameter budget of the static agent (fraction of the base backbone)",
+    )
+    g.add_argument(
+        "--tradeoff",
+        type=float,
+        default=d(0.5),
+        help="R_r in joint mode: share of pruning done at runtime (paper 7: 0.5)",
+    )
+    g = p.add_argument_group("agents")
+    g.add_argument(
+        "--algo",
+        default=d("ppo"),
+        metavar="ALGO",
+        help="algorithm of the agents: a registered name (agents.algos.list_algos) or package.module:Class",
+    )
+    g.add_argument(
+        "--static-algo", default=d(None), metavar="ALGO", help="algorithm of the static agent (default: --algo)"
+    )
+    g.add_argument("--preset", default=d(None), help="hyperparameter preset of the YAML file (e.g. paper)")
+    g.add_argument(
+        "--hyperparams", nargs="+", default=d([]), metavar="KEY=VALUE",
+        help="hyperparameter overrides (YAML values); prefix runtime. or static. to set one agent only",
+    )  # fmt: skip
+    g.add_argument(
+        "--n-envs", type=int, default=d(None), help="images per runtime-env batch (default: the YAML's n_envs, else 64)"
+    )
+    g = p.add_argument_group("schedule")
+    g.add_argument("--rounds", type=int, default=d(2), help="repeats of {RL phase, CNN phase}")
+    g.add_argument(
+        "--total-timesteps",
+        type=int,
+        default=d(None),
+        help="RL timesteps of the whole run, split over rounds (and 90/10 runtime/static in joint mode)",
+    )
+    g.add_argument("--runtime-steps", type=int, default=d(None), help="runtime-agent timesteps per RL phase")
+    g.add_argument("--static-steps", type=int, default=d(None), help="static-agent timesteps per RL phase")
+    g.add_argument(
+        "--gate-epochs",
+        type=float,
+        nargs=2,
+        default=d([0.25, 0.25]),
+        metavar=("A", "B"),
+        help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed",
+    )
+    g.add_argument("--cnn-epochs", type=float, default=d(0.25), help="passes over the training set per CNN phase")
+    g.add_argument("--gate-lr", type=float, default=d(1e-4), help="Adam learning rate of the gate stage")
+    g.add_argument("--cnn-lr", type=float, default=d(1e-4), help="Adam learning rate of the CNN phases (paper: 1e-3)")
+    g.add_argument("--num-val", type=int, default=d(512), help="validation images per static-env episode")
+    g.add_argument("--checkpoint-every", type=int, default=d(10_000), help="RL timesteps between checkpoints")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d(0), help="seed of agents, data order and envs")
+    g.add_argument("--device", default=d("auto"), help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    g.add_argument(
+        "--out", default=d(None), metavar="RUN_DIR", help="run directory (default: runs/<env>__<algo>__<seed>__<time>)"
+    )
+    g.add_argument(
+        "--resume", default=d(None), metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    g.add_argument(
+        "--test-images",
+        type=int,
+        default=d(None),
+        help="score only this many evenly spaced test images at the end (quick runs)",
+    )
+    g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress bars, warnings only")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill the defaults that depend on other options and check every value.
+
+    Returns:
+        A plain dict of every setting (what ``config.json`` stores under ``"args"``).
+
+    Raises:
+        UsageError: a value is out of range or options contradict each other.
+    """
+    cfg = dict(vars(args))
+    cfg.pop("resume", None)
+    weights = cfg.get("weights")
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    if isinstance(weights, str) and weights.upper() == "DEFAULT":
+        weights = "DEFAULT"
+    cfg["weights"] = weights
+    if cfg.get("device") in (None, "auto"):
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.get("static_algo") is None:
+        cfg["static_algo"] = cfg["algo"]
+    mode = cfg["mode"]
+    rounds = int(cfg["rounds"])
+    if rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {rounds}")
+    total = cfg.get("total_timesteps")
+    if total is not None:
+        if total < 1:
+            raise UsageError(f"--total-timesteps must be positive, got {total}")
+        per_round = total / rounds
+        share = {"runtime": 0.0, "static": 1.0}.get(mode, STATIC_SHARE)
+        cfg.setdefault("runtime_steps", None)
+        cfg.setdefault("static_steps", None)
+        if cfg["runtime_steps"] is None:
+            cfg["runtime_steps"] = int(round(per_round * (1.0 - share)))
+        if cfg["static_steps"] is None:
+            cfg["static_steps"] = int(round(per_round * share))
+    if cfg.get("runtime_steps") is None:
+        cfg["runtime_steps"] = 40_000
+    if cfg.get("static_steps") is None:
+        cfg["static_steps"] = 540
+    if cfg.get("out") is None:
+        env = {"runtime": RUNTIME_ENV_ID, "static": STATIC_ENV_ID}.get(mode, "JointPruning")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg["out"] = str(
+            Path("runs") / f"{env.split('/')[-1]}__{cfg['algo'].replace(':', '.')}__{cfg['seed']}__{stamp}"
+        )
+    if cfg.get("test_images") is not None and cfg["test_images"] < 1:
+        raise UsageError("--test-images must be positive")
+    try:
+        schedule = config_from_dict({**cfg, "gate_epochs": cfg["gate_epochs"], "n_envs": cfg.get("n_envs") or 64})
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    del schedule
+    return cfg
+
+
+def _split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"runtime": [], "static": []}
+    for text in overrides:
+        role, dot, rest = text.partition(".")
+        if dot and role in out and "=" in rest:
+            out[role].append(rest)
+        else:
+            out["runtime"].append(text)
+            out["static"].append(text)
+    return out
+
+
+def agent_specs(cfg: dict[str, Any]) -> dict[str, AgentSpec | None]:
+    """The two agents' algorithms and resolved hyperparameters (``None`` for an agent the mode does not train).
+
+    Raises:
+        UsageError: unknown algorithm, preset, or a malformed override.
+    """
+    overrides = _split_overrides(cfg.get("hyperparams") or [])
+    specs: dict[str, AgentSpec | None] = {"runtime": None, "static": None}
+    for role, env_id, algo in (("runtime", RUNTIME_ENV_ID, cfg["algo"]), ("static", STATIC_ENV_ID, cfg["static_algo"])):
+        if (role == "runtime" and cfg["mode"] == "static") or (role == "static" and cfg["mode"] == "runtime"):
+            continue
+        try:
+            spec = get_algo(algo)
+            has_file = ":" not in algo
+            hp: dict[str, Any] = {}
+            if has_file:
+                try:
+                    hp = load_hyperparams(spec.name, env_id, preset=cfg.get("preset"), overrides=overrides[role])
+                except FileNotFoundError:
+                    has_file = False
+            if not has_file:
+                if cfg.get("preset"):
+                    raise UsageError(f"--preset needs a hyperparameter file for {algo}; it has none")
+                from .hyperparams import apply_overrides
+
+                hp = apply_overrides({}, overrides[role])
+        except (KeyError, ValueError, TypeError, ImportError, AttributeError) as err:
+            raise UsageError(str(err).strip("'\"")) from err
+        specs[role] = AgentSpec(algo, hp)
+    return specs
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the run
+# -----------------------------------------------------------------------------------------------------------
+
+
+def _load_data(cfg: dict[str, Any]) -> dict[str, ImageDataset]:
+    try:
+        return {
+            split: get_dataset(
+                cfg["dataset"], split=split, root=cfg.get("data_dir"), download=bool(cfg.get("download"))
+            )
+            for split in ("train", "val", "test")
+        }
+    except FileNotFoundError as err:
+        hint = "" if cfg.get("download") else " (or pass --download)"
+        raise UsageError(f"{err}{hint}") from err
+
+
+def _load_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """The gated base model: a PruneGym model file as it is, else the registry model with ``--weights``, gated."""
+    weights = cfg["weights"]
+    try:
+        if isinstance(weights, str) and weights != "DEFAULT" and Path(weights).is_file():
+            obj = load_checkpoint_file(weights)
+            if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
+                if obj["arch"] != cfg["model"]:
+                    raise UsageError(
+                        f"{weights} holds a {obj['arch']}, not a {cfg['model']}; pass --model {obj['arch']}"
+                    )
+                model = load_model(weights)
+                return model if is_gated(model) else gate_model(model, inplace=True)
+        model = get_model(cfg["model"], num_classes=num_classes, weights=weights)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, RuntimeError, KeyError) as err:
+        raise UsageError(str(err)) from err
+    return gate_model(model, inplace=True)
+
+
+def _strided(dataset: ImageDataset, count: int | None) -> ImageDataset:
+    if count is None or count >= len(dataset):
+        return dataset
+    idx = np.linspace(0, len(dataset), num=count, endpoint=False).astype(np.int64)
+    return dataset.subset(torch.from_numpy(idx))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _reference_plan(trainer: JointTrainer, ratio: float) -> PruningPlan:
+    """The uniform-ratio policy of the run's kind at ``ratio``.
+
+    One runtime ratio for every unit and image (with the agents' static plan and R_r), or one static keep ratio
+    for every unit (static mode).
+    """
+    if trainer.config.mode == "static":
+        return PruningPlan(static_keep=[ratio] * len(trainer.cost_model.units))
+    if trainer.static_keep is None:
+        return PruningPlan(runtime_keep=ratio, tradeoff=1.0)
+    return PruningPlan(static_keep=trainer.static_keep, runtime_keep=ratio, tradeoff=trainer.tradeoff)
+
+
+def uniform_reference(
+    trainer: JointTrainer, target_macs: float, val: ImageDataset, test: ImageDataset
+) -> dict[str, Any]:
+    """Score the uniform-ratio policy whose measured mean MAC fraction on ``val`` is closest below ``target_macs``.
+
+    The ratio is found by bisection (20 halvings) on ``REFERENCE_IMAGES`` validation images; the policy is then
+    scored on the whole ``val`` and ``test`` with every image costed from its applied masks.
+    """
+    model, cm = trainer.model, trainer.cost_model
+    probe = _strided(val, REFERENCE_IMAGES)
+
+    def measure(ratio: float, data: ImageDataset) -> dict[str, float]:
+        clear_plan(model)
+        set_plan(model, _reference_plan(trainer, ratio))
+        try:
+            return evaluate(model, data, cost_model=cm)
+        finally:
+            clear_plan(model)
+
+    lo = RUNTIME_MIN_KEEP if trainer.config.mode != "static" else 0.05
+    hi = 1.0
+    if measure(hi, probe)["macs_fraction"] <= target_macs:
+        lo = hi
+    else:
+        for _ in range(20):
+            mid = 0.5 * (lo + hi)
+            if measure(mid, probe)["macs_fraction"] <= target_macs:
+                lo = mid
+            else:
+                hi = mid
+    return {"ratio": lo, "val": measure(lo, val), "test": measure(lo, test)}
+
+
+def _latency_ms(model: nn.Module, repeats: int = 30) -> float:
+    """Median batch-1 forward time (ms) on random inputs."""
+    x = torch.randn(repeats + 3, 1, 3, 32, 32)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            model(x[i])
+            if i >= 3:
+                times.append(1000.0 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Sequence[str] | None = None) -> dict:
+    """Run a resolved config (:func:`resolve_config`) into ``run_dir``; return what ``results.json`` holds.
+
+    Raises:
+        UsageError: bad names, data or weights that cannot be found or do not fit, a broken checkpoint.
+    """
+    t_start = time.perf_counter()
+    specs = agent_specs(cfg)
+    data = _load_data(cfg)
+    num_classes = data["train"].num_classes
+    seed_everything(cfg["seed"])
+    model = _load_model(cfg, num_classes).to(cfg["device"])
+    data = {split: dataset_for_model(ds, model) for split, ds in data.items()}
+    hp_envs = specs["runtime"].hyperparams.get("n_envs") if specs["runtime"] is not None else None
+    n_envs = int(cfg.get("n_envs") or hp_envs or 64)
+    schedule = config_from_dict({**cfg, "n_envs": n_envs})
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    command = " ".join(shlex.quote(a) for a in ["python", "train_agent.py", *(argv or [])])
+    record: dict[str, Any] = {"args": cfg, "command": command, "resume_commands": []}
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        record["command"] = saved.get("command", command)
+        record["resume_commands"] = [*saved.get("resume_commands", []), command]
+    record["schedule"] = config_to_dict(schedule)
+    record["phases"] = [p.name for p in schedule.phases()]
+    record["agents"] = {
+        r: None if s is None else {"algo": s.algo, "hyperparams": s.hyperparams} for r, s in specs.items()
+    }
+    record.update(python=platform.python_version(), torch=torch.__version__)
+    _write_json(run_dir / CONFIG_FILE, record)
+
+    trainer = JointTrainer(
+        model, arch=cfg["model"], num_classes=num_classes, data={"train": data["train"], "val": data["val"]},
+        config=schedule, runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=run_dir,
+        progress=not cfg["quiet"],
+    )  # fmt: skip
+    test = _strided(data["test"], cfg.get("test_images"))
+    has_checkpoint = resume and (run_dir / "checkpoint.pt").is_file()
+    if not has_checkpoint:
+        t0 = time.perf_counter()
+        trainer.history["base"] = {
+            "val": evaluate(model, data["val"], cost_model=trainer.cost_model),
+            "test": evaluate(model, test, cost_model=trainer.cost_model),
+            "time_s": time.perf_counter() - t0,
+        }
+    try:
+        trainer.run(resume=resume)
+    except (ValueError, FileNotFoundError) as err:
+        if resume:
+            raise UsageError(f"cannot resume {run_dir}: {err}") from err
+        raise
+    base = trainer.history["base"]
+
+    # -- final evaluation, reference, export ---------------------------------------------------------------
+    t0 = time.perf_counter()
+    pruned = {"val": trainer.evaluate_plan(data["val"]), "test": trainer.evaluate_plan(test)}
+    reference = uniform_reference(trainer, pruned["val"]["macs_fraction"], data["val"], test)
+    eval_s = time.perf_counter() - t0
+
+    plan = PruningPlan(static_keep=trainer.static_keep, tradeoff=trainer.tradeoff) if trainer.static_keep else None
+    exported = export_static(trainer.model, plan)
+    save_exported(
+        run_dir / EXPORTED_FILE, exported, arch=cfg["model"], num_classes=num_classes,
+        static_keep=trainer.static_keep, tradeoff=trainer.tradeoff, budget=cfg["budget"],
+    )  # fmt: skip
+    save_model(
+        run_dir / MODEL_FILE,
+        trainer.model,
+        arch=cfg["model"],
+        num_classes=num_classes,
+        gated=True,
+        predictor=True,
+        static_keep=trainer.static_keep,
+        tradeoff=trainer.tradeoff,
+    )
+    for role, agent in (("runtime", trainer.runtime_model), ("static", trainer.static_model)):
+        if agent is not None:
+            tmp = run_dir / f"{role}_agent.tmp.zip"
+            agent.save(str(tmp))
+            os.replace(tmp, run_dir / AGENT_FILES[role])
+    source = trainer.runtime_source() if trainer.runtime_model is not None else None
+    dynamic = DynamicModel(exported, source)
+    if source is not None:
+        source.bind(dynamic)
+    latency = {  # batch 1, random inputs: the deployable pruned model vs the plain architecture
+        "pruned_b1_ms": _latency_ms(dynamic.eval()),
+        "base_b1_ms": _latency_ms(get_model(cfg["model"], num_classes=num_classes).eval()),
+    }
+
+    results = {
+        "model": cfg["model"],
+        "dataset": cfg["dataset"],
+        "mode": cfg["mode"],
+        "budget": cfg["budget"],
+        "param_budget": cfg.get("param_budget"),
+        "tradeoff": trainer.tradeoff,
+        "algo": {r: None if s is None else s.algo for r, s in specs.items()},
+        "base": base,
+        "pruned": pruned,
+        "uniform_reference": reference,
+        "static_keep": trainer.static_keep,
+        "latency": latency,
+        "test_images": len(test),
+        "phases": trainer.history,
+        "times": {"final_eval_s": eval_s, "total_s": time.perf_counter() - t_start},
+        "resumed": resume,
+    }
+    _write_json(run_dir / RESULTS_FILE, results)
+    return results
+
+
+def _print_table(results: dict[str, Any], run_dir: Path) -> None:
+    rows = [
+        ("base (gated, unpruned)", results["base"]),
+        ("pruned by the agents", results["pruned"]),
+        (f"uniform ratio {results['uniform_reference']['ratio']:.3f}", results["uniform_reference"]),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    print(f"{'':<{width}}{'val top-1':>10}{'test top-1':>12}{'MAC frac':>10}{'max MAC':>9}{'params':>8}")
+    for name, r in rows:
+        val, test = r["val"], r["test"]
+        print(
+            f"{name:<{width}}{val['top1']:>10.2f}{test['top1']:>12.2f}{test['macs_fraction']:>10.4f}"
+            f"{test['macs_fraction_max']:>9.4f}{test['params_fraction']:>8.4f}"
+        )
+    print(
+        f"budget {results['budget']} (MAC fraction per image), mode {results['mode']}, R_r {results['tradeoff']}; "
+        f"test on {results['test_images']} images; {results['times']['total_s'] / 60:.1f} min"
+    )
+    print(f"run directory: {run_dir}")
+
+
+def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a finished run's pruned model with its agents in charge.
+
+    Args:
+        run_dir: A directory written by ``train_agent.py``.
+        dynamic: Return a :class:`pruning.export.DynamicModel` (exported static model + runtime agent; compact
+            at batch 1); ``False`` returns the masked gated CNN with the agents' plan set.
+
+    Returns:
+        ``(model, results)``: the model in eval mode and the run's ``results.json``.
+
+    Raises:
+        FileNotFoundError: the run is not finished (no ``results.json``) or a file is missing.
+    """
+    from envs.runtime import PolicyRuntimeSource
+
+    from .schedule import RUNTIME_MIN_KEEP as min_keep
+
+    root = Path(run_dir)
+    if not (root / RESULTS_FILE).is_file():
+        raise FileNotFoundError(f"{root} has no {RESULTS_FILE}: the run did not finish (resume it with --resume)")
+    results = json.loads((root / RESULTS_FILE).read_text())
+    config = json.loads((root / CONFIG_FILE).read_text())
+    cnn = load_model(root / MODEL_FILE)
+    source = None
+    if (root / AGENT_FILES["runtime"]).is_file():
+        algo = config["agents"]["runtime"]["algo"]
+        agent = get_algo(algo).cls.load(str(root / AGENT_FILES["runtime"]), device="cpu")
+        source = PolicyRuntimeSource(agent, cnn, budget=float(results["budget"]), min_keep=min_keep)
+    if dynamic:
+        model = DynamicModel(load_exported(root / EXPORTED_FILE), source)
+        if source is not None:
+            source.bind(model)
+        return model.eval(), results
+    static = results["static_keep"]
+    tradeoff = float(results["tradeoff"])
+    if source is None:
+        plan = PruningPlan(static_keep=static) if static else PruningPlan()
+    else:
+        plan = PruningPlan(static_keep=static, runtime_keep=source, tradeoff=tradeoff if static else 1.0)
+    set_plan(cnn, plan)
+    return cnn.eval(), results
+
+
+def _resume_config(run_dir: Path, argv: list[str]) -> dict[str, Any]:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"cannot resume: no {CONFIG_FILE} in {run_dir}; pass the run directory of a train_agent run")
+    saved = json.loads(path.read_text())["args"]
+    given = vars(build_parser(defaults=False).parse_args(argv))
+    given.pop("resume", None)
+    merged = resolve_config(argparse.Namespace(**{**saved, **given, "out": str(run_dir)}))
+    changed = [k for k in IDENTITY_KEYS if merged.get(k) != saved.get(k)]
+    if changed:
+        raise UsageError(
+            f"cannot resume {run_dir} with different {', '.join('--' + k.replace('_', '-') for k in changed)}; "
+            "start a new run instead"
+        )
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train pruning agents with paper 7's schedule (``python train_agent.py``, ``prunegym train``).
+
+    Returns:
+        0 on success, 2 on a usage error (one line on stderr, nothing half-written left behind), 130 when
+        interrupted (the run directory can be resumed).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    run_dir: Path | None = None
+    created = False
+    try:
+        if args.resume is not None:
+            run_dir = Path(args.resume)
+            cfg = _resume_config(run_dir, argv)
+        else:
+            cfg = resolve_config(args)
+            run_dir = Path(cfg["out"])
+            if (run_dir / CONFIG_FILE).is_file():
+                raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --out")
+            created = not run_dir.exists()
+        results = run(cfg, run_dir, resume=args.resume is not None, argv=argv)
+    except (UsageError, FileNotFoundError) as err:
+        if created and run_dir is not None and not (run_dir / "checkpoint.pt").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no broken run directory
+        print(f"train_agent.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = f"; continue with --resume {run_dir}" if run_dir is not None else ""
+        print(f"train_agent.py: interrupted{hint}", file=sys.stderr)
+        return 130
+    _print_table(results, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,746 @@
+"""Paper 7's training schedule with two agents: gate stage → rounds of {RL phase, CNN phase} → export.
+
+The schedule of Chen, Chen & Pan (NeurIPS 2020, §4.1; ``reference/methods.md`` §7.4), as phases run in order:
+
+===================  ======================================================================================
+``gate_predictor``   backbone + runtime predictors ``u_r`` fine-tuned with no pruning, ``u_s`` frozen
+``gate_static``      the same with ``u_s`` trained too
+``rl_runtime_<r>``   CNN frozen: the runtime agent learns in ``prunegym/RuntimePruning-v0`` under the current
+                     static plan (R_r = ``tradeoff``); round 0 starts from "store everything"
+``rl_static_<r>``    CNN frozen: the static agent learns in ``prunegym/StaticPruning-v0`` with the runtime
+                     agent in the loop (deterministic); its deterministic episode becomes the static plan
+``cnn_<r>``          agents frozen and deterministic: CNN and importances fine-tuned (Adam, grad clip 40)
+                     under their decisions (:class:`envs.runtime.PolicyRuntimeSource` prunes every batch)
+===================  ======================================================================================
+
+``mode="runtime"`` trains only the runtime agent (R_r = 1, nothing stored is removed), ``mode="static"`` only
+the static agent (R_r = 0, no runtime pruning), ``mode="joint"`` both. :class:`JointTrainer` runs the phases,
+logs to one stable-baselines3 ``Logger`` (``progress.csv`` + TensorBoard; keys ``runtime/...``, ``static/...``,
+``cnn/...``, ``pruning/...``), and writes a checkpoint (CNN, optimizer, agents, static plan, position in the
+schedule, random state) at every phase boundary, every ``checkpoint_every`` RL timesteps and after every CNN
+epoch, atomically: a run killed at any moment resumes from its last checkpoint (:meth:`JointTrainer.run`
+with ``resume=True``) and loses at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+from torch import nn
+from tqdm import tqdm
+
+from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
+from envs.static import StaticPruningEnv
+from pruning.accounting import CostModel
+from pruning.checkpoint import atomic_save, check_plain, model_from_record, model_record
+from pruning.data import ImageDataset
+from pruning.gating import clear_plan, gated_units, set_plan
+from pruning.models import load_checkpoint_file
+from pruning.plan import PruningPlan
+from pruning.train import (
+    TrainConfig,
+    evaluate,
+    fractional_epochs,
+    gate_schedule,
+    rng_state,
+    set_rng_state,
+    train,
+)
+
+from .algos import get_algo, make_model
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "MODES",
+    "AgentSpec",
+    "JointTrainer",
+    "Phase",
+    "ScheduleConfig",
+    "run_episode",
+]
+
+log = logging.getLogger(__name__)
+
+#: What each ``mode`` trains.
+MODES: dict[str, tuple[bool, bool]] = {"runtime": (True, False), "static": (False, True), "joint": (True, True)}
+RUNTIME_ENV_ID, STATIC_ENV_ID = "prunegym/RuntimePruning-v0", "prunegym/StaticPruning-v0"
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "prunegym.agents.checkpoint.v1"
+#: Smallest runtime keep ratio (the runtime env's default, paper 7's α = 0.1).
+RUNTIME_MIN_KEEP = 0.1
+#: Images of the validation split scored after each phase (``pruning/val_top1``); the full split at the end.
+PHASE_EVAL_IMAGES = 1000
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of the schedule: ``kind`` in gate_predictor, gate_static, rl_runtime, rl_static, cnn."""
+
+    kind: str
+    round: int
+    length: float
+    """Epochs (gate and CNN phases, fractions allowed) or environment timesteps (RL phases)."""
+
+    @property
+    def name(self) -> str:
+        """Unique name, e.g. ``"rl_runtime_0"`` (gate phases have no round suffix)."""
+        return self.kind if self.kind.startswith("gate") else f"{self.kind}_{self.round}"
+
+    @property
+    def is_rl(self) -> bool:
+        """Whether the phase trains an agent."""
+        return self.kind.startswith("rl_")
+
+
+@dataclass
+class ScheduleConfig:
+    """Settings of the joint schedule (see the module docstring for the phases)."""
+
+    mode: str = "joint"
+    """``runtime``, ``static`` or ``joint`` (:data:`MODES`)."""
+    budget: float = 0.5
+    """MAC budget: the cap on each image's backbone MAC fraction."""
+    param_budget: float | None = None
+    """Stored-parameter budget of the static agent (fraction of the base backbone), or ``None``."""
+    tradeoff: float = 0.5
+    """R_r of the trade-off pruner in ``joint`` mode (1 in ``runtime`` mode, 0 in ``static`` mode)."""
+    rounds: int = 2
+    """Repeats of {RL phase, CNN phase}."""
+    gate_epochs: tuple[float, float] = (0.25, 0.25)
+    """Gate-stage passes over the training set: predictors (``u_s`` frozen), then ``u_s`` too."""
+    gate_lr: float = 1e-4
+    """Adam learning rate of the gate stage (paper: 1e-3; see ``prunegym pretrain --help`` for why lower)."""
+    runtime_steps: int = 40_000
+    """Runtime-agent timesteps per RL phase (one step = one unit of one image)."""
+    static_steps: int = 540
+    """Static-agent timesteps per RL phase (one step = one unit; an episode scores ``num_val`` images)."""
+    cnn_epochs: float = 0.25
+    """Passes over the training set per CNN phase (fractions allowed: a seeded subset)."""
+    cnn_lr: float = 1e-4
+    """Adam learning rate of the CNN phases (paper: 1e-3)."""
+    batch_size: int = 128
+    """Images per CNN/gate step."""
+    grad_clip: float = 40.0
+    """Gradient-norm clip of the CNN/gate phases (the released code's 40)."""
+    n_envs: int = 64
+    """Images per runtime-env batch (``RuntimePruningVecEnv`` episodes run together)."""
+    num_val: int = 512
+    """Validation images the static env scores per episode."""
+    checkpoint_every: int = 10_000
+    """RL timesteps between checkpoints inside an RL phase."""
+    seed: int = 0
+    """Seeds the agents, the data order and the envs."""
+    device: str = "cpu"
+    """Where the CNN runs."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}, got {self.mode!r}")
+        if not (math.isfinite(self.budget) and 0.0 < self.budget <= 1.0):
+            raise ValueError(f"budget must be a MAC fraction in (0, 1], got {self.budget}")
+        if self.param_budget is not None:
+            if not (math.isfinite(self.param_budget) and 0.0 < self.param_budget <= 1.0):
+                raise ValueError(f"param_budget must be a fraction in (0, 1], got {self.param_budget}")
+            if self.mode == "runtime":
+                raise ValueError("a parameter budget needs a static agent: use mode='static' or 'joint'")
+        if not 0.0 <= self.tradeoff <= 1.0:
+            raise ValueError(f"tradeoff R_r must be in [0, 1], got {self.tradeoff}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if len(self.gate_epochs) != 2 or min(self.gate_epochs) < 0:
+            raise ValueError(f"gate_epochs takes two numbers >= 0, got {self.gate_epochs}")
+        for key in ("runtime_steps", "static_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.cnn_epochs < 0:
+            raise ValueError(f"cnn_epochs must be >= 0, got {self.cnn_epochs}")
+        for key in ("n_envs", "num_val", "checkpoint_every", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+
+    @property
+    def trains_runtime(self) -> bool:
+        """Whether a runtime agent is trained."""
+        return MODES[self.mode][0]
+
+    @property
+    def trains_static(self) -> bool:
+        """Whether a static agent is trained."""
+        return MODES[self.mode][1]
+
+    @property
+    def effective_tradeoff(self) -> float:
+        """R_r used by the trade-off pruner: 1 (runtime), 0 (static) or :attr:`tradeoff` (joint)."""
+        return {"runtime": 1.0, "static": 0.0}.get(self.mode, self.tradeoff)
+
+    def phases(self) -> list[Phase]:
+        """The phases this config runs, in order (zero-length phases are left out)."""
+        gate = zip(("gate_predictor", "gate_static"), self.gate_epochs, strict=True)
+        out = [Phase(kind, 0, e) for kind, e in gate if e > 0]
+        for r in range(self.rounds):
+            if self.trains_runtime and self.runtime_steps > 0:
+                out.append(Phase("rl_runtime", r, self.runtime_steps))
+            if self.trains_static and self.static_steps > 0:
+                out.append(Phase("rl_static", r, self.static_steps))
+            if self.cnn_epochs > 0:
+                out.append(Phase("cnn", r, self.cnn_epochs))
+        return out
+
+
+@dataclass
+class AgentSpec:
+    """An agent to train: algorithm name (or ``package.module:Class``) and resolved hyperparameters."""
+
+    algo: str
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+
+
+def run_episode(env: Any, agent: Any, *, deterministic: bool = True, seed: int | None = None) -> dict[str, Any]:
+    """Run one episode of a single (non-vectorised) env with ``agent.predict``; return the last ``info``.
+
+    A recurrent agent's state is carried through the episode (``episode_start`` is true at the first step).
+    """
+    obs, _ = env.reset(seed=seed)
+    state: Any = None
+    start = np.ones(1, dtype=bool)
+    done, info = False, {}
+    while not done:
+        action, state = agent.predict(obs[None], state=state, episode_start=start, deterministic=deterministic)
+        start = np.zeros(1, dtype=bool)
+        obs, _, terminated, truncated, info = env.step(np.asarray(action)[0])
+        done = terminated or truncated
+    return info
+
+
+# -----------------------------------------------------------------------------------------------------------
+# logging: one SB3 Logger for the whole run
+# -----------------------------------------------------------------------------------------------------------
+
+
+class ResumableCSVOutputFormat(CSVOutputFormat):
+    """SB3's CSV writer that continues an existing ``progress.csv`` instead of truncating it.
+
+    stable-baselines3 opens the file with mode ``w+``; a resumed run must keep the rows written before the
+    kill, so the file is reopened, cut to its last complete row, and its header becomes the known keys.
+    """
+
+    def __init__(self, filename: str | os.PathLike[str], keep_rows: int | None = None) -> None:
+        path = Path(filename)
+        if not path.is_file() or path.stat().st_size == 0:
+            super().__init__(str(path))
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = [ln for ln in lines if ln.endswith("\n")]  # a row cut by a kill is dropped
+        if keep_rows is not None:
+            lines = lines[: keep_rows + 1]
+        path.write_text("".join(lines), encoding="utf-8")
+        self.file = open(path, "r+")  # noqa: SIM115 - closed by close(), as SB3's writer does
+        self.file.seek(0, os.SEEK_END)
+        self.keys = next(csv.reader([lines[0]])) if lines else []
+        self.separator = ","
+        self.quotechar = '"'
+
+    def rows(self) -> int:
+        """Data rows written so far."""
+        self.file.flush()
+        with open(self.file.name, encoding="utf-8") as f:
+            return max(0, sum(1 for _ in f) - 1)
+
+
+class RunLogger(Logger):
+    """An SB3 ``Logger`` shared by both agents and the CNN phases of one run.
+
+    Keys get the current :attr:`prefix` (``"runtime/"``, ``"static/"``) so the two agents' ``train/loss`` stay
+    apart, and every dump is placed at the run's global step (:attr:`offset` + the agent's own step).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], keep_rows: int | None = None) -> None:
+        self.csv = ResumableCSVOutputFormat(Path(folder) / "progress.csv", keep_rows)
+        super().__init__(str(folder), [self.csv, TensorBoardOutputFormat(str(folder))])
+        self.prefix = ""
+        self.offset = 0
+
+    def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:  # noqa: D102
+        super().record(self._key(key), value, exclude)
+
+    def record_mean(self, key: str, value: float | None, exclude: str | tuple[str, ...] | None = None) -> None:  # noqa: D102
+        super().record_mean(self._key(key), value, exclude)
+
+    def _key(self, key: str) -> str:
+        return key if not self.prefix or key.startswith(("pruning/", "reward/", "eval/")) else self.prefix + key
+
+    def dump(self, step: int = 0) -> None:  # noqa: D102
+        super().dump(self.offset + int(step))
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None:
+        """TensorBoard-writer interface for :func:`pruning.train.train` (each scalar is one dump)."""
+        self.record(tag, float(scalar_value))
+        self.dump(int(global_step or 0))
+
+
+class _PruningStats(BaseCallback):
+    """Logs what finished episodes pruned (``pruning/*``, ``reward/*``) and advances a progress bar."""
+
+    def __init__(self, bar: tqdm | None) -> None:
+        super().__init__()
+        self.bar = bar
+        self.values: dict[str, list[float]] = {}
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(int(self.training_env.num_envs))
+        for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+            if not done or "macs_fraction" not in info:
+                continue
+            self._add("pruning/macs_fraction", info["macs_fraction"])
+            self._add("pruning/params_fraction", info.get("params_fraction", float("nan")))
+            if "top1" in info:  # static env: top-1 of the pruned model on its validation subset
+                self._add("pruning/val_top1", info["top1"])
+                for k, v in info.get("reward_parts", {}).items():
+                    self._add(f"reward/{k}", v)
+            if "reward_accuracy" in info:
+                self._add("reward/accuracy", info["reward_accuracy"])
+                self._add("reward/budget", info["reward_budget"])
+                self._add("pruning/correct", float(info["correct"]))
+        return True
+
+    def _add(self, key: str, value: float) -> None:
+        self.values.setdefault(key, []).append(float(value))
+
+    def _on_rollout_end(self) -> None:
+        for key, vals in self.values.items():
+            self.logger.record(key, float(np.mean(vals)))
+        self.values = {}
+
+
+class _Checkpoints(BaseCallback):
+    """Calls ``save()`` every ``every`` timesteps of the agent."""
+
+    def __init__(self, every: int, save: Any) -> None:
+        super().__init__()
+        self.every, self.save = int(every), save
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self.last >= self.every:
+            self.last = self.num_timesteps
+            self.save()
+        return True
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the trainer
+# -----------------------------------------------------------------------------------------------------------
+
+
+class JointTrainer:
+    """Runs a :class:`ScheduleConfig` on a gated CNN with up to two agents, checkpointing as it goes.
+
+    Args:
+        model: The gated model (``pruning.gating.gate_model``), trained in place.
+        arch: Its registry name (stored in checkpoints).
+        num_classes: Classifier outputs.
+        data: ``{"train", "val"}`` splits normalised for the model (the test split is never used here).
+        config: The schedule.
+        runtime_agent: Algorithm + hyperparameters of the runtime agent (needed when the mode trains one).
+        static_agent: Algorithm + hyperparameters of the static agent.
+        run_dir: Where checkpoints, agents and logs go.
+        progress: Show progress bars.
+
+    After :meth:`run`: :attr:`model` (the fine-tuned CNN, no plan set), :attr:`runtime_model` /
+    :attr:`static_model` (the agents, or ``None``), :attr:`static_keep` (the static plan or ``None``) and
+    :attr:`history` (per-phase records).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        arch: str,
+        num_classes: int,
+        data: Mapping[str, ImageDataset],
+        config: ScheduleConfig,
+        runtime_agent: AgentSpec | None,
+        static_agent: AgentSpec | None,
+        run_dir: str | os.PathLike[str],
+        progress: bool = True,
+    ) -> None:
+        if config.trains_runtime and runtime_agent is None:
+            raise ValueError(f"mode {config.mode!r} trains a runtime agent: pass runtime_agent=AgentSpec(...)")
+        if config.trains_static and static_agent is None:
+            raise ValueError(f"mode {config.mode!r} trains a static agent: pass static_agent=AgentSpec(...)")
+        for spec in (runtime_agent, static_agent):
+            if spec is not None:
+                get_algo(spec.algo)  # unknown names fail before any work
+        self.model = model.to(config.device)
+        self.arch, self.num_classes = arch, int(num_classes)
+        self.data = dict(data)
+        self.config = config
+        self.specs = {"runtime": runtime_agent, "static": static_agent}
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.phases = config.phases()
+        self.runtime_model: Any = None
+        self.static_model: Any = None
+        self.static_keep: list[float] | None = None
+        self.history: dict[str, Any] = {}
+        self.global_step = 0
+        self._generation = 0
+        self.logger: RunLogger | None = None
+        self.cost_model = CostModel(self.model)
+        self._round = 0  # round of the phase being run (seeds its envs)
+
+    # -- plans ----------------------------------------------------------------------------------------------
+    @property
+    def tradeoff(self) -> float:
+        """R_r of this run."""
+        return self.config.effective_tradeoff
+
+    def runtime_source(self, model: nn.Module | None = None, *, deterministic: bool = True) -> PolicyRuntimeSource:
+        """The trained runtime agent as a :class:`PolicyRuntimeSource` bound to ``model`` (default: the CNN)."""
+        if self.runtime_model is None:
+            raise RuntimeError("no runtime agent yet")
+        source = PolicyRuntimeSource(
+            self.runtime_model, self.model, budget=self.config.budget, min_keep=RUNTIME_MIN_KEEP,
+            deterministic=deterministic,
+        )  # fmt: skip
+        return source.bind(model) if model is not None else source
+
+    def plan(self, *, deterministic: bool = True) -> PruningPlan:
+        """The agents' current plan (static keep ratios, runtime source, R_r) for the CNN."""
+        runtime = self.runtime_source(deterministic=deterministic) if self.runtime_model is not None else None
+        static = self.static_keep
+        if runtime is None and static is None:
+            return PruningPlan()
+        if runtime is not None and static is None:
+            return PruningPlan(runtime_keep=runtime, tradeoff=1.0 if self.config.mode == "runtime" else self.tradeoff)
+        return PruningPlan(static_keep=static, runtime_keep=runtime, tradeoff=self.tradeoff if runtime else None)
+
+    # -- envs -----------------------------------------------------------------------------------------------
+    def _runtime_env(self) -> Any:
+        cfg = self.config
+        static = self.static_keep
+        if cfg.mode == "joint" and static is None:
+            static = [1.0] * len(gated_units(self.model))  # round 0: store everything, prune at runtime only
+        env = RuntimePruningVecEnv(
+            cfg.n_envs, model=self.model, dataset=self.data["val"], budget=cfg.budget,
+            static_keep=static, tradeoff=self.tradeoff if static is not None else None, min_keep=RUNTIME_MIN_KEEP,
+            device=cfg.device,
+        )  # fmt: skip
+        env.seed(cfg.seed + 1000 * self._round)
+        return VecMonitor(env)
+
+    def _static_env(self) -> Any:
+        cfg = self.config
+        runtime = None
+        if self.runtime_model is not None and cfg.mode == "joint":
+            runtime = self.runtime_source()
+        env = StaticPruningEnv(
+            model=self.model, dataset=self.data["val"], num_val=min(cfg.num_val, len(self.data["val"])),
+            val_seed=cfg.seed, budget=cfg.budget, param_budget=cfg.param_budget, runtime=runtime,
+            tradeoff=self.tradeoff if runtime is not None else None, device=cfg.device,
+        )  # fmt: skip
+        if isinstance(runtime, PolicyRuntimeSource):
+            runtime.bind(env.model)
+        env.reset(seed=cfg.seed + 1000 * self._round)
+        return DummyVecEnv([lambda: Monitor(env)])
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def _agent_path(self, role: str, generation: int) -> Path:
+        return self.run_dir / "checkpoints" / f"{role}_agent_{generation}.zip"
+
+    def save_checkpoint(self, phase_index: int, position: Mapping[str, Any] | None = None) -> Path:
+        """Write the run's state atomically: agents first (new files), then ``checkpoint.pt`` naming them.
+
+        Args:
+            phase_index: The phase to continue with (``len(phases)`` once all are done).
+            position: Progress inside that phase: ``{"timesteps": done}`` (RL) or ``{"epoch": done,
+                "optimizer": state}`` (CNN and gate phases); ``None`` at a phase boundary.
+        """
+        self._generation += 1
+        gen = self._generation
+        agents: dict[str, str | None] = {}
+        for role, agent in (("runtime", self.runtime_model), ("static", self.static_model)):
+            if agent is None:
+                agents[role] = None
+                continue
+            path = self._agent_path(role, gen)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + ".tmp.zip")
+            agent.save(str(tmp))
+            os.replace(tmp, path)
+            agents[role] = path.name
+        position = dict(position or {})
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "phase_index": int(phase_index),
+            "phase": self.phases[phase_index].name if phase_index < len(self.phases) else "done",
+            "position": position,
+            "model": model_record(self.model, arch=self.arch, num_classes=self.num_classes),
+            "agents": agents,
+            "static_keep": None if self.static_keep is None else [float(s) for s in self.static_keep],
+            "history": self.history,
+            "global_step": int(self.global_step),
+            "generation": gen,
+            "progress_rows": self.logger.csv.rows() if self.logger is not None else 0,
+            "rng": rng_state(),
+            "time": time.time(),
+        }
+        check_plain(state, where="agent checkpoint")
+        path = atomic_save(state, self.run_dir / CHECKPOINT_FILE)
+        for old in (self.run_dir / "checkpoints").glob("*_agent_*.zip"):  # older generations are no longer named
+            if not old.name.endswith(f"_{gen}.zip"):
+                old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read ``checkpoint.pt`` and restore the CNN, the agents, the plan and the random state.
+
+        Raises:
+            FileNotFoundError: no checkpoint in the run directory.
+            ValueError: the file is not an agent checkpoint, or it does not fit this schedule.
+        """
+        path = self.run_dir / CHECKPOINT_FILE
+        state = load_checkpoint_file(path)
+        if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a PruneGym agent-training checkpoint (format {CHECKPOINT_FORMAT!r})")
+        i = int(state["phase_index"])
+        names = [p.name for p in self.phases]
+        if i < len(names) and names[i] != state["phase"]:
+            raise ValueError(
+                f"cannot resume: the checkpoint is in phase {state['phase']!r} but these settings run "
+                f"{names[i] if i < len(names) else 'nothing'} at that position; resume with the run's own settings"
+            )
+        model = model_from_record(state["model"], source=str(path))
+        self.model.load_state_dict(model.state_dict())
+        self.static_keep = state["static_keep"]
+        self.history = dict(state["history"])
+        self.global_step = int(state["global_step"])
+        self._generation = int(state["generation"])
+        for role, name in state["agents"].items():
+            if name is None:
+                continue
+            spec = self.specs[role]
+            if spec is None:
+                raise ValueError(f"the checkpoint holds a {role} agent but this mode does not train one")
+            agent_path = self.run_dir / "checkpoints" / name
+            if not agent_path.is_file():
+                raise FileNotFoundError(f"the checkpoint names {agent_path}, which is missing")
+            agent = get_algo(spec.algo).cls.load(str(agent_path), device="cpu")  # its env is set by its phase
+            if role == "runtime":
+                self.runtime_model = agent
+            else:
+                self.static_model = agent
+        set_rng_state(state["rng"])
+        return dict(state)
+
+    # -- phases ---------------------------------------------------------------------------------------------
+    def _new_agent(self, role: str, env: Any) -> Any:
+        spec = self.specs[role]
+        assert spec is not None
+        agent, _ = make_model(spec.algo, env, spec.hyperparams, seed=self.config.seed + (0 if role == "runtime" else 1))
+        return agent
+
+    def _rl_phase(self, index: int, phase: Phase, done_steps: int) -> None:
+        role = "runtime" if phase.kind == "rl_runtime" else "static"
+        env = self._runtime_env() if role == "runtime" else self._static_env()
+        agent = self.runtime_model if role == "runtime" else self.static_model
+        if agent is None:
+            agent = self._new_agent(role, env)
+        else:
+            agent.set_env(env)
+        if role == "runtime":
+            self.runtime_model = agent
+        else:
+            self.static_model = agent
+        assert self.logger is not None
+        agent.set_logger(self.logger)
+        self.logger.prefix = f"{role}/"
+        start_agent_steps = int(agent.num_timesteps) - done_steps
+        # the run's global step at the last checkpoint was offset + the agent's own step count then
+        self.logger.offset = self.global_step - int(agent.num_timesteps)
+        remaining = int(phase.length) - done_steps
+        bar = tqdm(
+            total=int(phase.length), initial=done_steps, desc=phase.name, unit="step", file=sys.stderr,
+            disable=not self.progress, leave=False,
+        )  # fmt: skip
+
+        def save() -> None:
+            assert self.logger is not None
+            self.global_step = self.logger.offset + int(agent.num_timesteps)
+            self.save_checkpoint(index, {"timesteps": int(agent.num_timesteps) - start_agent_steps})
+
+        t0 = time.perf_counter()
+        try:
+            if remaining > 0:
+                callbacks = CallbackList([_PruningStats(bar), _Checkpoints(self.config.checkpoint_every, save)])
+                agent.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=False)
+        finally:
+            bar.close()
+        self.global_step = self.logger.offset + int(agent.num_timesteps)
+        record: dict[str, Any] = {
+            "timesteps": int(agent.num_timesteps) - start_agent_steps,
+            "time_s": time.perf_counter() - t0,
+        }
+        if role == "static":
+            inner = env.envs[0].unwrapped
+            info = run_episode(inner, agent, deterministic=True, seed=self.config.seed)
+            self.static_keep = [float(k) for k in info["applied_keeps"]]
+            record.update(
+                static_keep=self.static_keep,
+                macs_fraction=float(info["macs_fraction"]),
+                params_fraction=float(info["params_fraction"]),
+                val_top1_subset=float(info["top1"]),
+            )
+        self.history[phase.name] = record
+
+    def _train_phase(self, index: int, phase: Phase, position: Mapping[str, Any]) -> None:
+        cfg = self.config
+        assert self.logger is not None
+        self.logger.prefix = ""
+        seed = cfg.seed + 7919 * (index + 1)
+        train_set, epochs = fractional_epochs(self.data["train"], phase.length, seed=seed)
+        if phase.kind.startswith("gate"):
+            stage = {s.name: s for s in gate_schedule(
+                predictor_epochs=epochs, static_epochs=epochs, lr=cfg.gate_lr, batch_size=cfg.batch_size,
+                grad_clip=cfg.grad_clip, seed=seed, device=cfg.device,
+            )}[phase.kind]  # fmt: skip
+            if not position and stage.prepare is not None:
+                self.model = stage.prepare(self.model)
+            params = stage.select(self.model) if stage.select is not None else None
+            config, prefix = stage.config, stage.log_prefix
+        else:
+            clear_plan(self.model)
+            set_plan(self.model, self.plan(deterministic=True))
+            params = None  # paper 7: all parameters, importances included
+            config = TrainConfig(
+                epochs=epochs, batch_size=cfg.batch_size, optimizer="adam", lr=cfg.cnn_lr, weight_decay=0.0,
+                schedule="constant", grad_clip=cfg.grad_clip, seed=seed, device=cfg.device,
+            )  # fmt: skip
+            prefix = "cnn/"
+        steps_per_epoch = -(-len(train_set) // config.batch_size)
+        offset = self.global_step
+
+        class _Writer:
+            def add_scalar(_, tag: str, value: float, step: int | None = None) -> None:  # noqa: N805
+                assert self.logger is not None
+                self.logger.offset = offset
+                self.logger.add_scalar(tag, value, step)
+
+        def on_epoch_end(epoch: int, record: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+            self.global_step = offset + (epoch + 1) * steps_per_epoch
+            self.history.setdefault(phase.name, {"epochs": []})["epochs"].append(record)
+            if epoch + 1 < config.epochs:
+                self.save_checkpoint(index, {"epoch": epoch + 1, "optimizer": optimizer.state_dict()})
+
+        t0 = time.perf_counter()
+        try:
+            train(
+                self.model, train_set, config, params=params, writer=_Writer(), progress=self.progress,
+                start_epoch=int(position.get("epoch", 0)), optimizer_state=position.get("optimizer"),
+                on_epoch_end=on_epoch_end, log_prefix=prefix, desc=phase.name,
+            )  # fmt: skip
+        finally:
+            clear_plan(self.model)
+        self.global_step = offset + config.epochs * steps_per_epoch
+        self.history.setdefault(phase.name, {"epochs": []})["time_s"] = time.perf_counter() - t0
+
+    def evaluate_plan(self, dataset: ImageDataset, *, max_images: int | None = None) -> dict[str, float]:
+        """Top-1, loss and measured MAC/param fractions of the CNN under the agents' deterministic plan."""
+        if max_images is not None and max_images < len(dataset):
+            idx = np.linspace(0, len(dataset), num=max_images, endpoint=False).astype(np.int64)
+            dataset = dataset.subset(torch.from_numpy(idx))
+        clear_plan(self.model)
+        set_plan(self.model, self.plan(deterministic=True))
+        try:
+            return evaluate(self.model, dataset, cost_model=self.cost_model)
+        finally:
+            clear_plan(self.model)
+
+    def _log_phase_end(self, phase: Phase) -> None:
+        if self.runtime_model is None and self.static_keep is None:
+            return
+        result = self.evaluate_plan(self.data["val"], max_images=PHASE_EVAL_IMAGES)
+        assert self.logger is not None
+        self.logger.prefix = ""
+        self.logger.offset = self.global_step
+        self.logger.record("eval/val_top1", result["top1"])
+        self.logger.record("eval/macs_fraction", result["macs_fraction"])
+        self.logger.record("eval/params_fraction", result["params_fraction"])
+        self.logger.dump(0)
+        self.history.setdefault(phase.name, {})["after"] = result
+        log.info(
+            "%s done: val top-1 %.2f%% (%d images), MAC fraction %.4f, params fraction %.4f",
+            phase.name, result["top1"], result["n"], result["macs_fraction"], result["params_fraction"],
+        )  # fmt: skip
+
+    # -- run ------------------------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Run every phase (continuing from ``checkpoint.pt`` when ``resume`` and it exists).
+
+        Returns:
+            :attr:`history`.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] | None = None
+        if resume and (self.run_dir / CHECKPOINT_FILE).is_file():
+            state = self.load_checkpoint()
+        self.logger = RunLogger(self.run_dir, keep_rows=None if state is None else int(state["progress_rows"]))
+        start = int(state["phase_index"]) if state is not None else 0
+        position: dict[str, Any] = dict(state["position"]) if state is not None else {}
+        if state is None:
+            self.save_checkpoint(0)
+        try:
+            for i in range(start, len(self.phases)):
+                phase = self.phases[i]
+                self._round = phase.round
+                log.info("phase %d/%d: %s", i + 1, len(self.phases), phase.name)
+                if phase.is_rl:
+                    self._rl_phase(i, phase, int(position.get("timesteps", 0)))
+                else:
+                    self._train_phase(i, phase, position)
+                self._log_phase_end(phase)
+                position = {}
+                self.save_checkpoint(i + 1)
+        finally:
+            self.logger.close()
+        return self.history
+
+
+def config_from_dict(values: Mapping[str, Any]) -> ScheduleConfig:
+    """A :class:`ScheduleConfig` from a plain mapping (unknown keys are ignored, lists become tuples)."""
+    known = {f for f in ScheduleConfig.__dataclass_fields__}
+    kwargs = {k: v for k, v in values.items() if k in known}
+    if "gate_epochs" in kwargs:
+        kwargs["gate_epochs"] = tuple(float(v) for v in kwargs["gate_epochs"])
+    return ScheduleConfig(**kwargs)
+
+
+def config_to_dict(config: ScheduleConfig) -> dict[str, Any]:
+    """Plain-typed view of a :class:`ScheduleConfig`."""
+    out = asdict(config)
+    out["gate_epochs"] = list(config.gate_epochs)
+    return out
+
+
+def phase_names(config: ScheduleConfig) -> Sequence[str]:
+    """Names of the phases ``config`` runs."""
+    return [p.name for p in config.phases()]
