@@ -326,7 +326,8 @@ def agent_specs(cfg: dict[str, Any]) -> dict[str, AgentSpec | None]:
 
                 hp = apply_overrides({}, overrides[role])
         except (KeyError, ValueError, TypeError, ImportError, AttributeError) as err:
-            raise UsageError(str(err).strip("'\"")) from err
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise UsageError(str(message)) from err
         specs[role] = AgentSpec(algo, hp)
     return specs
 
@@ -482,6 +483,10 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     test = _strided(data["test"], cfg.get("test_images"))
     has_checkpoint = resume and (run_dir / "checkpoint.pt").is_file()
     if not has_checkpoint:
+        try:  # algorithm / hyperparameter mistakes surface here, before anything is trained or saved
+            trainer.build_agents()
+        except (ValueError, TypeError) as err:
+            raise UsageError(str(err)) from err
         t0 = time.perf_counter()
         trainer.history["base"] = {
             "val": evaluate(model, data["val"], cost_model=trainer.cost_model),

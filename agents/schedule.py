@@ -559,6 +559,18 @@ class JointTrainer:
         agent, _ = make_model(spec.algo, env, spec.hyperparams, seed=self.config.seed + (0 if role == "runtime" else 1))
         return agent
 
+    def build_agents(self) -> None:
+        """Create the agents the mode trains (on freshly built envs), so bad settings fail before any training.
+
+        Raises:
+            ValueError: the algorithm does not support the envs' action space, or a value cannot be converted.
+            TypeError: a hyperparameter is not a constructor argument of the algorithm.
+        """
+        if self.config.trains_runtime and self.runtime_model is None:
+            self.runtime_model = self._new_agent("runtime", self._runtime_env())
+        if self.config.trains_static and self.static_model is None:
+            self.static_model = self._new_agent("static", self._static_env())
+
     def _rl_phase(self, index: int, phase: Phase, done_steps: int) -> None:
         role = "runtime" if phase.kind == "rl_runtime" else "static"
         env = self._runtime_env() if role == "runtime" else self._static_env()
@@ -707,6 +719,7 @@ class JointTrainer:
         start = int(state["phase_index"]) if state is not None else 0
         position: dict[str, Any] = dict(state["position"]) if state is not None else {}
         if state is None:
+            self.build_agents()
             self.save_checkpoint(0)
         try:
             for i in range(start, len(self.phases)):

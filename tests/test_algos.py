@@ -252,7 +252,7 @@ def test_learn_on_static_env(algo: str) -> None:
 def test_learn_on_runtime_vec_env() -> None:
     venv = RuntimePruningVecEnv(num_envs=4, model="tiny_cnn")
     hp = load_hyperparams("ppo", "prunegym/RuntimePruning-v0", overrides=["n_steps=16", "batch_size=32"])
-    assert hp["n_envs"] == 8  # left to the env builder; make_model ignores it
+    assert hp["n_envs"] == 64  # left to the env builder; make_model ignores it
     model, _ = make_model("ppo", venv, hp, seed=0)
     model.learn(total_timesteps=128)
     assert model.num_timesteps >= 128 and model.n_envs == 4
@@ -277,3 +277,33 @@ def test_module_doctest() -> None:
 
     result = doctest.testmod(agents.algos)
     assert result.attempted > 0 and result.failed == 0
+
+
+#: Small settings that make every algorithm update within a few dozen steps (replay starts, rollouts).
+_FEW_STEPS: dict[str, dict[str, Any]] = {
+    "ppo": {"n_steps": 16, "batch_size": 16},
+    "a2c": {"n_steps": 8},
+    "trpo": {"n_steps": 16, "batch_size": 16},
+    "recurrent_ppo": {"n_steps": 16, "batch_size": 16},
+    "ars": {"n_delta": 2},
+    **{
+        name: {"learning_starts": 8, "batch_size": 8, "buffer_size": 512}
+        for name in ("sac", "td3", "ddpg", "tqc", "crossq")
+    },
+}
+
+
+@pytest.mark.parametrize("env_kind", ["static", "runtime"])
+@pytest.mark.parametrize("algo", [n for n in list_algos() if get_algo(n).supports(spaces.Box(-1, 1, (1,)))])
+def test_every_box_algorithm_learns_on_both_envs(algo: str, env_kind: str) -> None:
+    env = _static_env() if env_kind == "static" else RuntimePruningVecEnv(num_envs=2, model="tiny_cnn", num_images=8)
+    model, _ = make_model(algo, env, _FEW_STEPS[algo], seed=0)
+    params = getattr(model, "policy", None)
+    before = [p.detach().clone() for p in params.parameters()] if params is not None else None
+    model.learn(total_timesteps=64)
+    assert model.num_timesteps >= 64
+    if before is not None:
+        assert any(not torch.equal(a, b) for a, b in zip(before, params.parameters(), strict=True)), "no update"
+    obs = env.reset()[0] if env_kind == "static" else env.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert np.isfinite(action).all()
