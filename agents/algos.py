@@ -25,6 +25,7 @@ import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gymnasium import spaces
@@ -151,6 +152,10 @@ class AlgoSpec:
     def supports(self, action_space: spaces.Space) -> bool:
         """Whether the algorithm can act in ``action_space`` (``True`` when its spaces are unknown)."""
         return self.action_spaces is None or isinstance(action_space, self.action_spaces)
+
+    def load(self, path: str | Path, **kwargs: Any) -> Any:
+        """A saved model of this algorithm (``cls.load(path, **kwargs)``, e.g. ``env=``, ``device=``)."""
+        return self.cls.load(str(path), **kwargs)  # type: ignore[attr-defined]
 
 
 #: Every registered algorithm by name.
@@ -399,6 +404,24 @@ def _action_noise(noise_type: str | None, noise_std: float | None, action_space:
     return kinds[noise_type](mean=np.zeros(dim), sigma=std * np.ones(dim))
 
 
+def _resolve_policy(policy: Any, kwargs: dict[str, Any], env: Any) -> Any:
+    """Resolve a ``policy`` hyperparameter to what the algorithm's constructor takes.
+
+    A name in :data:`agents.policies.POLICIES` or an import path becomes its class; SB3's own aliases
+    (``MlpPolicy``) stay strings. A budget-residual policy gets its env-dependent ``policy_kwargs`` filled in
+    ``kwargs`` (:func:`agents.policies.complete_policy_kwargs`).
+    """
+    from agents.policies import POLICIES, complete_policy_kwargs, is_budget_residual
+
+    if isinstance(policy, str) and policy in POLICIES:
+        policy = POLICIES.get(policy)
+    elif isinstance(policy, str) and ":" in policy:
+        policy = _import_path(policy)
+    if is_budget_residual(policy):
+        kwargs["policy_kwargs"] = complete_policy_kwargs(policy, kwargs.get("policy_kwargs"), env)
+    return policy
+
+
 def make_model(
     algo: str | AlgoSpec,
     env: Any,
@@ -414,11 +437,14 @@ def make_model(
         algo: Algorithm name (``"ppo"``), ``package.module:Class`` path or :class:`AlgoSpec`.
         env: A Gymnasium env or an SB3 ``VecEnv`` (e.g. :class:`envs.runtime.RuntimePruningVecEnv`).
         hyperparams: Resolved hyperparameters (see :func:`agents.hyperparams.load_hyperparams`); not modified.
-            ``policy`` defaults to the algorithm's default policy; ``policy_kwargs`` is converted by
-            :func:`resolve_policy_kwargs`; ``learning_rate``/``clip_range``/``clip_range_vf`` may be
-            ``"lin_<x>"``; ``noise_type`` (``normal``/``ornstein-uhlenbeck``) with ``noise_std`` becomes
-            ``action_noise``; ``n_timesteps`` is returned apart; the :data:`ENV_KEYS` (``n_envs``, ``normalize``,
-            ...) are for whoever builds the env and are left out; everything else goes to the constructor.
+            ``policy`` defaults to the algorithm's default policy and may be an SB3 alias (``MlpPolicy``), a
+            name in :data:`agents.policies.POLICIES` (``BudgetResidualPolicy``, whose ``budget_index``,
+            ``min_keep`` and ``macs_curve`` are then read from ``env`` unless given) or ``package.module:Class``;
+            ``policy_kwargs`` is converted by :func:`resolve_policy_kwargs`;
+            ``learning_rate``/``clip_range``/``clip_range_vf`` may be ``"lin_<x>"``; ``noise_type``
+            (``normal``/``ornstein-uhlenbeck``) with ``noise_std`` becomes ``action_noise``; ``n_timesteps``
+            is returned apart; the :data:`ENV_KEYS` (``n_envs``, ``normalize``, ...) are
+            for whoever builds the env and are left out; everything else goes to the constructor.
         seed: Seed of the algorithm (torch, numpy, action-space sampling).
         tensorboard_log: TensorBoard log directory, or ``None`` (default) for none.
         verbose: SB3 verbosity, 0 (default) silent.
@@ -443,6 +469,7 @@ def make_model(
     policy = kwargs.pop("policy", None) or spec.default_policy
     if "policy_kwargs" in kwargs:
         kwargs["policy_kwargs"] = resolve_policy_kwargs(kwargs["policy_kwargs"])
+    policy = _resolve_policy(policy, kwargs, env)
     for key in SCHEDULE_KEYS & set(kwargs):
         kwargs[key] = to_schedule(kwargs[key], key)
     noise = _action_noise(kwargs.pop("noise_type", None), kwargs.pop("noise_std", None), env.action_space)

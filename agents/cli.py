@@ -95,6 +95,8 @@ IDENTITY_KEYS = (
 )
 #: Validation images used to match the uniform reference's MAC fraction (bisection).
 REFERENCE_IMAGES = 1000
+#: Bisection steps of the uniform reference's ratio (resolution (1 - min_keep) / 2**12 < 1/4000).
+REFERENCE_HALVINGS = 12
 #: Share of each round's RL timesteps given to the static agent when ``--total-timesteps`` sets both.
 STATIC_SHARE = 0.1
 
@@ -206,7 +208,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         metavar=("A", "B"),
         help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed",
     )
-    g.add_argument("--cnn-epochs", type=float, default=d(0.25), help="passes over the training set per CNN phase")
+    g.add_argument("--cnn-epochs", type=float, default=d(1.0), help="passes over the training set per CNN phase")
     g.add_argument("--gate-lr", type=float, default=d(1e-4), help="Adam learning rate of the gate stage")
     g.add_argument("--cnn-lr", type=float, default=d(1e-4), help="Adam learning rate of the CNN phases (paper: 1e-3)")
     g.add_argument("--num-val", type=int, default=d(512), help="validation images per static-env episode")
@@ -402,7 +404,8 @@ def uniform_reference(
 ) -> dict[str, Any]:
     """Score the uniform-ratio policy whose measured mean MAC fraction on ``val`` is closest below ``target_macs``.
 
-    The ratio is found by bisection (20 halvings) on ``REFERENCE_IMAGES`` validation images; the policy is then
+    The ratio is found by bisection (``REFERENCE_HALVINGS`` halvings: keep counts are a step function of the ratio,
+    so finer steps change nothing) on ``REFERENCE_IMAGES`` validation images; the policy is then
     scored on the whole ``val`` and ``test`` with every image costed from its applied masks.
     """
     model, cm = trainer.model, trainer.cost_model
@@ -421,7 +424,7 @@ def uniform_reference(
     if measure(hi, probe)["macs_fraction"] <= target_macs:
         lo = hi
     else:
-        for _ in range(20):
+        for _ in range(REFERENCE_HALVINGS):
             mid = 0.5 * (lo + hi)
             if measure(mid, probe)["macs_fraction"] <= target_macs:
                 lo = mid
@@ -607,7 +610,7 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
     source = None
     if (root / AGENT_FILES["runtime"]).is_file():
         algo = config["agents"]["runtime"]["algo"]
-        agent = get_algo(algo).cls.load(str(root / AGENT_FILES["runtime"]), device="cpu")
+        agent = get_algo(algo).load(root / AGENT_FILES["runtime"], device="cpu")
         source = PolicyRuntimeSource(agent, cnn, budget=float(results["budget"]), min_keep=min_keep)
     if dynamic:
         model = DynamicModel(load_exported(root / EXPORTED_FILE), source)
