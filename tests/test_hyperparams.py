@@ -175,7 +175,7 @@ def test_paper_preset_matches_methods() -> None:
         "normalize_advantage": True,
     }
     assert {k: hp[k] for k in expected} == expected
-    assert hp["policy_kwargs"]["lstm_hidden_size"] == 128 and hp["policy"] == "MlpLstmPolicy"
+    assert hp["policy_kwargs"]["lstm_hidden_size"] == 128 and hp["policy"] == "BudgetResidualLstmPolicy"
     assert list_presets("recurrent_ppo") == ["paper"]
     text = (HYPERPARAMS_DIR / "recurrent_ppo.yml").read_text()
     assert "methods.md §7.3" in text and "residual on the budget" in text
