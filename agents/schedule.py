@@ -274,6 +274,7 @@ class RunLogger(Logger):
         super().__init__(str(folder), [self.csv, TensorBoardOutputFormat(str(folder))])
         self.prefix = ""
         self.offset = 0
+        self._pending: int | None = None
 
     def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:  # noqa: D102
         super().record(self._key(key), value, exclude)
@@ -288,9 +289,18 @@ class RunLogger(Logger):
         super().dump(self.offset + int(step))
 
     def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None:
-        """TensorBoard-writer interface for :func:`pruning.train.train` (each scalar is one dump)."""
+        """TensorBoard-writer interface for :func:`pruning.train.train`: scalars of one step share one row."""
+        step = int(global_step or 0)
+        if self._pending is not None and self._pending != step:
+            self.flush_scalars()
         self.record(tag, float(scalar_value))
-        self.dump(int(global_step or 0))
+        self._pending = step
+
+    def flush_scalars(self) -> None:
+        """Dump the scalars :meth:`add_scalar` has collected for its last step."""
+        if self._pending is not None:
+            self.dump(self._pending)
+            self._pending = None
 
 
 class _PruningStats(BaseCallback):
@@ -672,6 +682,7 @@ class JointTrainer:
             )  # fmt: skip
         finally:
             clear_plan(self.model)
+            self.logger.flush_scalars()
         self.global_step = offset + config.epochs * steps_per_epoch
         self.history.setdefault(phase.name, {"epochs": []})["time_s"] = time.perf_counter() - t0
 
