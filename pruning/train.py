@@ -5,7 +5,9 @@ The pieces, from small to large:
 * :func:`evaluate` — top-1 and mean cross-entropy of a model on a dataset.
 * :class:`TrainConfig` + :func:`train` — one training run (SGD or Adam, cosine or constant learning rate,
   standard CIFAR augmentation, optional gradient clipping) over all parameters or a chosen subset, with a
-  progress bar, TensorBoard scalars and a per-epoch callback. Deterministic for a seed on the CPU: the data
+  progress bar, TensorBoard scalars and a per-epoch callback; hooks add a loss term (``extra_loss``), act after
+  every step (``after_step``) or build another optimizer (``make_optimizer``). :func:`fractional_epochs` turns
+  a fractional number of passes into whole epochs over a subset. Deterministic for a seed on the CPU: the data
   order and augmentation of epoch ``e`` come from a generator seeded with ``(seed, e)`` and the learning rate
   is a function of the step, so a run resumed at epoch ``e`` (with its optimizer state) continues exactly.
 * :class:`Stage` + :func:`fit_schedule` — a sequence of named training stages that saves a training
@@ -49,20 +51,25 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pruning.accounting import CostModel
 from pruning.checkpoint import atomic_save, check_plain, model_from_record, model_record
 from pruning.data import BatchLoader, ImageDataset, iterate_batches
-from pruning.gating import clear_plan, gated_units, is_gated
+from pruning.gating import applied_masks, clear_plan, gated_units, is_gated, stored_masks
 from pruning.models import input_normalization, load_checkpoint_file
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "TRAIN_STATE_FORMAT",
+    "ExtraLoss",
+    "OptimizerBuilder",
     "Stage",
+    "StepHook",
     "TrainConfig",
     "dataset_for_model",
     "evaluate",
     "fit_schedule",
+    "fractional_epochs",
     "gate_schedule",
     "gate_stage",
     "learning_rate",
@@ -141,6 +148,7 @@ def evaluate(
     max_batches: int | None = None,
     progress: bool = False,
     desc: str = "eval",
+    cost_model: CostModel | None = None,
 ) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset`` (no augmentation, fixed order).
 
@@ -157,15 +165,24 @@ def evaluate(
             ``None`` (default) scores everything.
         progress: Show a progress bar on stdout (off when stdout is not a terminal). Default ``False``.
         desc: Progress bar label.
+        cost_model: The :class:`pruning.accounting.CostModel` of the gated ``model`` (built before a runtime
+            source is set on it). When given, every image is costed from the masks its forward pass applied
+            (:func:`pruning.gating.applied_masks` and the stored masks), so runtime-pruned models report what
+            each input really cost.
 
     Returns:
-        ``{"top1": percent correct, "loss": mean cross-entropy per image, "n": images scored}``.
+        ``{"top1": percent correct, "loss": mean cross-entropy per image, "n": images scored}``; with
+        ``cost_model`` also ``"macs_fraction"`` (mean backbone MAC fraction per image), ``"macs_fraction_max"``
+        and ``"params_fraction"`` (stored backbone parameters).
 
     Raises:
-        ValueError: ``max_batches`` is not positive or the dataset is empty.
+        ValueError: ``max_batches`` is not positive, the dataset is empty, or ``cost_model`` is given for a
+            model that is not gated.
     """
     if max_batches is not None and max_batches <= 0:
         raise ValueError(f"max_batches must be positive or None, got {max_batches}")
+    if cost_model is not None and not is_gated(model):
+        raise ValueError("cost_model= costs the masks of a gated model; gate it (pruning.gating.gate_model) first")
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name}/{dataset.split} is empty; nothing to evaluate")
     _check_normalization(dataset, model)
@@ -179,6 +196,7 @@ def evaluate(
     correct = 0
     loss_sum = 0.0
     n = 0
+    macs_sum, macs_max, params_fraction = 0.0, 0.0, 1.0
     batches = iterate_batches(dataset, batch_size, shuffle=False, augment=False, device=dev)
     bar = tqdm(
         batches,
@@ -196,10 +214,19 @@ def evaluate(
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())
             n += int(y.shape[0])
+            if cost_model is not None:
+                cost = cost_model.from_masks(applied_masks(model), stored_masks(model))
+                fractions = cost.macs_fraction.expand(int(y.shape[0]))
+                macs_sum += float(fractions.sum())
+                macs_max = max(macs_max, float(fractions.max()))
+                params_fraction = float(cost.params_fraction)
     finally:
         bar.close()
         model.train(was_training)
-    return {"top1": 100.0 * correct / n, "loss": loss_sum / n, "n": n}
+    result: dict[str, float] = {"top1": 100.0 * correct / n, "loss": loss_sum / n, "n": n}
+    if cost_model is not None:
+        result.update(macs_fraction=macs_sum / n, macs_fraction_max=macs_max, params_fraction=params_fraction)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -361,6 +388,41 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # ----------------------------------------------------------------------------------------------------
 
 EpochCallback = Callable[[int, dict[str, Any], torch.optim.Optimizer], None]
+#: ``fn(model) -> scalar tensor`` added to the cross-entropy of every step (a regulariser on the weights).
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+#: ``fn(model)`` called after every optimizer step under ``torch.no_grad`` (e.g. to clamp or project weights).
+StepHook = Callable[[nn.Module], None]
+#: ``fn(param_groups, config) -> optimizer``, the signature of an :data:`OPTIMIZERS` entry.
+OptimizerBuilder = Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]
+
+
+def fractional_epochs(train_set: ImageDataset, epochs: float, *, seed: int = 0) -> tuple[ImageDataset, int]:
+    """Express ``epochs`` passes over ``train_set`` (fractions allowed) as whole epochs over a seeded subset.
+
+    ``e`` passes become ``n = ceil(e)`` epochs over ``round(N·e / n)`` images (at least one) drawn without
+    replacement from a generator seeded with ``seed``, so a run sees about ``e·N`` images, i.e. the optimizer
+    steps of ``e`` epochs: 0.25 is one epoch over a quarter of the images, 2.5 three epochs over 5/6 of them.
+    Whole numbers return ``train_set`` itself.
+
+    Args:
+        train_set: The full training split.
+        epochs: Passes over it, ``>= 0``.
+        seed: Seeds the choice of the subset.
+
+    Returns:
+        ``(dataset, n)``: the dataset to pass to :func:`train` and ``TrainConfig.epochs = n``.
+
+    Raises:
+        ValueError: ``epochs`` is negative or not finite.
+    """
+    if not (math.isfinite(epochs) and epochs >= 0):
+        raise ValueError(f"epochs must be a finite number >= 0, got {epochs}")
+    whole = math.ceil(epochs)
+    if whole == epochs:
+        return train_set, int(whole)
+    size = max(1, round(len(train_set) * epochs / whole))
+    idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:size]
+    return train_set.subset(idx.sort().values), int(whole)
 
 
 def _select(model: nn.Module, params: Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
@@ -399,6 +461,9 @@ def train(
     log_prefix: str = "",
     bn_eval: bool = False,
     desc: str = "train",
+    extra_loss: ExtraLoss | None = None,
+    after_step: StepHook | None = None,
+    make_optimizer: OptimizerBuilder | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with cross-entropy, standard CIFAR augmentation and ``config``'s optimizer.
 
@@ -431,6 +496,13 @@ def train(
         log_prefix: Prepended to every TensorBoard tag, e.g. ``"gate/predictor/"``.
         bn_eval: Keep every BatchNorm layer in eval mode (running statistics frozen) while training.
         desc: Progress bar and log label.
+        extra_loss: ``fn(model) -> scalar`` added to every step's cross-entropy before the backward pass (a
+            sparsity regulariser, for instance); ``train_loss`` then reports the sum.
+        after_step: ``fn(model)`` called after every optimizer step under ``torch.no_grad`` (e.g. clamping
+            BN scales into a range).
+        make_optimizer: Builds the optimizer instead of ``OPTIMIZERS[config.optimizer]``, with the same
+            signature ``fn(param_groups, config)``: for optimizers with options of their own. The learning
+            rate of every group is still set from the schedule before each step.
 
     Returns:
         ``{"epochs": [record, ...], "steps": steps run}``; a record holds ``epoch`` (0-based), ``train_loss``
@@ -457,7 +529,8 @@ def train(
             p.requires_grad_(False)
         for p in selected:
             p.requires_grad_(True)
-        optimizer = OPTIMIZERS[config.optimizer](param_groups(selected, config.weight_decay), config)
+        build = OPTIMIZERS[config.optimizer] if make_optimizer is None else make_optimizer
+        optimizer = build(param_groups(selected, config.weight_decay), config)
         if optimizer_state is not None:
             optimizer.load_state_dict(dict(optimizer_state))
         steps_per_epoch = -(-len(train_set) // config.batch_size)
@@ -468,6 +541,7 @@ def train(
                 model, train_set, config, optimizer, selected,
                 epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps, writer=writer,
                 progress=progress, log_prefix=log_prefix, bn_eval=bn_eval, desc=desc,
+                extra_loss=extra_loss, after_step=after_step,
             )  # fmt: skip
             history["steps"] += steps_per_epoch
             step = (epoch + 1) * steps_per_epoch
@@ -511,6 +585,8 @@ def _train_epoch(
     log_prefix: str,
     bn_eval: bool,
     desc: str,
+    extra_loss: ExtraLoss | None = None,
+    after_step: StepHook | None = None,
 ) -> dict[str, Any]:
     """One pass over the data; returns the epoch's record (without validation)."""
     device = torch.device(config.device)
@@ -537,6 +613,8 @@ def _train_epoch(
                 group["lr"] = lr
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} (lr {lr:.3g}); "
@@ -547,6 +625,9 @@ def _train_epoch(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(selected, config.grad_clip)
             optimizer.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(model)
             b = int(y.shape[0])
             batch_loss = float(loss.detach()) * b
             batch_correct = int((logits.detach().argmax(dim=1) == y).sum())
