@@ -38,10 +38,6 @@ import json
 import logging
 import math
 import os
-import platform
-import shlex
-import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +54,7 @@ from pruning.export import DynamicModel, export_static, load_exported, save_expo
 from pruning.gating import clear_plan, gate_model, is_gated, set_plan
 from pruning.models import get_model, list_models, load_checkpoint_file
 from pruning.plan import PruningPlan
+from pruning.runs import CONFIG_FILE, UsageError, command_record, common_settings, run_command, write_json
 from pruning.train import dataset_for_model, evaluate, seed_everything
 
 from .algos import get_algo
@@ -72,11 +69,11 @@ from .schedule import (
     config_to_dict,
 )
 
-__all__ = ["UsageError", "build_parser", "load_run", "main", "resolve_config", "run"]
+__all__ = ["build_parser", "load_run", "main", "resolve_config", "run"]
 
 log = logging.getLogger("agents.cli")
 
-CONFIG_FILE, RESULTS_FILE, MODEL_FILE, EXPORTED_FILE = "config.json", "results.json", "model.pt", "exported.pt"
+RESULTS_FILE, MODEL_FILE, EXPORTED_FILE = "results.json", "model.pt", "exported.pt"
 AGENT_FILES = {"runtime": "runtime_agent.zip", "static": "static_agent.zip"}
 #: Settings that define a run; ``--resume`` refuses to change them.
 IDENTITY_KEYS = (
@@ -99,10 +96,6 @@ REFERENCE_IMAGES = 1000
 REFERENCE_HALVINGS = 12
 #: Share of each round's RL timesteps given to the static agent when ``--total-timesteps`` sets both.
 STATIC_SHARE = 0.1
-
-
-class UsageError(Exception):
-    """A problem with the command line, the data or the run directory, reported as one line (exit code 2)."""
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -241,16 +234,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         UsageError: a value is out of range or options contradict each other.
     """
-    cfg = dict(vars(args))
-    cfg.pop("resume", None)
-    weights = cfg.get("weights")
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
-    if isinstance(weights, str) and weights.upper() == "DEFAULT":
-        weights = "DEFAULT"
-    cfg["weights"] = weights
-    if cfg.get("device") in (None, "auto"):
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = common_settings(args)
     if cfg.get("static_algo") is None:
         cfg["static_algo"] = cfg["algo"]
     mode = cfg["mode"]
@@ -380,12 +364,6 @@ def _strided(dataset: ImageDataset, count: int | None) -> ImageDataset:
     return dataset.subset(torch.from_numpy(idx))
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _reference_plan(trainer: JointTrainer, ratio: float) -> PruningPlan:
     """The uniform-ratio policy of the run's kind at ``ratio``.
 
@@ -464,19 +442,13 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     schedule = config_from_dict({**cfg, "n_envs": n_envs})
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    command = " ".join(shlex.quote(a) for a in ["python", "train_agent.py", *(argv or [])])
-    record: dict[str, Any] = {"args": cfg, "command": command, "resume_commands": []}
-    if resume and (run_dir / CONFIG_FILE).is_file():
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
-        record["command"] = saved.get("command", command)
-        record["resume_commands"] = [*saved.get("resume_commands", []), command]
+    record = command_record(run_dir, cfg, ["python", "train_agent.py"], argv, resume=resume)
     record["schedule"] = config_to_dict(schedule)
     record["phases"] = [p.name for p in schedule.phases()]
     record["agents"] = {
         r: None if s is None else {"algo": s.algo, "hyperparams": s.hyperparams} for r, s in specs.items()
     }
-    record.update(python=platform.python_version(), torch=torch.__version__)
-    _write_json(run_dir / CONFIG_FILE, record)
+    write_json(run_dir / CONFIG_FILE, record)
 
     trainer = JointTrainer(
         model, arch=cfg["model"], num_classes=num_classes, data={"train": data["train"], "val": data["val"]},
@@ -558,7 +530,7 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
         "times": {"final_eval_s": eval_s, "total_s": time.perf_counter() - t_start},
         "resumed": resume,
     }
-    _write_json(run_dir / RESULTS_FILE, results)
+    write_json(run_dir / RESULTS_FILE, results)
     return results
 
 
@@ -627,23 +599,6 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
     return cnn.eval(), results
 
 
-def _resume_config(run_dir: Path, argv: list[str]) -> dict[str, Any]:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"cannot resume: no {CONFIG_FILE} in {run_dir}; pass the run directory of a train_agent run")
-    saved = json.loads(path.read_text())["args"]
-    given = vars(build_parser(defaults=False).parse_args(argv))
-    given.pop("resume", None)
-    merged = resolve_config(argparse.Namespace(**{**saved, **given, "out": str(run_dir)}))
-    changed = [k for k in IDENTITY_KEYS if merged.get(k) != saved.get(k)]
-    if changed:
-        raise UsageError(
-            f"cannot resume {run_dir} with different {', '.join('--' + k.replace('_', '-') for k in changed)}; "
-            "start a new run instead"
-        )
-    return merged
-
-
 def main(argv: list[str] | None = None) -> int:
     """Train pruning agents with paper 7's schedule (``python train_agent.py``, ``prunegym train``).
 
@@ -651,37 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 on a usage error (one line on stderr, nothing half-written left behind), 130 when
         interrupted (the run directory can be resumed).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    run_dir: Path | None = None
-    created = False
-    try:
-        if args.resume is not None:
-            run_dir = Path(args.resume)
-            cfg = _resume_config(run_dir, argv)
-        else:
-            cfg = resolve_config(args)
-            run_dir = Path(cfg["out"])
-            if (run_dir / CONFIG_FILE).is_file():
-                raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --out")
-            created = not run_dir.exists()
-        results = run(cfg, run_dir, resume=args.resume is not None, argv=argv)
-    except (UsageError, FileNotFoundError) as err:
-        if created and run_dir is not None and not (run_dir / "checkpoint.pt").is_file():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no broken run directory
-        print(f"train_agent.py: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        hint = f"; continue with --resume {run_dir}" if run_dir is not None else ""
-        print(f"train_agent.py: interrupted{hint}", file=sys.stderr)
-        return 130
-    _print_table(results, run_dir)
-    return 0
+    return run_command(
+        argv, prog="train_agent.py", build_parser=build_parser, resolve=resolve_config, run=run,
+        report=_print_table, identity_keys=IDENTITY_KEYS,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

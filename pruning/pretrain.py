@@ -37,11 +37,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +50,7 @@ from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset, get_dataset, list_datasets
 from pruning.gating import gate_model, gated_units, is_gated
 from pruning.models import get_model, list_models
+from pruning.runs import CONFIG_FILE, UsageError, command_record, common_settings, run_command, write_json
 from pruning.train import (
     Stage,
     TrainConfig,
@@ -82,11 +79,7 @@ IDENTITY_KEYS = ("model", "weights", "num_classes", "dataset", "seed", "no_gate"
 #: Images per evaluation batch (``--eval-batches`` counts these).
 EVAL_BATCH_SIZE = 500
 
-CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, RESULTS_FILE = "config.json", "checkpoint.pt", "model.pt", "results.json"
-
-
-class UsageError(Exception):
-    """A problem with the command line or the run directory, reported as one line (exit code 2)."""
+CHECKPOINT_FILE, MODEL_FILE, RESULTS_FILE = "checkpoint.pt", "model.pt", "results.json"
 
 
 def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
@@ -176,14 +169,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         UsageError: A value is out of range.
     """
-    cfg = dict(vars(args))
-    cfg.pop("resume", None)
-    weights = cfg.get("weights")
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
-    if isinstance(weights, str) and weights.upper() == "DEFAULT":
-        weights = "DEFAULT"
-    cfg["weights"] = weights
+    cfg = common_settings(args)
+    weights = cfg["weights"]
     if cfg.get("epochs") is None:
         cfg["epochs"] = 0 if weights is not None else DEFAULT_EPOCHS
     if cfg.get("lr") is None:
@@ -194,8 +181,6 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if len(gate_epochs) != 2:
         raise UsageError(f"--gate-epochs takes one or two integers, got {gate_epochs}")
     cfg["gate_epochs"] = [int(v) for v in gate_epochs]
-    if cfg.get("device") in (None, "auto"):
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     for key in ("epochs", "batch_size", "log_every"):
         if int(cfg[key]) < (1 if key != "epochs" else 0):
             raise UsageError(f"--{key.replace('_', '-')} must be {'>= 0' if key == 'epochs' else 'positive'}")
@@ -272,12 +257,6 @@ def _evaluate_splits(
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-
-
 def _print_table(results: dict[str, Any], run_dir: Path) -> None:
     rows = [("base", results["base"]), ("after" + (" (gated)" if results["gated"] else ""), results["final"])]
     width = max(len(name) for name, _ in rows) + 2
@@ -342,14 +321,8 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: list[
         for split in ("val", "test"):
             data[split] = _spread_subset(data[split], cfg["eval_batches"] * EVAL_BATCH_SIZE)
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = " ".join(shlex.quote(a) for a in ["prunegym", "pretrain", *(argv or [])])
-    record: dict[str, Any] = {"args": cfg, "command": command, "resume_commands": []}
-    if resume and (run_dir / CONFIG_FILE).is_file():  # keep the original command line, list the resumes
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
-        record["command"] = saved.get("command", command)
-        record["resume_commands"] = [*saved.get("resume_commands", []), command]
-    record.update(python=platform.python_version(), torch=torch.__version__)
-    _write_json(run_dir / CONFIG_FILE, record)
+    record = command_record(run_dir, cfg, ["prunegym", "pretrain"], argv, resume=resume)
+    write_json(run_dir / CONFIG_FILE, record)
     writer = SummaryWriter(log_dir=str(run_dir))
     try:
         if state is None:
@@ -404,26 +377,8 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: list[
         },
         "resumed": state is not None,
     }
-    _write_json(run_dir / RESULTS_FILE, results)
+    write_json(run_dir / RESULTS_FILE, results)
     return results
-
-
-def _resume_config(run_dir: Path, argv: list[str]) -> dict[str, Any]:
-    """The saved config of ``run_dir`` with the options given on this command line applied over it."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"cannot resume: no {CONFIG_FILE} in {run_dir}; pass the run directory of a pretrain run")
-    saved = json.loads(path.read_text())["args"]
-    given = vars(build_parser(defaults=False).parse_args(argv))
-    given.pop("resume", None)
-    merged = resolve_config(argparse.Namespace(**{**saved, **given, "out": str(run_dir)}))
-    changed = [k for k in IDENTITY_KEYS if merged.get(k) != saved.get(k)]
-    if changed:
-        raise UsageError(
-            f"cannot resume {run_dir} with different {', '.join('--' + k.replace('_', '-') for k in changed)}; "
-            "start a new run instead"
-        )
-    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,31 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 on success, 2 on a usage error or missing data/weights (one line on stderr), 130 when interrupted.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    run_dir: Path | None = None
-    try:
-        if args.resume is not None:
-            run_dir = Path(args.resume)
-            cfg = _resume_config(run_dir, argv)
-        else:
-            cfg = resolve_config(args)
-            run_dir = Path(cfg["out"])
-        results = run(cfg, run_dir, resume=args.resume is not None, argv=argv)
-    except (UsageError, FileNotFoundError) as err:
-        print(f"prunegym pretrain: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        hint = f"; continue with --resume {run_dir}" if run_dir is not None else ""
-        print(f"prunegym pretrain: interrupted{hint}", file=sys.stderr)
-        return 130
-    _print_table(results, run_dir)
-    return 0
+    return run_command(
+        argv, prog="prunegym pretrain", build_parser=build_parser, resolve=resolve_config, run=run,
+        report=_print_table, identity_keys=IDENTITY_KEYS, checkpoint_file=CHECKPOINT_FILE,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
