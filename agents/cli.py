@@ -201,7 +201,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         metavar=("A", "B"),
         help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed",
     )
-    g.add_argument("--cnn-epochs", type=float, default=d(1.0), help="passes over the training set per CNN phase")
+    g.add_argument("--cnn-epochs", type=float, default=d(0.5), help="passes over the training set per CNN phase")
     g.add_argument("--gate-lr", type=float, default=d(1e-4), help="Adam learning rate of the gate stage")
     g.add_argument("--cnn-lr", type=float, default=d(1e-4), help="Adam learning rate of the CNN phases (paper: 1e-3)")
     g.add_argument("--num-val", type=int, default=d(512), help="validation images per static-env episode")

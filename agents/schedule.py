@@ -121,7 +121,7 @@ class ScheduleConfig:
     """R_r of the trade-off pruner in ``joint`` mode (1 in ``runtime`` mode, 0 in ``static`` mode)."""
     rounds: int = 2
     """Repeats of {RL phase, CNN phase}."""
-    gate_epochs: tuple[float, float] = (0.5, 0.5)
+    gate_epochs: tuple[float, float] = (0.25, 0.25)
     """Gate-stage passes over the training set: predictors (``u_s`` frozen), then ``u_s`` too."""
     gate_lr: float = 1e-4
     """Adam learning rate of the gate stage (paper: 1e-3; see ``prunegym pretrain --help`` for why lower)."""
@@ -129,7 +129,7 @@ class ScheduleConfig:
     """Runtime-agent timesteps per RL phase (one step = one unit of one image)."""
     static_steps: int = 540
     """Static-agent timesteps per RL phase (one step = one unit; an episode scores ``num_val`` images)."""
-    cnn_epochs: float = 1.0
+    cnn_epochs: float = 0.5
     """Passes over the training set per CNN phase (fractions allowed: a seeded subset)."""
     cnn_lr: float = 1e-4
     """Adam learning rate of the CNN phases (paper: 1e-3)."""
