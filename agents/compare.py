@@ -3,28 +3,58 @@
 :func:`compare` runs every policy × MAC budget (× seed, for stochastic policies) on the same base model and
 data, and measures each pruned model on the same axes:
 
-* **applied MAC fraction** and **stored parameters** of the exported (physically smaller) model, costed exactly
-  with :func:`pruning.accounting.model_cost`;
-* **val top-1** on the environment's fixed validation subset and **test top-1** on the test split (optionally an
-  evenly strided subset of it), both measured on the final model (after Neuron Merging's compensation and the
-  optional fine-tune);
-* **latency** of the exported model at batch 1 and 128 (median of a few timed runs under
-  ``torch.inference_mode``).
+* **MAC fraction** per image and **stored parameters**, as fractions of the base model's;
+* **val top-1** on the static environment's fixed validation subset (``num_val`` images, seeded) and **test
+  top-1** on the test split (optionally an evenly strided subset of it), both measured on the final model
+  (after any compensation and the optional equal fine-tune);
+* **latency** at batch 1 and 128 (the fastest of several timed runs under ``torch.inference_mode``: on a shared
+  machine the minimum is the figure least disturbed by other load, as ``timeit`` advises).
 
-Policies are baseline names (:func:`agents.baselines.list_baselines`) plus ``"neuron_merging"`` (the ``l1`` plan,
-then :func:`pruning.methods.neuron_merging.merge_pruned` instead of plain slicing). Only static baselines run:
-``fbs`` is a runtime baseline and joins when runtime evaluation lands. Saved agents are not supported yet.
+**Policies** are specs parsed by :func:`parse_policy`: a registered baseline name
+(:func:`agents.baselines.list_baselines`), optionally with constructor options, ``name:key=value,key=value``
+(e.g. ``l1:allocation=global``, ``neuron_merging:criterion=l2_gm``, ``pfp:deterministic=true``; values are
+read as YAML scalars). The row label is the spec. Three kinds run:
 
-For each run a :class:`envs.static.StaticPruningEnv` is built on the base model with the policy's channel
-criterion, :meth:`agents.baselines.BaselinePolicy.prepare` solves the policy for the env's budget, and one
-episode of ``policy.predict`` gives the plan (:meth:`envs.static.StaticPruningEnv.final_plan`), which
-:func:`pruning.export.export_static` turns into the pruned model.
+* **static** (``uniform``, ``random``, ``l1``, ``l2``, ``bn_scale``, ``pfp``, ``neuron_merging``, ...): a
+  :class:`envs.static.StaticPruningEnv` is built on the plain base model with the policy's channel criterion
+  (:meth:`~agents.baselines.BaselinePolicy.channel_criterion`, bound to the validation images for data-driven
+  ones such as PFP), :meth:`~agents.baselines.BaselinePolicy.prepare` solves the policy for the budget, one
+  episode gives the plan and :meth:`~agents.baselines.BaselinePolicy.transform` the model (plain slicing by
+  :func:`pruning.export.export_static`, or Neuron Merging's compensation). MACs and parameters are those of
+  the exported model (:func:`pruning.accounting.model_cost`).
+* **runtime** (``fbs``): per-image ratios need a *gated* model with runtime-importance predictors. It is
+  ``gated_model`` (a PruneGym model file, e.g. the output of ``prunegym pretrain``, or a module), a gated
+  ``model`` file, or else the base model gated with *fresh* predictors (:func:`pruning.gating.gate_model`):
+  ``u_r = W·GAP(x) + b`` with ``W = 0`` and ``b = γ``, so a fresh predictor ranks channels by the BN scale γ,
+  the same for every image, and FBS then degenerates to a static top-γ selection at one uniform ratio. The
+  policy is prepared in a :class:`envs.runtime.RuntimePruningEnv` (R_r = 1: runtime pruning only) and its
+  per-unit runtime ratios are applied on the test set: the MAC fraction is the **measured mean over the test
+  images** (:class:`pruning.accounting.CostModel` from the applied keep counts; ``info`` adds the largest one
+  and the predictor overhead), parameters are every stored backbone and predictor parameter, and latency is
+  that of :class:`pruning.export.DynamicModel` (compact per-image computation at batch 1, masked at 128).
+* **trained** (:class:`agents.baselines.TrainedBaseline`): methods that change the weights or layers. Each
+  gets the same :class:`~agents.baselines.TrainContext` (train/val splits, the budget, the seed and the
+  shared short training budget ``train_epochs``); its :meth:`~agents.baselines.TrainedBaseline.build` returns
+  the model, scored as is, with MAC and parameter fractions measured as the method defines them (they are
+  reported as returned). ``train_seconds`` is the method's own figure (the wall time of ``build`` when it
+  reports none), and its ``info`` is written as a JSON string.
 
-Outputs in ``out_dir``: ``results.csv`` (one row per run), ``results.md`` (one row per policy × budget, mean ±
-std over seeds) and ``pareto.png`` (test top-1 vs MAC fraction, one series per policy, marker area ∝ stored
-parameters).
+Saved agents are not specs yet: a path raises a ``ValueError`` saying that agents join compare through a
+``train_agent`` run directory (one more branch of :func:`parse_policy`).
 
-Command line: ``prunegym compare --policies l1 random --budgets 0.5 0.3 --seeds 0 1 2`` (or
+**Fine-tune.** With ``finetune_epochs > 0`` every final model (static, runtime with its plan in place, and
+trained) gets the same fine-tune (SGD, lr 0.01, cosine, batch 128), optionally on a fixed evenly strided subset
+of ``finetune_images`` training images. Costs are not re-measured for trained methods: a method whose sparsity
+lives in zero weights must keep it under training (e.g. with ``torch.nn.utils.parametrize``).
+
+With ``include_base`` (the command line's default) the first row, ``base``, is the unpruned plain model as
+given (never fine-tuned): the reference for accuracy and latency.
+
+Outputs in ``out_dir``: ``results.csv`` (one row per run, :data:`CSV_FIELDS`), ``results.md`` (one row per
+policy × budget, mean ± std over seeds) and ``pareto.png`` (test top-1 vs MAC fraction, one series per policy,
+marker area ∝ stored parameters; runtime series dashed, trained ones dotted).
+
+Command line: ``prunegym compare --policies l1 random fbs --budgets 0.5 0.3 --seeds 0 1 2`` (or
 ``python -m agents.compare ...``).
 """
 
@@ -33,60 +63,71 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import logging
 import math
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
-from agents.baselines import BaselinePolicy, get_baseline, list_baselines
+from agents.baselines import (
+    BaselinePolicy,
+    TrainContext,
+    TrainedBaseline,
+    baseline_class,
+    get_baseline,
+    list_baselines,
+)
+from envs.runtime import RuntimePruningEnv
 from envs.static import StaticPruningEnv
-from pruning.accounting import model_cost
-from pruning.data import ImageDataset, get_dataset
-from pruning.export import export_static
-from pruning.gating import is_gated
-from pruning.methods.neuron_merging import merge_pruned
-from pruning.models import get_model
+from pruning.accounting import CostModel, model_cost
+from pruning.checkpoint import load_model
+from pruning.data import ImageDataset, get_dataset, iterate_batches
+from pruning.export import DynamicModel, export_static
+from pruning.gating import applied_masks, gate_model, gated_units, is_gated, set_plan, stored_masks
+from pruning.models import get_model, input_normalization
 from pruning.plan import PruningPlan
 from pruning.train import TrainConfig, dataset_for_model, evaluate, train
 
 __all__ = [
     "CSV_FIELDS",
-    "NEURON_MERGING",
-    "RUNTIME_ONLY",
-    "STOCHASTIC",
+    "KINDS",
+    "PolicySpec",
     "aggregate",
     "compare",
+    "default_policies",
+    "draw_pareto",
     "main",
     "markdown_table",
     "measure_latency",
     "pareto_plot",
-    "static_policies",
+    "parse_policy",
+    "read_csv",
+    "write_csv",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The Neuron Merging policy: the ``l1`` baseline's plan, compensated by merging (no data, no training).
-NEURON_MERGING = "neuron_merging"
-#: Baselines that choose runtime (per-input) ratios: they run only in the runtime environment.
-RUNTIME_ONLY = frozenset({"fbs"})
-#: Policies whose plan depends on their seed: repeated over every seed (the others run once).
-#: PFP's env plan uses the expected number of unique samples per unit, so it is deterministic here.
-STOCHASTIC = frozenset({"random"})
+#: Policy kinds: how :func:`compare` runs a policy (see the module docstring); ``"base"`` is the reference row.
+KINDS = ("static", "runtime", "trained", "agent")
 #: Columns of ``results.csv``.
 CSV_FIELDS = [
     "policy",
+    "model",
+    "kind",
     "budget",
     "seed",
-    "macs_fraction",
+    "mac_fraction",
     "params",
     "params_fraction",
     "val_top1",
@@ -96,99 +137,210 @@ CSV_FIELDS = [
     "latency_b1_ms",
     "latency_b128_ms",
     "finetune_epochs",
+    "train_epochs",
+    "train_seconds",
     "keep_ratios",
+    "info",
     "seconds",
 ]
 
-#: Fine-tune recipe applied equally to every pruned model when ``finetune_epochs > 0``.
+#: Fine-tune recipe applied equally to every final model when ``finetune_epochs > 0``.
 FINETUNE_LR = 0.01
 FINETUNE_BATCH = 128
-LATENCY_BATCHES = (1, 128)
+#: Calibration images bound by data-driven channel criteria (PFP): the first of the validation subset.
+CALIBRATION_IMAGES = 64
+_EVAL_BATCH = 500
+_SAVED_AGENT_SUFFIXES = (".zip", ".pt", ".pth", ".pkl")
 
 
-def static_policies() -> list[str]:
-    """Every policy :func:`compare` can run: the static baselines and ``neuron_merging``, sorted."""
-    return sorted([n for n in list_baselines() if n not in RUNTIME_ONLY] + [NEURON_MERGING])
+# ----------------------------------------------------------------------------------------------------------
+# Policy specs
+# ----------------------------------------------------------------------------------------------------------
 
 
-def _check_policy(name: str) -> None:
-    """Raise a clear ``ValueError`` for anything :func:`compare` cannot run."""
-    if name == NEURON_MERGING:
-        return
-    if name in RUNTIME_ONLY:
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy of a comparison, parsed from its spec by :func:`parse_policy`.
+
+    Attributes:
+        label: The spec as given: the row label in every output.
+        name: The registered baseline name.
+        kind: ``"static"``, ``"runtime"`` or ``"trained"`` (:data:`KINDS`).
+        kwargs: Constructor options from the spec.
+        repeats: Whether the policy runs once per seed (stochastic, and no ``seed`` fixed in the spec).
+    """
+
+    label: str
+    name: str
+    kind: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    repeats: bool = False
+
+    def build(self, seed: int) -> BaselinePolicy:
+        """A fresh policy for ``seed``.
+
+        A stochastic static or runtime policy gets ``seed=``; a trained one gets its seed through
+        :class:`~agents.baselines.TrainContext`.
+        """
+        if self.repeats and self.kind != "trained":
+            return get_baseline(self.name, **self.kwargs, seed=seed)
+        return get_baseline(self.name, **self.kwargs)
+
+
+def _looks_like_saved_agent(spec: str) -> bool:
+    return Path(spec).exists() or any(sep in spec for sep in ("/", "\\")) or spec.endswith(_SAVED_AGENT_SUFFIXES)
+
+
+def is_agent_run(path: str | Path) -> bool:
+    """Whether ``path`` is a finished ``train_agent.py`` run directory (``config.json`` + ``results.json``)."""
+    root = Path(path)
+    return root.is_dir() and (root / "config.json").is_file() and (root / "results.json").is_file()
+
+
+def parse_policy(spec: str) -> PolicySpec:
+    """Parse a policy spec: a baseline ``name`` or ``name:key=value[,key=value...]``, or a trained agent's run.
+
+    Values are YAML scalars (``yaml.safe_load``: ``true``, ``0.3``, ``l2_gm``). The policy is built once here
+    so that unknown names and options fail before anything runs. A directory written by ``train_agent.py``
+    (kind ``"agent"``) brings its agents, its fine-tuned CNN and its plan: it is scored once, at the budget it
+    was trained for.
+
+    Args:
+        spec: The spec.
+
+    Returns:
+        The parsed spec, with its kind and whether it repeats over seeds.
+
+    Raises:
+        ValueError: a path or file name (saved agents are not specs yet: they join compare through a
+            ``train_agent`` run directory), an unknown baseline (close matches suggested), or options the
+            baseline does not take.
+    """
+    if is_agent_run(spec):
+        return PolicySpec(spec, Path(spec).name, "agent", {"run_dir": str(spec)})
+    if _looks_like_saved_agent(spec):
         raise ValueError(
-            f"{name!r} is a runtime baseline (per-input ratios); compare evaluates static plans only for now. "
-            "Runtime baselines join compare when runtime evaluation lands"
+            f"{spec!r} is not a finished train_agent run directory (config.json + results.json); saved agents join "
+            "compare as the run directory train_agent.py wrote (it holds the agents, their CNN and their plan). "
+            f"Other policies: registered baselines ({', '.join(list_baselines())}), optionally with options as "
+            "name:key=value,key=value"
         )
-    if name in list_baselines():
-        return
-    if Path(name).exists() or any(sep in name for sep in ("/", "\\")) or name.endswith((".zip", ".pt", ".pth")):
-        raise ValueError(
-            f"{name!r} looks like a saved agent; compare does not support saved agents yet, only the baselines "
-            f"{static_policies()}"
-        )
-    get_baseline(name)  # unknown name: ValueError with close matches
+    name, _, options = spec.partition(":")
+    name = name.strip()
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in options.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"policy {spec!r}: options are key=value pairs separated by commas, got {item!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    cls = baseline_class(name)  # unknown name: ValueError with close matches
+    try:
+        policy = get_baseline(name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"policy {spec!r}: {err}; see the docstring of {cls.__name__} for its options") from None
+    if isinstance(policy, TrainedBaseline):
+        kind = "trained"
+    elif "static" in cls.env_kinds:
+        kind = "static"
+    else:
+        kind = "runtime"
+    return PolicySpec(spec, name, kind, kwargs, repeats=policy.stochastic and "seed" not in kwargs)
 
 
-def _make_policy(name: str, seed: int) -> BaselinePolicy:
-    base_name = "l1" if name == NEURON_MERGING else name
-    if name in STOCHASTIC:
-        return get_baseline(base_name, seed=seed)
-    return get_baseline(base_name)
+def default_policies() -> list[str]:
+    """Every registered baseline, sorted: what :func:`main` compares when ``--policies`` is not given."""
+    return list_baselines()
 
 
-def _load_base(model: str | nn.Module, weights: str | Path | None, num_classes: int) -> nn.Module:
-    """The plain base model every policy prunes (built with seed 0 when it has no weights, as the envs do)."""
+# ----------------------------------------------------------------------------------------------------------
+# Models and data
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _load(model: str | Path | nn.Module, weights: str | Path | None, num_classes: int) -> nn.Module:
+    """A registered name (seed 0 without weights, as the envs build it), a PruneGym model file, or a module."""
     if isinstance(model, nn.Module):
         if weights is not None:
             raise ValueError("weights= applies to a model given by name; load them into the module instead")
-        if is_gated(model):
-            raise ValueError("compare prunes a plain model; pass the model before gating")
-        base = copy.deepcopy(model)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            base = get_model(model, num_classes=num_classes, weights=weights)
-    return base.eval()
+        return copy.deepcopy(model).eval()
+    if isinstance(model, Path) or Path(model).suffix in (".pt", ".pth") or Path(model).is_file():
+        path = Path(model)
+        if weights not in (None, "DEFAULT"):
+            raise ValueError(f"the model file {path} holds its weights; drop weights= ({weights!r})")
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found; pass a registered name or a prunegym model file")
+        return load_model(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return get_model(model, num_classes=num_classes, weights=weights).eval()
 
 
-def _strided(data: ImageDataset, count: int | None) -> ImageDataset:
+def _model_name(model: str | Path | nn.Module) -> str:
+    if isinstance(model, nn.Module):
+        return type(model).__name__
+    return Path(model).stem if (isinstance(model, Path) or Path(model).suffix) else str(model)
+
+
+def _strided(data: ImageDataset, count: int | None, what: str = "test_images") -> ImageDataset:
     n = len(data)
     if count is None or count >= n:
         return data
     if count <= 0:
-        raise ValueError(f"test_images must be positive, got {count}")
+        raise ValueError(f"{what} must be positive, got {count}")
     idx = np.linspace(0, n, num=count, endpoint=False).astype(np.int64)
     return data.subset(torch.from_numpy(idx))
 
 
 def measure_latency(
-    model: nn.Module, batch: int, *, device: str | torch.device = "cpu", repeats: int = 5, warmup: int = 1
+    model: nn.Module,
+    batch: int,
+    *,
+    device: str | torch.device = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
 ) -> float:
-    """Median wall time (ms) of one forward pass of ``model`` on a ``batch × 3 × 32 × 32`` input.
+    """Fastest wall time (ms) of ``repeats`` forward passes of ``model`` on a ``batch × 3 × 32 × 32`` input.
+
+    The minimum, not the median: other processes only ever add time, so on a shared machine the fastest run
+    is the best estimate of the model's own cost (``timeit``'s advice).
 
     Args:
         model: The (exported) model; run in eval mode under ``torch.inference_mode``.
         batch: Images per forward pass.
         device: Where to run (the model is moved there).
-        repeats: Timed runs; the median is returned.
+        repeats: Timed runs; the fastest is returned.
         warmup: Untimed runs first.
+        threads: CPU intra-op threads while timing (``torch.set_num_threads``, restored afterwards); ``None``
+            keeps the current setting. One thread is the stable choice on a shared machine: a multi-threaded
+            forward pass waits at every parallel region for its slowest thread, so a busy core can stall each
+            pass by a whole scheduler time slice.
     """
     dev = torch.device(device)
     model = model.to(dev).eval()
     x = torch.randn(batch, 3, 32, 32, device=dev)
-    times = []
+    times: list[float] = []
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        _time_passes(model, x, warmup + repeats, times)
+    finally:
+        torch.set_num_threads(saved)
+    return float(min(times[warmup:]))
+
+
+def _time_passes(model: nn.Module, x: torch.Tensor, count: int, times: list[float]) -> None:
+    dev = x.device
     with torch.inference_mode():
-        for i in range(warmup + repeats):
+        for _ in range(count):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             start = time.perf_counter()
             model(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            if i >= warmup:
-                times.append(1000.0 * (time.perf_counter() - start))
-    return float(statistics.median(times))
+            times.append(1000.0 * (time.perf_counter() - start))
 
 
 @torch.no_grad()
@@ -211,145 +363,476 @@ def _episode(env: StaticPruningEnv, policy: BaselinePolicy, seed: int) -> tuple[
     return env.final_plan(), info
 
 
+@torch.no_grad()
+def _runtime_measure(model: nn.Module, data: ImageDataset) -> dict[str, Any]:
+    """Top-1 and per-image costs of a gated model with its runtime plan in place, over ``data``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    cm = CostModel(model)
+    stored = stored_masks(model)
+    correct, n = 0, 0
+    fractions, pred_macs = [], []
+    keep_sum = torch.zeros(len(stored), dtype=torch.float64)
+    cost = None
+    for x, y in iterate_batches(data, _EVAL_BATCH, shuffle=False, augment=False, device=dev):
+        logits = model(x)
+        correct += int((logits.argmax(dim=1) == y).sum())
+        n += int(y.shape[0])
+        masks = applied_masks(model)
+        keep_sum += torch.stack([m.sum(-1).double().cpu() for m in masks], dim=-1).sum(0)
+        cost = cm.from_masks(masks, stored)
+        fractions.append(cost.macs_fraction)
+        pred_macs.append(cost.predictor_macs.double())
+    assert cost is not None
+    frac = torch.cat(fractions)
+    return {
+        "top1": 100.0 * correct / n,
+        "mac_fraction": float(frac.mean()),
+        "mac_fraction_max": float(frac.max()),
+        "predictor_mac_fraction": float(torch.cat(pred_macs).mean()) / cost.base_macs,
+        "params": cost.params + cost.predictor_params,
+        "predictor_params": cost.predictor_params,
+        "base_params": cost.base_params,
+        "mean_kept": (keep_sum / n).tolist(),
+    }
+
+
+class _Bench:
+    """What every run of one :func:`compare` call shares: models, splits, envs (built once, on demand)."""
+
+    def __init__(
+        self,
+        *,
+        model: str | Path | nn.Module,
+        weights: str | Path | None,
+        gated_model: str | Path | nn.Module | None,
+        dataset: str,
+        data_dir: str | Path | None,
+        num_val: int | None,
+        test_images: int | None,
+        finetune_images: int | None,
+        device: str | torch.device,
+    ) -> None:
+        self.dataset, self.data_dir, self.num_val, self.device = dataset, data_dir, num_val, device
+        self.test_full = get_dataset(dataset, split="test", root=data_dir)
+        self.test_images, self.finetune_images = test_images, finetune_images
+        first = _load(model, weights, self.test_full.num_classes)
+        #: the registry name of the base model when it was given by name (saved agents must match it)
+        self.arch = model if isinstance(model, str) and not Path(model).suffix else None
+        self.base: nn.Module | None = None if is_gated(first) else first.to(device)
+        self._gated: nn.Module | None = first.to(device) if is_gated(first) else None
+        self.predictors = "trained (model file)" if self._gated is not None else "fresh (u_r = BN gamma)"
+        if gated_model is not None:
+            gated = _load(gated_model, None, self.test_full.num_classes)
+            if not is_gated(gated) or any(g.predictor is None for g in gated_units(gated)):
+                raise ValueError(
+                    "gated_model must be a gated model with runtime predictors (a `prunegym pretrain` output with "
+                    "the gate stage); pass the plain model as model="
+                )
+            self._gated, self.predictors = gated.to(device), "trained (gated_model)"
+        self._val: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._splits: dict[str, ImageDataset] = {}
+        self._tests: dict[Any, ImageDataset] = {}
+        self.static_envs: dict[tuple[str | None, float], StaticPruningEnv] = {}
+        self.runtime_envs: dict[float, RuntimePruningEnv] = {}
+
+    def plain(self, what: str) -> nn.Module:
+        if self.base is None:
+            raise ValueError(
+                f"{what} policies prune a plain model, and the model given is gated; pass the plain base model "
+                "as model= (--model) and the gated one as gated_model= (--gated-model)"
+            )
+        return self.base
+
+    @property
+    def gated(self) -> nn.Module:
+        """The model runtime policies act on (the base gated with fresh predictors unless one was given)."""
+        if self._gated is None:
+            self._gated = gate_model(self.plain("runtime"), predictor=True).eval()
+        return self._gated
+
+    def val_data(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The static env's validation subset, normalised for ``model`` (the same images for every model)."""
+        key = id(model)
+        if key not in self._val:
+            ref = StaticPruningEnv(
+                model=model, dataset=self.dataset, data_dir=self.data_dir, num_val=self.num_val, budget=1.0,
+                device=self.device,
+            )  # fmt: skip
+            self._val[key] = ref.validation_data
+        return self._val[key]
+
+    def test_set(self, model: nn.Module) -> ImageDataset:
+        """The (strided) test split normalised for ``model`` (one copy per normalisation)."""
+        key = input_normalization(model)
+        if key not in self._tests:
+            self._tests[key] = _strided(dataset_for_model(self.test_full, model), self.test_images)
+        return self._tests[key]
+
+    def split(self, name: str, model: nn.Module) -> ImageDataset:
+        """The train (or val) split normalised for ``model`` (loaded once)."""
+        if name not in self._splits:
+            self._splits[name] = get_dataset(self.dataset, split=name, root=self.data_dir)
+        return dataset_for_model(self._splits[name], model)
+
+    def static_env(self, criterion: Any, budget: float) -> StaticPruningEnv:
+        """A static env on the base model ranking by ``criterion`` (cached for registered names)."""
+        key = (criterion, budget) if isinstance(criterion, str | None) else None
+        if key is not None and key in self.static_envs:
+            return self.static_envs[key]
+        env = StaticPruningEnv(
+            model=self.plain("static"), dataset=self.dataset, data_dir=self.data_dir, num_val=self.num_val,
+            budget=budget, criterion=criterion, device=self.device,
+        )  # fmt: skip
+        if key is not None:
+            self.static_envs[key] = env
+        return env
+
+    def runtime_env(self, budget: float) -> RuntimePruningEnv:
+        if budget not in self.runtime_envs:
+            self.runtime_envs[budget] = RuntimePruningEnv(
+                model=self.gated, dataset=self.dataset, data_dir=self.data_dir, budget=budget, device=self.device
+            )
+        return self.runtime_envs[budget]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One run per kind
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Result:
+    """What a run hands to the common scoring: the model to score and what it measured itself."""
+
+    model: nn.Module
+    val: tuple[torch.Tensor, torch.Tensor]
+    mac_fraction: float
+    params: int
+    params_fraction: float
+    latency_model: nn.Module
+    keep_ratios: list[float] | None
+    val_top1_env: float = math.nan
+    train_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    test_top1: float | None = None  # set by runs that score the test split themselves (runtime)
+
+
+def _run_base(bench: _Bench) -> _Result:
+    """The reference row: the plain base model, unpruned and never fine-tuned."""
+    base = bench.plain("the reference (base)")
+    model = copy.deepcopy(base)
+    n = sum(p.numel() for p in base.parameters())
+    return _Result(
+        model=model, val=bench.val_data(base), mac_fraction=1.0, params=n, params_fraction=1.0, latency_model=model,
+        keep_ratios=None, info={"note": "the unpruned base model, never fine-tuned"},
+    )  # fmt: skip
+
+
+def _run_static(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: _Finetune) -> _Result:
+    base = bench.plain("static")
+    policy = spec.build(seed)
+    calibration = bench.val_data(base)[0][:CALIBRATION_IMAGES]
+    env = bench.static_env(policy.channel_criterion(calibration), budget)
+    policy.prepare(env)
+    plan, info = _episode(env, policy, seed)
+    pruned = policy.transform(base, plan).to(bench.device)
+    finetune(pruned, seed, spec.label)
+    cost = model_cost(base, plan)
+    params = sum(p.numel() for p in pruned.parameters())
+    keep = [float(k) for k in plan.static_keep] if plan.static_keep is not None else None
+    return _Result(
+        model=pruned, val=env.validation_data, mac_fraction=float(cost.macs_fraction[0]), params=params,
+        params_fraction=params / sum(p.numel() for p in base.parameters()), latency_model=pruned, keep_ratios=keep,
+        val_top1_env=float(info["top1"]), info={"criterion": env.criterion_name},
+    )  # fmt: skip
+
+
+def _run_runtime(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: _Finetune) -> _Result:
+    gated = bench.gated
+    env = bench.runtime_env(budget)
+    policy = spec.build(seed).prepare(env)
+    ratios = torch.tensor(policy.keep_ratios(), dtype=torch.float64)
+    work = copy.deepcopy(gated)
+    set_plan(work, PruningPlan(runtime_keep=ratios, tradeoff=1.0))
+    finetune(work, seed, spec.label)
+    measured = _runtime_measure(work, bench.test_set(work))
+    info = {
+        "predictors": bench.predictors,
+        "mac_fraction_max": measured["mac_fraction_max"],
+        "predictor_mac_fraction": measured["predictor_mac_fraction"],
+        "predictor_params": measured["predictor_params"],
+        "mean_kept_channels": [round(k, 3) for k in measured["mean_kept"]],
+    }
+    return _Result(
+        model=work, val=bench.val_data(gated), mac_fraction=measured["mac_fraction"], params=measured["params"],
+        params_fraction=measured["params"] / measured["base_params"],
+        latency_model=DynamicModel(export_static(work), runtime=ratios), keep_ratios=policy.keep_ratios(),
+        info=info, test_top1=measured["top1"],
+    )  # fmt: skip
+
+
+def _run_trained(
+    bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: _Finetune, train_epochs: float, progress: bool
+) -> _Result:
+    base = bench.plain("training-based")
+    policy = spec.build(seed)
+    assert isinstance(policy, TrainedBaseline)
+    context = TrainContext(
+        train_set=bench.split("train", base), val_set=bench.split("val", base), budget=budget, seed=seed,
+        epochs=train_epochs, device=str(bench.device), progress=progress,
+    )  # fmt: skip
+    start = time.perf_counter()
+    built = policy.build(copy.deepcopy(base), context)
+    wall = time.perf_counter() - start
+    model = built.model.to(bench.device).eval()
+    if built.macs_fraction > budget * 1.01:
+        log.warning("%s @ %g: the method's model keeps %.4f of the MACs", spec.label, budget, built.macs_fraction)
+    finetune(model, seed, spec.label)
+    base_params = sum(p.numel() for p in base.parameters())
+    return _Result(
+        model=model, val=bench.val_data(base), mac_fraction=float(built.macs_fraction),
+        params=round(built.params_fraction * base_params), params_fraction=float(built.params_fraction),
+        latency_model=model, keep_ratios=built.keep_ratios,
+        train_seconds=built.train_seconds if built.train_seconds > 0 else wall, info=dict(built.info),
+    )  # fmt: skip
+
+
+def _run_agent(bench: _Bench, spec: PolicySpec) -> _Result:
+    """A ``train_agent.py`` run: its CNN under its agents' plan, each test image costed from its masks."""
+    from agents.cli import load_run
+
+    run_dir = Path(spec.kwargs["run_dir"])
+    masked, results = load_run(run_dir, dynamic=False)
+    if bench.arch is not None and results["model"] != bench.arch:
+        raise ValueError(f"{run_dir} pruned a {results['model']}, but this comparison is on a {bench.arch}")
+    cnn = load_model(run_dir / "model.pt")
+    cost_model = CostModel(cnn)  # built on the plan-free CNN: the agents' source is not called while tracing
+    measured = evaluate(masked, bench.test_set(masked), batch_size=_EVAL_BATCH, cost_model=cost_model)
+    dynamic, _ = load_run(run_dir, dynamic=True)
+    static = results.get("static_keep")
+    info = {
+        "run_dir": str(run_dir),
+        "mode": results["mode"],
+        "tradeoff": results["tradeoff"],
+        "algo": results["algo"],
+        "mac_fraction_max": measured["macs_fraction_max"],
+        "note": "the agents' own fine-tuned CNN (train_agent schedule); compare's fine-tune is not applied",
+    }
+    n_base = cost_model.base_params
+    return _Result(
+        model=masked, val=bench.val_data(masked), mac_fraction=float(measured["macs_fraction"]),
+        params=round(measured["params_fraction"] * n_base), params_fraction=float(measured["params_fraction"]),
+        latency_model=dynamic, keep_ratios=[float(k) for k in static] if static else None, info=info,
+        test_top1=float(measured["top1"]),
+    )  # fmt: skip
+
+
+class _Finetune:
+    """The equal fine-tune of every final model (nothing when ``epochs`` is 0)."""
+
+    def __init__(self, bench: _Bench, epochs: int) -> None:
+        self.bench, self.epochs = bench, epochs
+
+    def __call__(self, model: nn.Module, seed: int, label: str) -> None:
+        if self.epochs <= 0:
+            return
+        data = _strided(self.bench.split("train", model), self.bench.finetune_images, "finetune_images")
+        config = TrainConfig(
+            epochs=self.epochs, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, seed=seed, device=str(self.bench.device)
+        )
+        train(model, data, config, progress=False, desc=f"finetune {label}")
+        model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compare
+# ----------------------------------------------------------------------------------------------------------
+
+
 def compare(
     policies: Sequence[str],
     budgets: Sequence[float],
     *,
-    model: str | nn.Module = "resnet20",
+    model: str | Path | nn.Module = "resnet20",
     weights: str | Path | None = "DEFAULT",
+    gated_model: str | Path | nn.Module | None = None,
     dataset: str = "cifar10",
     data_dir: str | Path | None = None,
     num_val: int | None = 512,
     test_images: int | None = None,
     seeds: Sequence[int] = (0,),
     finetune_epochs: int = 0,
+    finetune_images: int | None = None,
+    train_epochs: float = 0.2,
     out_dir: str | Path,
     latency: bool = True,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    title: str | None = None,
+    include_base: bool = False,
+    latency_threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every policy × budget (× seed) on the same base model and data; write the table and the plot.
 
     Args:
-        policies: Policy names (:func:`static_policies`). Saved agents and runtime baselines raise.
+        policies: Policy specs (:func:`parse_policy`): registered baselines, optionally with options.
         budgets: MAC budgets, fractions of the base model's MACs per image.
-        model: A registered model name, or a plain module (then ``weights`` must be ``None``).
+        model: The base model: a registered name, a PruneGym model file (:func:`pruning.checkpoint.load_model`)
+            or a module. A gated one can serve runtime policies only.
         weights: Weights of a named model: ``"DEFAULT"`` (public checkpoint), a path, or ``None`` (seed-0 init).
+        gated_model: The gated model (with trained predictors) runtime policies act on: a PruneGym model file
+            or a module. ``None``: ``model`` if it is gated, else the base gated with fresh predictors
+            (``u_r = γ``: a static γ ranking; see the module docstring).
         dataset: Registered dataset name (val subset for the env, test split for the report, train for the
-            fine-tune).
+            fine-tune and the training-based methods).
         data_dir: Data root (``None``: ``$PRUNEGYM_DATA``, else the cache directory).
         num_val: Images in the env's validation subset (``None``: the whole val split).
         test_images: Score only this many test images, evenly strided over the split (``None``: all).
-        seeds: Seeds of stochastic policies (:data:`STOCHASTIC`); deterministic ones run once with the first.
-        finetune_epochs: Epochs of the same fine-tune for every pruned model (SGD, lr 0.01, cosine); 0 = none.
+        seeds: Seeds of stochastic policies (``policy.stochastic``, and every training-based method);
+            deterministic ones run once with the first.
+        finetune_epochs: Epochs of the same fine-tune for every final model (SGD, lr 0.01, cosine); 0 = none.
+        finetune_images: Fine-tune on this many training images (a fixed, evenly strided subset); ``None``: all.
+        train_epochs: The shared short training budget of training-based methods (``TrainContext.epochs``,
+            passes over the training split; fractions allowed). Default 0.2.
         out_dir: Where ``results.csv``, ``results.md`` and ``pareto.png`` go (created).
-        latency: Time the exported models at batch 1 and 128.
+        latency: Time the final models at batch 1 (fastest of 20 passes) and 128 (fastest of 3).
+        latency_threads: CPU threads while timing (:func:`measure_latency`); ``None``: the current setting.
         progress: Show a progress bar over the runs.
         device: Where models run.
+        title: Title of the table and the plot (default: model, dataset, fine-tune and training budget).
+        include_base: Start with a ``base`` row: the unpruned plain model as given (never fine-tuned), the
+            reference every policy is measured against (kind ``"base"``, budget and MAC fraction 1).
 
     Returns:
-        One dict per run, with the keys of :data:`CSV_FIELDS`.
+        One dict per run, with the keys of :data:`CSV_FIELDS` (``info`` is a JSON string).
 
     Raises:
-        ValueError: an unknown policy, a saved agent, a runtime baseline, no policies, budgets or seeds, or a
-            budget the env cannot meet.
+        ValueError: an unknown policy or option, a saved agent, no policies, budgets or seeds, a bad budget,
+            a gated model for static or trained policies, or a budget a policy cannot meet.
     """
-    policies = list(dict.fromkeys(policies))
-    if not policies or not budgets or not seeds:
+    specs = [parse_policy(p) for p in dict.fromkeys(policies)]
+    if not specs or not budgets or not seeds:
         raise ValueError("compare needs at least one policy, one budget and one seed")
-    for name in policies:
-        _check_policy(name)
     for b in budgets:
         if not (math.isfinite(b) and 0.0 < b <= 1.0):
             raise ValueError(f"budgets must be MAC fractions in (0, 1], got {b}")
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    if not (math.isfinite(train_epochs) and train_epochs >= 0):
+        raise ValueError(f"train_epochs must be a non-negative number of epochs, got {train_epochs}")
+    if finetune_images is not None and finetune_images <= 0:
+        raise ValueError(f"finetune_images must be positive, got {finetune_images}")
+    bench = _Bench(
+        model=model, weights=weights, gated_model=gated_model, dataset=dataset, data_dir=data_dir, num_val=num_val,
+        test_images=test_images, finetune_images=finetune_images, device=device,
+    )  # fmt: skip
+    for spec in specs:  # fail before the first run: a gated model cannot serve static or trained policies
+        if spec.kind in ("static", "trained"):
+            bench.plain(spec.kind)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    finetune = _Finetune(bench, finetune_epochs)
+    model_name = _model_name(model)
+    any_trained = any(s.kind == "trained" for s in specs)
 
-    test_full = get_dataset(dataset, split="test", root=data_dir)
-    base = _load_base(model, weights, test_full.num_classes).to(device)
-    base_params = sum(p.numel() for p in base.parameters())
-    test_set = _strided(dataset_for_model(test_full, base), test_images)
-    train_set = (
-        dataset_for_model(get_dataset(dataset, split="train", root=data_dir), base) if finetune_epochs > 0 else None
-    )
-    model_name = model if isinstance(model, str) else type(model).__name__
-
+    runners: dict[str, Callable[[PolicySpec, float, int], _Result]] = {
+        "base": lambda s, b, seed: _run_base(bench),
+        "static": lambda s, b, seed: _run_static(bench, s, b, seed, finetune),
+        "runtime": lambda s, b, seed: _run_runtime(bench, s, b, seed, finetune),
+        "trained": lambda s, b, seed: _run_trained(bench, s, b, seed, finetune, train_epochs, progress),
+        "agent": lambda s, b, seed: _run_agent(bench, s),
+    }
     runs = [
-        (name, float(b), int(s))
+        (spec, float(b), int(s))
         for b in budgets
-        for name in policies
-        for s in (seeds if name in STOCHASTIC else seeds[:1])
+        for spec in specs
+        if spec.kind != "agent"
+        for s in (seeds if spec.repeats else seeds[:1])
     ]
-    envs: dict[tuple[str | None, float], StaticPruningEnv] = {}
+    for spec in specs:  # a trained agent runs once, at the budget it was trained for
+        if spec.kind == "agent":
+            agent_budget = json.loads((Path(spec.kwargs["run_dir"]) / "results.json").read_text())["budget"]
+            runs.append((spec, float(agent_budget), int(seeds[0])))
+    if include_base and bench.base is not None:
+        runs.insert(0, (PolicySpec("base", "base", "base"), 1.0, int(seeds[0])))
     rows: list[dict[str, Any]] = []
     bar = tqdm(runs, desc="compare", disable=not progress, file=sys.stderr)
-    for name, budget, seed in bar:
-        bar.set_postfix_str(f"{name} @ {budget:g} seed {seed}")
+    for spec, budget, seed in bar:
+        bar.set_postfix_str(f"{spec.label} @ {budget:g} seed {seed}")
         start = time.perf_counter()
-        policy = _make_policy(name, seed)
-        key = (policy.criterion, budget)
-        if key not in envs:
-            envs[key] = StaticPruningEnv(
-                model=base, dataset=dataset, data_dir=data_dir, num_val=num_val, budget=budget,
-                criterion=policy.criterion, device=device,
-            )  # fmt: skip
-        env = envs[key]
-        policy = policy.prepare(env)
-        plan, info = _episode(env, policy, seed)
-        pruned = merge_pruned(base, plan) if name == NEURON_MERGING else export_static(base, plan)
-        pruned = pruned.to(device)
-        if finetune_epochs > 0:
-            assert train_set is not None
-            config = TrainConfig(
-                epochs=finetune_epochs, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, seed=seed, device=str(device)
-            )
-            train(pruned, train_set, config, progress=False, desc=f"finetune {name}")
-        pruned.eval()
-        cost = model_cost(base, plan)
-        params = sum(p.numel() for p in pruned.parameters())
-        val_x, val_y = env.validation_data
+        res = runners[spec.kind](spec, budget, seed)
+        res.model.eval()
+
+        def timed(batch: int, repeats: int, model: nn.Module = res.latency_model) -> float:
+            if not latency:
+                return math.nan
+            return measure_latency(model, batch, device=device, repeats=repeats, threads=latency_threads)
+
+        test_top1 = res.test_top1
+        if test_top1 is None:
+            test_top1 = float(evaluate(res.model, bench.test_set(res.model), batch_size=_EVAL_BATCH)["top1"])
         row: dict[str, Any] = {
-            "policy": name,
+            "policy": spec.label,
+            "model": model_name,
+            "kind": spec.kind,
             "budget": budget,
             "seed": seed,
-            "macs_fraction": float(cost.macs_fraction[0]),
-            "params": params,
-            "params_fraction": params / base_params,
-            "val_top1": _top1_on(pruned, val_x, val_y),
-            "val_top1_env": float(info["top1"]),
-            "test_top1": float(evaluate(pruned, test_set)["top1"]),
-            "test_images": len(test_set),
-            "latency_b1_ms": measure_latency(pruned, 1, device=device) if latency else float("nan"),
-            "latency_b128_ms": measure_latency(pruned, 128, device=device, repeats=3) if latency else float("nan"),
-            "finetune_epochs": finetune_epochs,
-            "keep_ratios": " ".join(
-                f"{float(k):.3f}" for k in (plan.static_keep if plan.static_keep is not None else [])
-            ),
+            "mac_fraction": res.mac_fraction,
+            "params": int(res.params),
+            "params_fraction": res.params_fraction,
+            "val_top1": _top1_on(res.model, *res.val),
+            "val_top1_env": res.val_top1_env,
+            "test_top1": test_top1,
+            "test_images": len(bench.test_set(res.model)),
+            "latency_b1_ms": timed(1, 20),
+            "latency_b128_ms": timed(128, 3),
+            "finetune_epochs": 0 if spec.kind in ("base", "agent") else finetune_epochs,
+            "train_epochs": train_epochs if spec.kind == "trained" else 0.0,
+            "train_seconds": res.train_seconds,
+            "keep_ratios": " ".join(f"{k:.3f}" for k in (res.keep_ratios or [])),
+            "info": json.dumps(res.info, sort_keys=True, default=str),
         }
         row["seconds"] = time.perf_counter() - start
         log.info(
             "%s @ %.3g (seed %d): MACs %.4f, params %d, val %.2f%%, test %.2f%%",
-            name, budget, seed, row["macs_fraction"], params, row["val_top1"], row["test_top1"],
+            spec.label, budget, seed, row["mac_fraction"], row["params"], row["val_top1"], row["test_top1"],
         )  # fmt: skip
         rows.append(row)
     bar.close()
 
-    _write_csv(out / "results.csv", rows)
-    table = markdown_table(aggregate(rows), title=f"{model_name} on {dataset}")
-    (out / "results.md").write_text(table, encoding="utf-8")
-    pareto_plot(rows, out / "pareto.png", title=f"{model_name} on {dataset}")
+    if title is None:
+        title = f"{model_name} on {dataset}, fine-tune {finetune_epochs} epoch(s)"
+        if any_trained:
+            title += f", training-based methods {train_epochs:g} epoch(s)"
+    write_csv(out / "results.csv", rows)
+    (out / "results.md").write_text(markdown_table(aggregate(rows), title=title), encoding="utf-8")
+    pareto_plot(rows, out / "pareto.png", title=title)
     log.info("wrote %s, %s and %s", out / "results.csv", out / "results.md", out / "pareto.png")
     return rows
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``results.csv`` back: numbers as numbers (``nan`` where not measured), text columns as text."""
+    text = {"policy", "model", "kind", "keep_ratios", "info"}
+    integers = {"seed", "params", "test_images", "finetune_epochs"}
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {k: (v if k in text else int(v) if k in integers else float(v)) for k, v in row.items()} for row in rows
+    ]
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``rows`` (dicts with the keys of :data:`CSV_FIELDS`) to ``path`` as CSV."""
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+
+
+_MEASURES = ("mac_fraction", "params", "val_top1", "test_top1", "latency_b1_ms", "latency_b128_ms", "train_seconds")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -360,15 +843,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (policy, budget), in first-seen order: ``runs`` and ``(mean, std)`` of every measurement."""
+    """One entry per (policy, budget), in first-seen order: ``runs``, ``kind`` and ``(mean, std)`` of each measure."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["policy"], float(row["budget"])), []).append(row)
     out = []
     for (policy, budget), group in groups.items():
         entry: dict[str, Any] = {"policy": policy, "budget": budget, "runs": len(group)}
-        for key in ("macs_fraction", "params", "val_top1", "test_top1", "latency_b1_ms", "latency_b128_ms"):
-            entry[key] = _mean_std([r[key] for r in group])
+        entry["kind"] = group[0].get("kind", "static")
+        for key in _MEASURES:
+            entry[key] = _mean_std([r.get(key, 0.0) for r in group])
         out.append(entry)
     return out
 
@@ -385,49 +869,70 @@ def markdown_table(entries: Sequence[dict[str, Any]], *, title: str | None = Non
     lines = [f"## {title}", ""] if title else []
     lines += [
         "| policy | budget | runs | MAC fraction | params | val top-1 (%) | test top-1 (%) | latency b1 (ms) "
-        "| latency b128 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| latency b128 (ms) | train (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
         n = int(e["runs"])
         params = f"{e['params'][0]:,.0f}" + (f" ± {e['params'][1]:,.0f}" if n > 1 else "")
+        trained = _fmt(e["train_seconds"], 1, n) if e.get("kind") == "trained" else "–"
         lines.append(
-            f"| {e['policy']} | {e['budget']:g} | {n} | {_fmt(e['macs_fraction'], 4, n)} | {params} "
+            f"| {e['policy']} | {e['budget']:g} | {n} | {_fmt(e['mac_fraction'], 4, n)} | {params} "
             f"| {_fmt(e['val_top1'], 2, n)} | {_fmt(e['test_top1'], 2, n)} | {_fmt(e['latency_b1_ms'], 2, n)} "
-            f"| {_fmt(e['latency_b128_ms'], 1, n)} |"
+            f"| {_fmt(e['latency_b128_ms'], 1, n)} | {trained} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def draw_pareto(ax: Any, rows: Sequence[dict[str, Any]], *, title: str | None = None) -> None:
+    """Draw :func:`pareto_plot`'s chart on a matplotlib ``Axes`` (to compose several in one figure).
+
+    One series per policy (mean ± std over seeds), marker area ∝ stored parameters (scaled to the largest in
+    ``rows``); static series are solid lines, runtime ones dashed, training-based ones dotted.
+    """
+    import matplotlib
+
+    styles = {"static": "-", "runtime": "--", "trained": ":", "base": "*"}
+    entries = aggregate(rows)
+    max_params = max((e["params"][0] for e in entries), default=1.0) or 1.0
+    policies = list(dict.fromkeys(e["policy"] for e in entries))
+    palette = matplotlib.colormaps["tab10" if len(policies) <= 10 else "tab20"]
+    for i, policy in enumerate(policies):
+        pts = sorted((e for e in entries if e["policy"] == policy), key=lambda e: e["mac_fraction"][0])
+        xs = [e["mac_fraction"][0] for e in pts]
+        ys = [e["test_top1"][0] for e in pts]
+        errs = [e["test_top1"][1] for e in pts]
+        sizes = [20.0 + 280.0 * e["params"][0] / max_params for e in pts]
+        color = palette(i % palette.N)
+        (line,) = ax.plot(xs, ys, styles.get(pts[0]["kind"], "-"), color=color, alpha=0.6, label=policy)
+        ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor=line.get_color(), alpha=0.6, capsize=3)
+        ax.scatter(xs, ys, s=sizes, color=line.get_color(), alpha=0.8, edgecolors="black", linewidths=0.5)
+    ax.set_xlabel("MAC fraction of the base model (runtime: mean over the test set)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title((title + "\n" if title else "") + "top-1 vs MACs (marker area ∝ stored params)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
 def pareto_plot(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str | None = None) -> None:
-    """Test top-1 vs MAC fraction, one series per policy (mean ± std over seeds), marker area ∝ stored params."""
+    """Write test top-1 vs MAC fraction as a PNG (see :func:`draw_pareto`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = aggregate(rows)
-    max_params = max((e["params"][0] for e in entries), default=1.0) or 1.0
     fig, ax = plt.subplots(figsize=(7, 5))
     try:
-        for policy in dict.fromkeys(e["policy"] for e in entries):
-            pts = sorted((e for e in entries if e["policy"] == policy), key=lambda e: e["macs_fraction"][0])
-            xs = [e["macs_fraction"][0] for e in pts]
-            ys = [e["test_top1"][0] for e in pts]
-            errs = [e["test_top1"][1] for e in pts]
-            sizes = [20.0 + 280.0 * e["params"][0] / max_params for e in pts]
-            (line,) = ax.plot(xs, ys, "-", alpha=0.6, label=policy)
-            ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor=line.get_color(), alpha=0.6, capsize=3)
-            ax.scatter(xs, ys, s=sizes, color=line.get_color(), alpha=0.8, edgecolors="black", linewidths=0.5)
-        ax.set_xlabel("MAC fraction of the base model")
-        ax.set_ylabel("test top-1 (%)")
-        ax.set_title((title + ": " if title else "") + "top-1 vs MACs (marker area ∝ params)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        draw_pareto(ax, rows, title=title)
         fig.tight_layout()
-        fig.savefig(str(path), dpi=120)
+        fig.savefig(str(path), dpi=100)
     finally:
         plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -436,28 +941,46 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Compare pruning policies on one base model: every policy × budget (× seed for stochastic policies) "
             "is pruned, measured (MAC fraction, stored params, val/test top-1, latency) and written to "
-            "results.csv, results.md and pareto.png. Policies are the static baselines and neuron_merging; "
-            "saved agents are not supported yet, and the runtime baseline fbs joins when runtime evaluation lands."
+            "results.csv, results.md and pareto.png. Policies are registered baselines, optionally with options "
+            "(name:key=value,key=value): static ones prune the plain model, runtime ones (fbs) act on a gated "
+            "model, training-based ones train for --train-epochs. Saved agents join via train_agent run "
+            "directories (not read yet)."
         ),
     )
     p.add_argument(
-        "--policies", nargs="+", default=None, metavar="NAME",
-        help=f"policies to compare (default: all of {', '.join(static_policies())})",
+        "--policies", nargs="+", default=None, metavar="SPEC",
+        help=f"policy specs (default: every registered baseline: {', '.join(default_policies())})",
     )  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5], help="MAC budgets (fractions; default 0.5)")
-    p.add_argument("--model", default="resnet20", help="registered model name (default resnet20)")
+    p.add_argument(
+        "--model", default="resnet20", help="registered model name or PruneGym model file (default resnet20)"
+    )
     p.add_argument(
         "--weights", default="DEFAULT",
         help="DEFAULT (public checkpoint), a checkpoint path, or 'none' for a seed-0 init (default DEFAULT)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gated-model", default=None,
+        help="gated PruneGym model file with trained predictors for runtime policies (default: gate the base "
+        "with fresh predictors, u_r = BN gamma)",
     )  # fmt: skip
     p.add_argument("--dataset", default="cifar10", help="registered dataset (default cifar10)")
     p.add_argument("--data-dir", default=None, help="data root (default $PRUNEGYM_DATA, else the cache)")
     p.add_argument("--num-val", type=int, default=512, help="images in the env's val subset (default 512)")
     p.add_argument("--test-images", type=int, default=None, help="score this many test images (default all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of stochastic policies (default 0)")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="equal fine-tune of every pruned model (default 0)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="equal fine-tune of every final model (default 0)")
+    p.add_argument(
+        "--finetune-images", type=int, default=None, help="fine-tune on this many train images (default all)"
+    )
+    p.add_argument(
+        "--train-epochs", type=float, default=0.2,
+        help="shared training budget of training-based methods, in epochs (default 0.2)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="output folder (default runs/compare__<model>__<time>)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--latency-threads", type=int, default=None, help="CPU threads while timing (default: current)")
+    p.add_argument("--no-base", action="store_true", help="no reference row for the unpruned base model")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -469,19 +992,20 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     weights = None if str(args.weights).lower() == "none" else args.weights
-    out = args.out or f"runs/compare__{args.model}__{time.strftime('%Y%m%d-%H%M%S')}"
-    policies = args.policies or static_policies()
+    out = args.out or f"runs/compare__{_model_name(args.model)}__{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        rows = compare(
-            policies, args.budgets, model=args.model, weights=weights, dataset=args.dataset,
-            data_dir=args.data_dir, num_val=args.num_val, test_images=args.test_images, seeds=args.seeds,
-            finetune_epochs=args.finetune_epochs, out_dir=out, latency=not args.no_latency,
-            progress=not args.no_progress, device=args.device,
+        compare(
+            args.policies or default_policies(), args.budgets, model=args.model, weights=weights,
+            gated_model=args.gated_model, dataset=args.dataset, data_dir=args.data_dir, num_val=args.num_val,
+            test_images=args.test_images, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
+            finetune_images=args.finetune_images, train_epochs=args.train_epochs, out_dir=out,
+            latency=not args.no_latency, progress=not args.no_progress, device=args.device,
+            include_base=not args.no_base, latency_threads=args.latency_threads,
         )  # fmt: skip
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"prunegym compare: error: {e}", file=sys.stderr)
         return 2
-    print(markdown_table(aggregate(rows), title=f"{args.model} on {args.dataset}"))
+    print((Path(out) / "results.md").read_text(encoding="utf-8"))
     print(f"results in {out}")
     return 0
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from _nets import randomize_
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.type_aliases import PolicyPredictor
@@ -15,19 +16,31 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
 import agents.baselines as baselines
-from agents.baselines import BaselinePolicy, PruningTarget, get_baseline, list_baselines, register_baseline
+from agents.baselines import (
+    BaselinePolicy,
+    PruningTarget,
+    TrainedBaseline,
+    baseline_class,
+    get_baseline,
+    list_baselines,
+    register_baseline,
+)
 from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
 from envs.static import StaticPruningEnv
+from pruning.export import export_static
 from pruning.models import get_model
 from pruning.plan import keep_count
 
-CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in list_baselines()] + [
+#: Every registered baseline that acts in an env (training-based methods are scored by compare, not here).
+ACTING = [n for n in list_baselines() if not issubclass(baseline_class(n), TrainedBaseline)]
+CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in ACTING] + [
     (name, {"allocation": "global"}) for name in ("l1", "l2", "bn_scale")
-]
-IDS = [name + ("-global" if kw else "") for name, kw in CASES]
-RUNTIME_ONLY = {"fbs"}
-STATIC_CASES = [case for case in CASES if case[0] not in RUNTIME_ONLY]
-STATIC_IDS = [i for i, case in zip(IDS, CASES, strict=True) if case[0] not in RUNTIME_ONLY]
+] + [("neuron_merging", {"criterion": "l2_gm", "allocation": "global"}), ("pfp", {"deterministic": True})]
+IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw in CASES]
+STATIC_CASES = [case for case in CASES if "static" in baseline_class(case[0]).env_kinds]
+STATIC_IDS = [i for i, case in zip(IDS, CASES, strict=True) if "static" in baseline_class(case[0]).env_kinds]
+RUNTIME_CASES = [case for case in CASES if "runtime" in baseline_class(case[0]).env_kinds]
+RUNTIME_IDS = [i for i, case in zip(IDS, CASES, strict=True) if "runtime" in baseline_class(case[0]).env_kinds]
 _NETS: dict[str, nn.Module] = {}
 
 
@@ -41,9 +54,12 @@ _ENVS: dict[tuple[str, str | None, float], Any] = {}
 
 
 def _static(model: str, policy: BaselinePolicy, budget: float) -> StaticPruningEnv:
-    key = (model, policy.criterion, budget)
+    criterion = policy.channel_criterion()
+    if not isinstance(criterion, str | None):  # a bound criterion (PFP with a batch): its own env
+        return StaticPruningEnv(model=_net(model), num_val=16, budget=budget, criterion=criterion)
+    key = (model, criterion, budget)
     if key not in _ENVS:  # envs are reused across tests: building them dominates the run time
-        _ENVS[key] = StaticPruningEnv(model=_net(model), num_val=16, budget=budget, criterion=policy.criterion)
+        _ENVS[key] = StaticPruningEnv(model=_net(model), num_val=16, budget=budget, criterion=criterion)
     return _ENVS[key]
 
 
@@ -54,15 +70,20 @@ def _runtime(model: str, budget: float) -> RuntimePruningEnv:
     return _ENVS[key]
 
 
-def _assert_tight(policy: BaselinePolicy, env: Any, budget: float) -> None:
-    """The plan meets the budget, and one more channel in every unit (not at full width) breaks it."""
+def _assert_tight(policy: BaselinePolicy, env: Any, budget: float | None, param_budget: float | None = None) -> None:
+    """The plan meets the budgets, and one more channel in every unit (not at full width) breaks one of them."""
     target = PruningTarget.of(env)
     counts = policy.keep_counts
     assert counts is not None
     assert ((counts >= target.min_counts) & (counts <= target.channels)).all()
-    assert target.macs_fraction(counts) <= budget + 1e-12
+
+    def fits(c: np.ndarray) -> bool:
+        ok = budget is None or target.macs_fraction(c) <= budget + 1e-12
+        return ok and (param_budget is None or target.params_fraction(c) <= param_budget + 1e-12)
+
+    assert fits(counts)
     if (counts < target.channels).any():
-        assert target.macs_fraction(np.minimum(counts + 1, target.channels)) > budget
+        assert not fits(np.minimum(counts + 1, target.channels))
 
 
 def test_module_doctest() -> None:
@@ -71,7 +92,10 @@ def test_module_doctest() -> None:
 
 
 def test_registry() -> None:
-    assert list_baselines() == ["bn_scale", "fbs", "l1", "l2", "pfp", "random", "uniform"]
+    assert {"bn_scale", "fbs", "l1", "l2", "neuron_merging", "pfp", "random", "uniform"} <= set(list_baselines())
+    assert baseline_class("fbs").env_kinds == {"runtime"} and baseline_class("neuron_merging").env_kinds == {"static"}
+    assert get_baseline("random").stochastic and get_baseline("pfp").stochastic
+    assert not get_baseline("uniform").stochastic and not get_baseline("pfp", deterministic=True).stochastic
     policy = get_baseline("l1", allocation="global", budget=0.4)
     assert policy.name == "l1" and policy.criterion == "l1" and policy.budget == 0.4
     predictor: PolicyPredictor = policy  # the protocol is static-only: a type check, not isinstance
@@ -110,7 +134,7 @@ def test_static_env_budget_met_tightly(model: str, name: str, kwargs: dict[str, 
 
 
 @pytest.mark.parametrize("model", ["tiny_cnn", "resnet8"])
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), RUNTIME_CASES, ids=RUNTIME_IDS)
 def test_runtime_env_budget_met_tightly(model: str, name: str, kwargs: dict[str, Any]) -> None:
     budget = 0.4
     policy = get_baseline(name, **kwargs)
@@ -218,5 +242,77 @@ def test_fbs_is_the_constant_runtime_ratio_and_refuses_static_envs() -> None:
     fbs = get_baseline("fbs").prepare(_runtime("resnet8", 0.4))
     uniform = get_baseline("uniform").prepare(_runtime("resnet8", 0.4))
     assert fbs.keep_counts.tolist() == uniform.keep_counts.tolist()  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="runtime baseline"):
+    with pytest.raises(ValueError, match="runtime baseline.*RuntimePruning-v0"):
         get_baseline("fbs").prepare(_static("resnet8", get_baseline("uniform"), 0.4))
+    with pytest.raises(ValueError, match="static baseline.*StaticPruning-v0"):
+        get_baseline("neuron_merging").prepare(_runtime("resnet8", 0.4))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("uniform", {}), ("random", {"seed": 1}), ("l1", {"allocation": "global"}), ("bn_scale", {}), ("pfp", {})],
+    ids=["uniform", "random", "l1-global", "bn_scale", "pfp"],
+)
+@pytest.mark.parametrize(("budget", "param_budget"), [(None, 0.5), (0.8, 0.45), (0.45, 0.9)])
+def test_parameter_budget_met_tightly(
+    name: str, kwargs: dict[str, Any], budget: float | None, param_budget: float
+) -> None:
+    """With a parameter budget (alone or with a MAC budget) the plan meets both, and is tight on one of them."""
+    policy = get_baseline(name, **kwargs)
+    env = StaticPruningEnv(
+        model=_net("resnet8"), num_val=16, budget=budget, param_budget=param_budget,
+        criterion=policy.channel_criterion(),
+    )  # fmt: skip
+    policy.prepare(env)
+    _assert_tight(policy, env, budget, param_budget)
+    obs, _ = env.reset(seed=0)
+    done, info = False, dict[str, Any]()
+    while not done:
+        action, _ = policy.predict(obs)
+        obs, _, done, _, info = env.step(action)
+        assert info["applied_keep"] == info["requested_keep"]  # the env's own wall agrees: nothing cut
+    assert info["keep_counts"] == policy.keep_counts.tolist()  # type: ignore[union-attr]
+    assert info["params_fraction"] <= param_budget + 1e-12
+    assert info["params_fraction"] == pytest.approx(PruningTarget.of(env).params_fraction(policy.keep_counts))  # type: ignore[arg-type]
+    if budget is not None:
+        assert info["macs_fraction"] <= budget + 1e-12
+    if (budget, param_budget) == (0.8, 0.45):  # the parameter budget binds: MACs stay well under theirs
+        assert info["macs_fraction"] < 0.75
+
+
+def test_parameter_budget_that_cannot_be_met_is_refused() -> None:
+    env = StaticPruningEnv(model=_net("resnet8"), num_val=16, budget=None, param_budget=0.5)
+    with pytest.raises(ValueError, match="cannot be met"):
+        get_baseline("uniform", budget=0.05).prepare(env)
+
+
+def test_default_transform_is_export_static_and_neuron_merging_merges() -> None:
+    net = _net("resnet8")
+    for name in ("l1", "neuron_merging"):
+        policy = get_baseline(name)
+        env = _static("resnet8", policy, 0.5)
+        policy.prepare(env)
+        obs, _ = env.reset(seed=0)
+        done = False
+        while not done:
+            obs, _, done, _, _ = env.step(policy.predict(obs)[0])
+        plan = env.final_plan()
+        pruned, sliced = policy.transform(net, plan), export_static(net, plan)
+        shapes = {k: v.shape for k, v in sliced.state_dict().items()}
+        assert {k: v.shape for k, v in pruned.state_dict().items()} == shapes
+        same = all(torch.equal(v, sliced.state_dict()[k]) for k, v in pruned.state_dict().items())
+        assert same == (name == "l1")  # merging adds the pruned channels' weights into the consumers
+
+
+def test_neuron_merging_options() -> None:
+    policy = get_baseline("neuron_merging", criterion="l2_gm", threshold=0.3, lam=0.5)
+    assert isinstance(policy, baselines.NeuronMergingBaseline)
+    assert (policy.criterion, policy.threshold, policy.lam) == ("l2_gm", 0.3, 0.5)
+    assert policy.channel_criterion() == "l2_gm"
+    with pytest.raises(ValueError, match="l2_gm"):
+        get_baseline("neuron_merging", criterion="bn_scale")
+    with pytest.raises(ValueError, match="lam"):
+        get_baseline("neuron_merging", lam=2.0)
+    env = _static("tiny_cnn", get_baseline("uniform"), 0.5)  # ranks by l1
+    with pytest.raises(ValueError, match="criterion='l2_gm'"):
+        policy.prepare(env)

@@ -27,7 +27,7 @@ def test_module_doctest() -> None:
 
 
 def test_registry() -> None:
-    assert list_criteria() == ["bn_scale", "l1", "l2", "pfp_sensitivity", "random", "u_s"]
+    assert {"bn_scale", "l1", "l2", "l2_gm", "pfp_sampled", "pfp_sensitivity", "random", "u_s"} <= set(list_criteria())
     assert get_criterion("l1") is criteria.l1_criterion
     with pytest.raises(ValueError, match=r"unknown criterion 'l11'\. Did you mean l1"):
         get_criterion("l11")
@@ -117,3 +117,68 @@ def test_static_env_takes_registered_names(name: str) -> None:
         assert torch.equal(scores, get_criterion(name)(env.model, unit).float())
     with pytest.raises(ValueError, match="Did you mean bn_scale"):
         StaticPruningEnv(model=net, num_val=16, criterion="bn_scal")
+
+
+def _set_filters(net: nn.Module, unit_index: int, filters: torch.Tensor) -> None:
+    unit = get_units(net)[unit_index]
+    with torch.no_grad():
+        unit_conv(net.get_submodule(unit.conv)).weight.copy_(filters.view_as(unit_conv(net.get_submodule(unit.conv)).weight))
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("model", ["tiny_cnn", "resnet8"])
+def test_l2_gm_ranks_the_geometric_median_filter_lowest(model: str, gated: bool) -> None:
+    """Filters c ± d_i around a centre filter c: the centre is the geometric median and must be pruned first."""
+    net = _net(model)
+    unit = get_units(net)[-1]
+    w = unit_conv(net.get_submodule(unit.conv)).weight
+    c_out, d = w.shape[0], w[0].numel()
+    g = torch.Generator().manual_seed(1)
+    centre = torch.randn(d, generator=g)
+    offsets = torch.randn((c_out - 1) // 2, d, generator=g)
+    filters = torch.cat([centre[None], centre + offsets, centre - offsets])
+    if len(filters) < c_out:  # an even count: one more filter, far out
+        filters = torch.cat([filters, centre[None] + 10 * torch.randn(1, d, generator=g)])
+    perm = torch.randperm(c_out, generator=g)
+    _set_filters(net, unit.index, filters[perm])
+    if gated:
+        net = gate_model(net)
+    scores = get_criterion("l2_gm")(net, unit)
+    assert scores.shape == (c_out,) and scores.dtype == torch.float32
+    assert int(scores.argmin()) == int((perm == 0).nonzero())  # where the centre went
+    # the definition: the sum of L2 distances to every filter of the unit
+    flat = unit_conv(net.get_submodule(unit.conv)).weight.detach().double().flatten(1)
+    brute = torch.stack([(flat - f).pow(2).sum(dim=1).sqrt().sum() for f in flat]).float()
+    torch.testing.assert_close(scores, brute)
+
+
+def test_l2_gm_duplicates_and_zeroed_filters() -> None:
+    """A filter equal to the mean of a symmetric cloud ranks lowest; a zeroed filter is not pruned first (FPGM
+    ranks by redundancy, not magnitude), unlike l1/l2, and scores depend only on the filters' geometry."""
+    net = _net("resnet8")
+    unit = get_units(net)[0]
+    c_out, d = unit.out_channels, unit_conv(net.get_submodule(unit.conv)).weight[0].numel()
+    g = torch.Generator().manual_seed(2)
+    filters = torch.randn(c_out, d, generator=g) + 5.0  # a cloud far from the origin
+    filters[3] = 0.0
+    _set_filters(net, unit.index, filters)
+    scores = get_criterion("l2_gm")(net, unit)
+    assert int(scores.argmax()) == 3  # the zero filter is the outlier here: kept first
+    assert float(scores[3]) == pytest.approx(float(filters.norm(dim=1).sum()), rel=1e-5)
+    assert int(get_criterion("l1")(net, unit).argmin()) == 3
+    # translating every filter by the same vector changes nothing: only distances count
+    _set_filters(net, unit.index, filters + 7.0)
+    torch.testing.assert_close(get_criterion("l2_gm")(net, unit), scores)
+    # a duplicated central filter: both copies rank below every other filter
+    filters = torch.randn(c_out, d, generator=g)
+    filters[5] = filters.mean(dim=0)
+    filters[9] = filters[5]
+    _set_filters(net, unit.index, filters)
+    scores = get_criterion("l2_gm")(net, unit)
+    assert set(torch.argsort(scores)[:2].tolist()) == {5, 9}
+
+
+def test_static_env_ranks_by_l2_gm() -> None:
+    env = StaticPruningEnv(model=_net(), num_val=16, criterion="l2_gm")
+    assert env.criterion_name == "l2_gm"
+    assert torch.equal(env.static_scores[0], get_criterion("l2_gm")(env.model, env.units[0]))

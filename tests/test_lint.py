@@ -18,7 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "command",
-    [("ruff", "check", "pruning", "envs", "agents"), ("mypy",)],
+    [("ruff", "check", "pruning", "envs", "agents", "tests", "bench", "notebooks", "train_agent.py"), ("mypy",)],
     ids=["ruff", "mypy"],
 )
 def test_static_check_is_clean(command: tuple[str, ...]) -> None:

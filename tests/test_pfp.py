@@ -17,8 +17,8 @@ from agents.baselines import PFPBaseline, PruningTarget, get_baseline
 from agents.baselines.pfp import expected_unique, sample_filters, sample_size
 from envs.static import StaticPruningEnv
 from pruning.criteria import get_criterion
-from pruning.criteria.pfp import unit_activations
-from pruning.gating import gate_model
+from pruning.criteria.pfp import draw_generator, first_draws, unit_activations
+from pruning.gating import gate_model, stored_masks
 from pruning.models import get_model
 from pruning.units import get_units, unit_conv
 
@@ -96,11 +96,11 @@ def test_sample_size_and_expected_unique_by_hand() -> None:
     assert n.sum() == 50 and n[3] == 0
 
 
-def _pfp_env(budget: float) -> tuple[StaticPruningEnv, torch.Tensor]:
+def _pfp_env(budget: float, policy: PFPBaseline | None = None) -> tuple[StaticPruningEnv, torch.Tensor]:
+    """A static env ranking by ``policy``'s PFP criterion (default: the deterministic one) on a 16-image batch."""
     x = images(16, seed=1)
-    env = StaticPruningEnv(
-        model=_net("resnet8"), num_val=16, budget=budget, criterion=get_criterion("pfp_sensitivity", inputs=x)
-    )
+    crit = get_criterion("pfp_sensitivity", inputs=x) if policy is None else policy.channel_criterion(x)
+    env = StaticPruningEnv(model=_net("resnet8"), num_val=16, budget=budget, criterion=crit)
     return env, x
 
 
@@ -117,16 +117,20 @@ def test_baseline_meets_the_budget_tightly_in_both_variants_and_runs_under_evalu
     budget = 0.5
     env, x = _pfp_env(budget)
     assert env.criterion_name in ("pfp_sensitivity", "pfp_sensitivity_criterion")
-    sampled = get_baseline("pfp", inputs=x).prepare(env)
+    sampled = get_baseline("pfp")
+    assert isinstance(sampled, PFPBaseline)
+    sampled_env, _ = _pfp_env(budget, sampled)
+    assert sampled_env.criterion_name in ("pfp_sampled", "pfp_sampled_criterion")
+    sampled.prepare(sampled_env)
     deterministic = get_baseline("pfp", inputs=x, deterministic=True).prepare(env)
-    assert isinstance(sampled, PFPBaseline) and isinstance(deterministic, PFPBaseline)
-    for policy in (sampled, deterministic):
-        _assert_tight(policy, env, budget)
+    assert isinstance(deterministic, PFPBaseline)
+    for policy, penv in ((sampled, sampled_env), (deterministic, env)):
+        _assert_tight(policy, penv, budget)
         assert policy.epsilon is not None and policy.epsilon > 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Monitor.*")
-            rewards, lengths = evaluate_policy(policy, env, n_eval_episodes=1, return_episode_rewards=True)
-        assert lengths == [env.num_units] and np.isfinite(rewards).all()
+            rewards, lengths = evaluate_policy(policy, penv, n_eval_episodes=1, return_episode_rewards=True)
+        assert lengths == [penv.num_units] and np.isfinite(rewards).all()
     assert sampled.keep_counts is not None and deterministic.keep_counts is not None
     assert not np.array_equal(sampled.keep_counts, deterministic.keep_counts)
 
@@ -149,8 +153,10 @@ def test_calibration_from_the_env_and_criterion_check() -> None:
     env = StaticPruningEnv(model=_net("tiny_cnn"), num_val=16, budget=0.5, criterion="l1")
     policy = get_baseline("pfp").prepare(env)  # counts only: calibration = the env's reward subset
     assert policy.keep_counts is not None
-    with pytest.raises(ValueError, match="pfp_sensitivity"):
+    with pytest.raises(ValueError, match="pfp_sampled"):
         get_baseline("pfp", inputs=images(4)).prepare(env)
+    with pytest.raises(ValueError, match="pfp_sensitivity"):
+        get_baseline("pfp", inputs=images(4), deterministic=True).prepare(env)
     with pytest.raises(RuntimeError, match="prepare"):
         PFPBaseline().sample_sizes()
 
@@ -179,3 +185,81 @@ def test_sampled_layer_error_stays_within_epsilon() -> None:
         kept.append(int(np.count_nonzero(n)))
     assert ok >= 16
     assert math.isfinite(m) and min(kept) < unit.out_channels  # it does prune
+
+
+def test_first_draws_give_the_sampled_sets_of_every_sample_size() -> None:
+    """``{first ≤ m}`` is distributed as the set of channels drawn in m i.i.d. draws (checked on its marginals)."""
+    p = np.array([0.5, 0.3, 0.15, 0.05, 0.0])
+    firsts = np.stack([first_draws(p, np.random.default_rng(s)) for s in range(4000)])
+    assert np.isinf(firsts[:, 4]).all() and np.isfinite(firsts[:, :4]).all()
+    assert (firsts.min(axis=1) == 1).all()  # the first draw is always a new channel
+    for m in (1, 3, 10):
+        drawn = firsts <= m
+        # P(j drawn in m draws) = 1 − (1 − p_j)^m; 4000 seeds: standard error below 0.008
+        np.testing.assert_allclose(drawn.mean(axis=0), 1 - (1 - p) ** m, atol=0.03)
+        assert drawn.sum(axis=1).mean() == pytest.approx(expected_unique(p, m), abs=0.05)
+    # the same generator state gives the same draw; the weights need not be normalised
+    assert np.array_equal(first_draws(p * 7, draw_generator(3, 1)), first_draws(p, draw_generator(3, 1)))
+    with pytest.raises(ValueError, match="non-negative"):
+        first_draws(np.array([0.5, -0.1]), np.random.default_rng(0))
+
+
+def test_pfp_sampled_criterion_orders_channels_by_the_seeded_draw() -> None:
+    net, x = _net("resnet8"), images(8)
+    unit = get_units(net)[1]
+    scores = get_criterion("pfp_sampled", inputs=x, seed=4)(net, unit)
+    s = get_criterion("pfp_sensitivity", inputs=x)(net, unit)
+    first = first_draws(s, draw_generator(4, unit.index))
+    assert sorted(scores.tolist()) == list(range(1, unit.out_channels + 1))  # distinct ranks: no ties
+    assert np.array_equal(np.argsort(-scores.numpy(), kind="stable"), np.argsort(first, kind="stable"))
+    assert torch.equal(scores, get_criterion("pfp_sampled", inputs=x, seed=4)(net, unit))
+    assert not torch.equal(scores, get_criterion("pfp_sampled", inputs=x, seed=5)(net, unit))
+
+
+def _episode_stored(env: StaticPruningEnv, policy: PFPBaseline) -> list[np.ndarray]:
+    obs, _ = env.reset(seed=0)
+    done = False
+    while not done:
+        obs, _, done, _, _ = env.step(policy.predict(obs)[0])
+    env.apply_plan()
+    return [m.numpy() for m in stored_masks(env.model)]
+
+
+def test_env_keeps_the_sampled_channel_sets() -> None:
+    """The env built with the sampled variant's criterion keeps exactly the channels of PFP's seeded draw."""
+    budget = 0.5
+    kept: dict[int, list[np.ndarray]] = {}
+    for seed in (0, 1):
+        policy = get_baseline("pfp", seed=seed)
+        assert isinstance(policy, PFPBaseline)
+        env, _ = _pfp_env(budget, policy)
+        policy.prepare(env)
+        _assert_tight(policy, env, budget)
+        stored = _episode_stored(env, policy)
+        draws = policy.draw()
+        target = PruningTarget.of(env)
+        exact = 0
+        for t, (mask, n, m) in enumerate(zip(stored, draws, policy.sample_sizes(), strict=True)):
+            assert n.sum() == m  # the multiplicities complete the same draw of m samples
+            k = int(policy.keep_counts[t])  # type: ignore[index]
+            assert mask.sum() == k
+            if np.count_nonzero(n) >= target.min_counts[t]:  # not raised to the min_keep floor: PFP's set exactly
+                assert np.array_equal(mask, n > 0)
+                exact += 1
+            else:  # floored: the drawn channels and then the next ones to be drawn
+                assert mask[n > 0].all()
+        assert exact > 0
+        kept[seed] = stored
+        # the sampled set is not simply the top of the sensitivity ranking (that is the deterministic variant)
+        assert policy.sensitivities is not None and policy.keep_counts is not None
+        pairs = zip(policy.sensitivities, policy.keep_counts, strict=True)
+        top = [set(np.argsort(-s, kind="stable")[: int(k)].tolist()) for s, k in pairs]
+        assert any(set(np.flatnonzero(mask).tolist()) != tp for mask, tp in zip(stored, top, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(kept[0], kept[1], strict=True))
+
+
+def test_sampled_variant_refuses_an_env_with_another_draw() -> None:
+    env, x = _pfp_env(0.5, get_baseline("pfp", seed=0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="another PFP draw"):
+        get_baseline("pfp", seed=1, inputs=x[:64]).prepare(env)
+    assert get_baseline("pfp", seed=0, inputs=x[:64]).prepare(env).keep_counts is not None

@@ -241,3 +241,29 @@ def test_schedule_phases_follow_the_mode() -> None:
     with pytest.raises(ValueError, match="mode"):
         ScheduleConfig(mode="both")
     assert np.isclose(ScheduleConfig(tradeoff=0.3).effective_tradeoff, 0.3)
+
+
+def test_saved_agents_join_compare(tmp_path: Path) -> None:
+    from agents.compare import compare
+
+    run_dir = tmp_path / "run"
+    assert main([*QUICK, "--out", str(run_dir)]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = compare(
+        [str(run_dir), "uniform"], [0.4], model="tiny_cnn", weights=None, dataset="synthetic", num_val=32,
+        out_dir=tmp_path / "cmp", latency=False, progress=False,
+    )  # fmt: skip
+    agent = next(r for r in rows if r["kind"] == "agent")
+    assert agent["budget"] == results["budget"] == 0.5  # scored once, at the budget it was trained for
+    assert [r["policy"] for r in rows].count(str(run_dir)) == 1
+    # the same model, plan and test split as the run's own final evaluation
+    assert agent["test_top1"] == pytest.approx(results["pruned"]["test"]["top1"])
+    assert agent["mac_fraction"] == pytest.approx(results["pruned"]["test"]["macs_fraction"])
+    assert agent["params_fraction"] == pytest.approx(results["pruned"]["test"]["params_fraction"], rel=1e-3)
+    assert (tmp_path / "cmp" / "results.csv").is_file() and (tmp_path / "cmp" / "pareto.png").is_file()
+    with pytest.raises(ValueError, match="train_agent"):
+        compare([str(tmp_path / "cmp")], [0.5], model="tiny_cnn", weights=None, dataset="synthetic",
+                out_dir=tmp_path / "x", latency=False, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="resnet20"):
+        compare([str(run_dir)], [0.5], model="resnet20", weights=None, dataset="synthetic",
+                out_dir=tmp_path / "y", latency=False, progress=False)  # fmt: skip

@@ -6,6 +6,11 @@ state)``), so ``stable_baselines3.common.evaluation.evaluate_policy`` scores a b
 as a trained agent. Before it predicts, :meth:`BaselinePolicy.prepare` reads the environment (its units,
 its cost model and its budget) and solves the per-unit keep counts once; ``predict`` then only reads the
 unit index from the observation and returns that unit's action.
+
+Budgets: a baseline meets the env's MAC budget and, in the static env, its parameter budget too
+(``param_budget``): :func:`solve_budget` costs every candidate allocation exactly on both axes. After the
+episode, :meth:`BaselinePolicy.transform` turns the plan into the model that is scored (plain slicing by
+default; Neuron Merging compensates the pruned channels instead).
 """
 
 from __future__ import annotations
@@ -15,17 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from agents.unwrap import unwrap_env as _unwrap
 from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
 from envs.static import StaticPruningEnv
-from pruning.accounting import CostModel
+from pruning.accounting import Cost, CostModel
+from pruning.criteria import Criterion
+from pruning.export import export_static
 from pruning.gating import stored_masks
-from pruning.plan import keep_count
+from pruning.plan import PruningPlan, keep_count
 from pruning.registry import Registry
 from pruning.units import Unit
 
@@ -35,6 +41,7 @@ __all__ = [
     "PruningTarget",
     "TrainContext",
     "TrainedBaseline",
+    "baseline_class",
     "get_baseline",
     "list_baselines",
     "register_baseline",
@@ -66,6 +73,15 @@ def list_baselines() -> list[str]:
     return _BASELINES.names()
 
 
+def baseline_class(name: str) -> type[BaselinePolicy]:
+    """The class registered as ``name`` (to read its class attributes without building it).
+
+    Raises:
+        ValueError: ``name`` is unknown; the message suggests close matches and lists every registered name.
+    """
+    return _BASELINES.get(name)
+
+
 def get_baseline(name: str, **kwargs: Any) -> BaselinePolicy:
     """Build the baseline registered as ``name`` with ``kwargs`` (e.g. ``get_baseline("l1", allocation="global")``).
 
@@ -93,6 +109,8 @@ class PruningTarget:
         budget: The env's MAC budget (fraction of the base MACs), or ``None``.
         action_dim: Size of the env's action (2 for a static env with ``learn_split``).
         tradeoff: The env's R_r.
+        param_budget: The static env's parameter budget (fraction of the base backbone parameters), or
+            ``None`` (always ``None`` for the runtime env, whose stored channels are fixed).
     """
 
     kind: str
@@ -106,18 +124,33 @@ class PruningTarget:
     budget: float | None
     action_dim: int
     tradeoff: float
+    param_budget: float | None = None
 
     @property
     def num_units(self) -> int:
         """L: the number of prunable units."""
         return len(self.units)
 
-    def macs_fraction(self, counts: np.ndarray) -> float:
-        """MAC fraction of the base model when unit ``t`` keeps ``counts[t]`` channels (exact, per image)."""
+    def cost(self, counts: np.ndarray) -> Cost:
+        """Exact cost when unit ``t`` keeps ``counts[t]`` channels (static env: also stores only those)."""
         keep = np.minimum(np.asarray(counts, dtype=np.int64), self.stored)
         stored = keep if self.kind == "static" else self.stored
-        cost = self.cost_model.from_counts(torch.from_numpy(keep)[None], torch.from_numpy(stored))
-        return float(cost.macs_fraction[0])
+        return self.cost_model.from_counts(torch.from_numpy(keep)[None], torch.from_numpy(stored))
+
+    def macs_fraction(self, counts: np.ndarray) -> float:
+        """MAC fraction of the base model when unit ``t`` keeps ``counts[t]`` channels (exact, per image)."""
+        return float(self.cost(counts).macs_fraction[0])
+
+    def params_fraction(self, counts: np.ndarray) -> float:
+        """Stored backbone parameters over the base model's for these keep counts (as the static env costs them)."""
+        return self.cost(counts).params_fraction
+
+    def fits(self, counts: np.ndarray, budget: float | None) -> bool:
+        """Whether ``counts`` meet the MAC ``budget`` (``None``: no MAC budget) and :attr:`param_budget`."""
+        cost = self.cost(counts)
+        if budget is not None and float(cost.macs_fraction[0]) > budget + 1e-12:
+            return False
+        return self.param_budget is None or cost.params <= self.param_budget * cost.base_params * (1 + 1e-12)
 
     @classmethod
     def of(cls, env: Any) -> PruningTarget:
@@ -139,7 +172,7 @@ class PruningTarget:
                 kind="static", model=inner.model, units=list(inner.units), cost_model=inner.cost_model,
                 channels=channels, min_counts=_min_counts(inner.min_keep, channels), stored=channels.copy(),
                 min_keep=inner.min_keep, budget=inner.budget, action_dim=2 if inner.learn_split else 1,
-                tradeoff=inner.tradeoff,
+                tradeoff=inner.tradeoff, param_budget=inner.param_budget,
             )  # fmt: skip
         if isinstance(inner, RuntimePruningEnv | RuntimePruningVecEnv):
             if inner.tradeoff != 1.0:
@@ -161,18 +194,8 @@ class PruningTarget:
         )
 
 
-def _unwrap(env: Any) -> Any:
-    if isinstance(env, VecEnv):
-        vec = env.unwrapped
-        if isinstance(vec, RuntimePruningVecEnv):
-            return vec
-        envs = getattr(vec, "envs", None)  # DummyVecEnv; SubprocVecEnv keeps its envs in other processes
-        if not envs:
-            raise TypeError(f"cannot read the environments of a {type(vec).__name__}; use a DummyVecEnv")
-        return envs[0].unwrapped
-    if isinstance(env, gym.Env):
-        return env.unwrapped
-    return env
+#: The env id of each kind of :class:`PruningTarget` (for messages).
+_ENV_IDS = {"static": "prunegym/StaticPruning-v0", "runtime": "prunegym/RuntimePruning-v0"}
 
 
 def _min_counts(min_keep: float, channels: np.ndarray) -> np.ndarray:
@@ -180,34 +203,37 @@ def _min_counts(min_keep: float, channels: np.ndarray) -> np.ndarray:
 
 
 def solve_budget(
-    target: PruningTarget, counts_at: Callable[[float], np.ndarray], lo: float, hi: float, budget: float
+    target: PruningTarget, counts_at: Callable[[float], np.ndarray], lo: float, hi: float, budget: float | None
 ) -> np.ndarray:
-    """Keep counts ``counts_at(s)`` for the largest ``s`` in ``[lo, hi]`` whose MAC fraction meets ``budget``.
+    """Keep counts ``counts_at(s)`` for the largest ``s`` in ``[lo, hi]`` that meets every budget.
 
-    ``counts_at`` must be non-decreasing in ``s`` (a larger ``s`` never keeps fewer channels); it is clipped to
-    ``[min_counts, channels]``. Bisection on ``s`` (60 halvings), each step one exact costing
-    (:meth:`pruning.accounting.CostModel.from_counts`): the answer meets the budget, and the smallest larger
-    ``s`` that changes any count breaks it.
+    The budgets are the MAC ``budget`` (``None``: none) and the target's parameter budget
+    (:attr:`PruningTarget.param_budget`, the static env's ``param_budget``); both are costed exactly
+    (:meth:`pruning.accounting.CostModel.from_counts`). ``counts_at`` must be non-decreasing in ``s`` (a larger
+    ``s`` never keeps fewer channels); it is clipped to ``[min_counts, channels]``. MACs and parameters both
+    grow with every count, so bisection on ``s`` (60 halvings) finds the answer: it meets both budgets, and the
+    smallest larger ``s`` that changes any count breaks at least one.
 
     Raises:
-        ValueError: even ``counts_at(lo)`` (at the env's ``min_keep`` floor) exceeds the budget.
+        ValueError: even ``counts_at(lo)`` (at the env's ``min_keep`` floor) exceeds a budget.
     """
 
     def counts(s: float) -> np.ndarray:
         return np.clip(np.asarray(counts_at(s), dtype=np.int64), target.min_counts, target.channels)
 
     floor = counts(lo)
-    if target.macs_fraction(floor) > budget + 1e-12:
+    if not target.fits(floor, budget):
+        macs, params = target.macs_fraction(floor), target.params_fraction(floor)
         raise ValueError(
-            f"MAC budget {budget} cannot be met: the smallest allocation keeps {target.macs_fraction(floor):.4f} "
-            f"of the MACs (min_keep={target.min_keep}; layers that are not units are never pruned). "
-            "Raise the budget or lower min_keep"
+            f"the budgets (MACs {budget}, params {target.param_budget}) cannot be met: the smallest allocation "
+            f"keeps {macs:.4f} of the MACs and {params:.4f} of the parameters (min_keep={target.min_keep}; layers "
+            "that are not units are never pruned). Raise the budget or lower min_keep"
         )
-    if target.macs_fraction(counts(hi)) <= budget + 1e-12:
+    if target.fits(counts(hi), budget):
         return counts(hi)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if target.macs_fraction(counts(mid)) <= budget + 1e-12:
+        if target.fits(counts(mid), budget):
             lo = mid
         else:
             hi = mid
@@ -219,7 +245,15 @@ class BaselinePolicy(abc.ABC):
 
     Subclasses implement :meth:`allocate` (keep counts per unit that meet the budget); this class turns them
     into actions and reads the unit index from observations. Call :meth:`prepare` with the env before
-    :meth:`predict`; prepare again when the env's budget changes.
+    :meth:`predict`; prepare again when the env's budget changes. Three hooks say how the plan becomes a
+    model, each with a default that fits plain keep-ratio rules:
+
+    * :meth:`channel_criterion`: the criterion the static env must be built with (which channels are kept);
+    * :meth:`transform`: the scored model from the base model and the episode's plan (default: slicing);
+    * :attr:`stochastic`: whether the plan depends on a ``seed=`` (``agents.compare`` repeats it over seeds).
+
+    Budgets: the MAC budget is ``budget`` or the env's; the static env's ``param_budget`` is met as well. An
+    env with only a parameter budget (``budget=None``) is solved for that alone.
 
     Args:
         budget: MAC budget (fraction of the base model's MACs) to meet; ``None`` (default) uses the env's.
@@ -229,10 +263,14 @@ class BaselinePolicy(abc.ABC):
         criterion: The channel criterion the static env should be built with (a :mod:`pruning.criteria` name),
             or ``None`` for the env's default. Only the static env ranks channels by it; in the runtime env
             channels are ranked by ``u_r`` whatever the baseline.
+        env_kinds: Where the baseline acts: ``"static"`` (:class:`envs.static.StaticPruningEnv`, static keep
+            ratios) and/or ``"runtime"`` (:class:`envs.runtime.RuntimePruningEnv`, runtime ratios).
+            :meth:`prepare` refuses the others.
     """
 
     name: ClassVar[str] = ""
     criterion: str | None = None
+    env_kinds: ClassVar[frozenset[str]] = frozenset({"static", "runtime"})
 
     def __init__(self, *, budget: float | None = None) -> None:
         if budget is not None and not (0.0 < float(budget) <= 1.0):
@@ -248,22 +286,61 @@ class BaselinePolicy(abc.ABC):
     # -- to override ---------------------------------------------------------------------------------------
     @abc.abstractmethod
     def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
-        """Keep counts per unit, int64 ``(L,)`` within ``[min_counts, channels]``, whose MACs meet ``budget``."""
+        """Keep counts per unit, int64 ``(L,)`` within ``[min_counts, channels]``, that meet the budgets.
+
+        ``budget`` is the MAC budget (1.0 when the env has only a parameter budget); the parameter budget is
+        ``target.param_budget``. :func:`solve_budget` meets both.
+        """
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the plan depends on a seed: then the constructor takes ``seed=`` and compare repeats it."""
+        return False
+
+    def channel_criterion(self, calibration: torch.Tensor | None = None) -> str | Criterion | None:
+        """The channel criterion to build the static env with (``StaticPruningEnv(criterion=...)``).
+
+        Args:
+            calibration: Normalised images the criterion may bind (data-driven criteria such as PFP's
+                sensitivity use the first few); ignored by weight-based criteria.
+
+        Returns:
+            :attr:`criterion` by default (a registered name, or ``None`` for the env's default).
+        """
+        del calibration
+        return self.criterion
+
+    def transform(self, base: nn.Module, plan: PruningPlan) -> nn.Module:
+        """The pruned model to score: ``plan`` applied to the plain ``base`` model (never modified).
+
+        ``plan`` is the episode's (:meth:`envs.static.StaticPruningEnv.final_plan`). The default slices the kept
+        channels out (:func:`pruning.export.export_static`); a method that edits the remaining weights (Neuron
+        Merging) overrides it.
+        """
+        return export_static(base, plan)
 
     # -- the protocol --------------------------------------------------------------------------------------
     def prepare(self, env: Any) -> BaselinePolicy:
         """Read ``env`` (static or runtime, wrapped, or a VecEnv of them) and solve the keep counts; return self.
 
         Raises:
-            ValueError: no budget is given (here or by the env), or it cannot be met.
+            ValueError: the env is of a kind this baseline does not act in (:attr:`env_kinds`), it ranks
+                channels by another criterion, no budget is given (here or by the env), or the budgets cannot
+                be met.
             TypeError: ``env`` is not a PruneGym environment.
         """
         target = PruningTarget.of(env)
-        budget = self.budget if self.budget is not None else target.budget
-        if budget is None:
+        if target.kind not in self.env_kinds:
+            kinds = sorted(self.env_kinds)
             raise ValueError(
-                "no MAC budget: the env has only a parameter budget; pass budget= to the baseline"
+                f"{self.name!r} is a {'/'.join(kinds)} baseline: it acts only in "
+                f"{' or '.join(_ENV_IDS[k] for k in kinds)}, not in a {target.kind} env"
+                + ("; use 'uniform' for a static plan" if kinds == ["runtime"] else "")
             )
+        budget = self.budget if self.budget is not None else target.budget
+        if budget is None and target.param_budget is None:
+            raise ValueError("no budget: pass budget= to the baseline or give the env a budget / param_budget")
+        budget = 1.0 if budget is None else budget  # a parameter budget alone: every MAC fraction is allowed
         if self.criterion is not None and target.kind == "static":
             env_criterion = getattr(_unwrap(env), "criterion_name", None)
             if env_criterion != self.criterion:
@@ -401,6 +478,11 @@ class TrainedBaseline(BaselinePolicy):
     """
 
     trains: ClassVar[bool] = True
+
+    @property
+    def stochastic(self) -> bool:
+        """Training depends on ``TrainContext.seed`` (data order), so compare repeats the method over seeds."""
+        return True
 
     @abc.abstractmethod
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:

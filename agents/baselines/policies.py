@@ -1,10 +1,13 @@
 """The keep-ratio baselines: uniform, random, and criterion-ranked (L1, L2, BN scale) with two allocations.
 
-Every baseline solves its per-unit keep counts for the MAC budget exactly (:func:`solve_budget`): the plan
-meets the budget, and keeping one more channel wherever the rule would add the next one breaks it.
+Every baseline solves its per-unit keep counts for the budgets exactly (:func:`solve_budget`): the plan
+meets the MAC budget and the static env's parameter budget, and keeping one more channel wherever the rule
+would add the next one breaks one of them.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -60,14 +63,7 @@ class FBSBaseline(UniformBaseline):
         ValueError: from :meth:`prepare` on a static env (FBS has no static side).
     """
 
-    def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
-        """Keep counts of the largest constant runtime ratio that meets ``budget`` (runtime env only)."""
-        if target.kind != "runtime":
-            raise ValueError(
-                "fbs is a runtime baseline (a constant per-input keep ratio chosen by the predictor); "
-                "use it with prunegym/RuntimePruning-v0, or 'uniform' for a static plan"
-            )
-        return super().allocate(target, budget)
+    env_kinds: ClassVar[frozenset[str]] = frozenset({"runtime"})
 
 
 @register_baseline("random")
@@ -85,6 +81,11 @@ class RandomBaseline(BaselinePolicy):
     def __init__(self, *, budget: float | None = None, seed: int = 0) -> None:
         super().__init__(budget=budget)
         self.seed = int(seed)
+
+    @property
+    def stochastic(self) -> bool:
+        """The profile is a seeded draw."""
+        return True
 
     def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:
         """Keep counts of the largest scale of the seeded random profile that meets ``budget``."""

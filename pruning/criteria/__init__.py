@@ -10,7 +10,7 @@ Criteria are looked up by name (:func:`get_criterion`); a new one is a function 
     >>> import torch
     >>> from pruning.criteria import get_criterion, list_criteria, register_criterion
     >>> list_criteria()
-    ['bn_scale', 'l1', 'l2', 'pfp_sensitivity', 'random', 'u_s']
+    ['bn_scale', 'l1', 'l2', 'l2_gm', 'pfp_sampled', 'pfp_sensitivity', 'random', 'u_s']
     >>> from pruning.models import get_model
     >>> from pruning.units import get_units
     >>> model = get_model("tiny_cnn")
@@ -29,6 +29,8 @@ Criteria are looked up by name (:func:`get_criterion`); a new one is a function 
 | `random`   | `U[0, 1)`, seeded per (seed, unit index)                    | a control                           |
 | `u_s`      | paper 7's learned static importance (gated units only)      | Chen, Chen & Pan, NeurIPS 2020      |
 | `pfp_sensitivity` | PFP's sensitivity w.r.t. the consumer, on a batch `inputs=` | Liebenwein et al., ICLR 2020 |
+| `pfp_sampled` | PFP's seeded sampling order (`inputs=`, `seed=`): top-k = a draw | Liebenwein et al., ICLR 2020 |
+| `l2_gm`    | `Σ_j ‖W[c] − W[j]‖₂`: low = near the geometric median = redundant | He et al., CVPR 2019 (FPGM)   |
 """
 
 from __future__ import annotations
@@ -169,7 +171,10 @@ def us_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
     return mod.static_importance.detach().clone()
 
 
-from .pfp import pfp_sensitivity_criterion  # noqa: E402  (registered after the registry exists)
+from .fpgm import l2_gm_criterion  # noqa: E402  (registered after the registry exists)
+from .pfp import pfp_sampled_criterion, pfp_sensitivity_criterion  # noqa: E402
 
 register_criterion("pfp_sensitivity")(pfp_sensitivity_criterion)
-__all__ += ["pfp_sensitivity_criterion"]
+register_criterion("pfp_sampled")(pfp_sampled_criterion)
+register_criterion("l2_gm")(l2_gm_criterion)
+__all__ += ["l2_gm_criterion", "pfp_sampled_criterion", "pfp_sensitivity_criterion"]

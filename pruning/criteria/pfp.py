@@ -12,17 +12,37 @@ between), ``W`` the consumer's weights, ``W⁺ = max(W, 0)`` and ``W⁻ = max(�
 parts), and ``⋆`` the consumer's convolution. A ratio with a zero denominator counts 0. With ``a ≥ 0`` (a
 ReLU output) every ratio is a share of a sum of non-negative terms, so ``s_j ∈ [0, 1]``; PFP samples channel
 ``j`` with probability ``p_j = s_j / Σ s`` (see :mod:`agents.baselines.pfp`).
+
+**The sampled channel set as a ranking.** PFP keeps the channels drawn at least once in ``m`` i.i.d. draws from
+``p``. :func:`first_draws` draws the index of the draw at which each channel *first* appears in an endless
+sequence of such draws (exactly: after ``i`` distinct channels have appeared, the wait for a new one is
+geometric with success probability ``q_i`` = the mass of the unseen channels, and the new channel is drawn
+from the unseen ones in proportion to ``p``). The channels drawn in the first ``m`` draws are then exactly
+those with ``first ≤ m``, for every ``m`` at once. Ranking channels by ``first`` (earliest first) therefore
+makes PFP's sampled set the top-``k`` of a criterion, ``k = #{first ≤ m}``: that is ``pfp_sampled``
+(:func:`pfp_sampled_criterion`), which lets an env that keeps the top-k of its criterion keep PFP's draw.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..units import Unit, unit_conv
 
-__all__ = ["consumer_contributions", "pfp_sensitivity_criterion", "unit_activations"]
+__all__ = [
+    "consumer_contributions",
+    "draw_generator",
+    "first_draws",
+    "pfp_sampled_criterion",
+    "pfp_sensitivity_criterion",
+    "sampled_order_scores",
+    "unit_activations",
+]
 
 #: Most elements of one chunk's contribution tensor ``(n, C, C_next, H', W')`` (bounds the memory used).
 MAX_CHUNK_ELEMENTS = 1 << 24
@@ -119,3 +139,89 @@ def pfp_sensitivity_criterion(
         for start in range(0, a.shape[0], chunk):
             best = torch.maximum(best, _chunk_sensitivity(a[start : start + chunk], consumer, weight))
     return best.float().cpu()
+
+
+def draw_generator(seed: int, unit_index: int) -> np.random.Generator:
+    """The generator of unit ``unit_index``'s PFP draw for ``seed`` (criterion and baseline share it)."""
+    return np.random.default_rng([int(seed), int(unit_index)])
+
+
+def first_draws(p: np.ndarray | torch.Tensor, rng: np.random.Generator) -> np.ndarray:
+    """When each channel first appears in an endless sequence of i.i.d. draws from ``p`` (see the module).
+
+    Args:
+        p: Non-negative sampling weights ``(C,)`` (normalised here; PFP's sensitivities can be passed as is).
+        rng: The generator (:func:`draw_generator` for PFP's seeded draw).
+
+    Returns:
+        float64 ``(C,)``: the 1-based index of the draw at which channel ``j`` is first drawn; ``inf`` for
+        channels of zero weight (never drawn). The channels of ``m`` draws are those with ``first ≤ m``.
+    """
+    w = np.asarray(torch.as_tensor(p, dtype=torch.float64).cpu(), dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError("sampling weights must be finite and non-negative")
+    first = np.full(w.shape, math.inf)
+    total = w.sum()
+    if total <= 0:
+        return first
+    probs = w / total
+    unseen = probs > 0
+    t = 0.0
+    while unseen.any():
+        idx = np.flatnonzero(unseen)
+        q = float(probs[idx].sum())  # mass of the unseen channels (summed directly: no 1 - x cancellation)
+        u = 1.0 - rng.random()  # in (0, 1]
+        gap = 1.0 if q >= 1.0 else 1.0 + math.floor(math.log(u) / math.log1p(-q))
+        t += gap
+        j = int(rng.choice(idx, p=probs[idx] / q))
+        first[j] = t
+        unseen[j] = False
+    return first
+
+
+def pfp_sampled_criterion(
+    model: nn.Module,
+    unit: Unit,
+    *,
+    inputs: torch.Tensor | None = None,
+    seed: int = 0,
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """PFP's seeded importance-sampling order as scores: the top-k channels are the channels of a PFP draw.
+
+    Registered as ``"pfp_sampled"``: ``get_criterion("pfp_sampled", inputs=x, seed=s)``. The sensitivities
+    (:func:`pfp_sensitivity_criterion` on ``inputs``) are the sampling weights; :func:`first_draws` with
+    :func:`draw_generator` ``(seed, unit.index)`` orders the channels by first appearance, and the score of the
+    ``i``-th channel to appear is ``C − i`` (never-drawn channels, of zero sensitivity, come last by index).
+    For any sample size ``m``, keeping the top ``#{first ≤ m}`` channels keeps exactly the channels drawn at
+    least once in ``m`` draws; :class:`agents.baselines.PFPBaseline` (``deterministic=False``) solves those
+    counts with the same generator.
+
+    Args:
+        model: The model (plain or gated); not modified.
+        unit: The unit to score.
+        inputs: The calibration batch (as for ``pfp_sensitivity``).
+        seed: Seed of the draw.
+        max_chunk_elements: As for ``pfp_sensitivity``.
+
+    Returns:
+        Distinct integer-valued scores ``(C_out,)`` in ``[1, C]``, float32.
+
+    Raises:
+        ValueError: no calibration batch was given.
+    """
+    s = pfp_sensitivity_criterion(model, unit, inputs=inputs, max_chunk_elements=max_chunk_elements)
+    return sampled_order_scores(s, seed, unit.index)
+
+
+def sampled_order_scores(sensitivities: torch.Tensor, seed: int, unit_index: int) -> torch.Tensor:
+    """``pfp_sampled``'s scores from a unit's sensitivities: ``C − i`` for the ``i``-th channel to be drawn.
+
+    The draw is :func:`first_draws` with :func:`draw_generator` ``(seed, unit_index)``; ties (never-drawn
+    channels) are broken by channel index.
+    """
+    first = first_draws(sensitivities, draw_generator(seed, unit_index))
+    order = np.argsort(first, kind="stable")
+    scores = np.empty(len(first), dtype=np.float32)
+    scores[order] = np.arange(len(first), 0, -1, dtype=np.float32)
+    return torch.from_numpy(scores)

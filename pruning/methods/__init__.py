@@ -1,12 +1,33 @@
-"""Pruning methods that edit weights beyond slicing: data-free compensation of pruned channels.
+"""Pruning methods beyond slicing: compensation of pruned channels, knockoff-controlled scores, channel gating.
 
 | function       | what it does                                                        | source                      |
 |----------------|---------------------------------------------------------------------|-----------------------------|
 | `merge_pruned` | Neuron Merging: folds each pruned channel into a similar kept one   | Kim et al., NeurIPS 2020    |
+| `train_control_factors` | SCOP: knockoff-controlled channel scores `|γ|·(2β − 1)`  | Tang et al., NeurIPS 2020 |
+| `channel_gate` | Channel Gating: per-activation gates on a base-path partial sum      | Hua et al., NeurIPS 2019    |
+| `sparsity_train` | Polarization: BN scales pushed to 0 or 1; `threshold_plan` cuts | Zhuang et al., NeurIPS 2020 |
+| `GRDA`         | gRDA optimizer (unstructured ℓ1 dual averaging); `zero_filter_plan` | Chao et al., NeurIPS 2020   |
 """
 
 from __future__ import annotations
 
+from .channel_gating import CGConv, channel_gate
+from .grda import GRDA, zero_filter_plan
 from .neuron_merging import MergeReport, merge_pruned, merge_scales
+from .polarization import search_lambda_t, sparsity_train, threshold_plan
+from .scop import GaussianKnockoffs, train_control_factors
 
-__all__ = ["MergeReport", "merge_pruned", "merge_scales"]
+__all__ = [
+    "CGConv",
+    "GRDA",
+    "GaussianKnockoffs",
+    "MergeReport",
+    "channel_gate",
+    "merge_pruned",
+    "merge_scales",
+    "search_lambda_t",
+    "sparsity_train",
+    "threshold_plan",
+    "train_control_factors",
+    "zero_filter_plan",
+]
