@@ -71,7 +71,12 @@ def _runtime(model: str, budget: float) -> RuntimePruningEnv:
 
 
 def _assert_tight(policy: BaselinePolicy, env: Any, budget: float | None, param_budget: float | None = None) -> None:
-    """The plan meets the budgets, and one more channel in every unit (not at full width) breaks one of them."""
+    """The plan meets the budgets, and one more channel in every unit (not at full width) breaks one of them.
+
+    PFP is held to the first half only: its counts move along its sample sizes m(ε) (one global ε), which can
+    step one unit by several channels, so "one more channel everywhere" need not cross the budget; its own
+    tightness in ε is tested in test_pfp.py.
+    """
     target = PruningTarget.of(env)
     counts = policy.keep_counts
     assert counts is not None
@@ -82,7 +87,7 @@ def _assert_tight(policy: BaselinePolicy, env: Any, budget: float | None, param_
         return ok and (param_budget is None or target.params_fraction(c) <= param_budget + 1e-12)
 
     assert fits(counts)
-    if (counts < target.channels).any():
+    if (counts < target.channels).any() and policy.name != "pfp":
         assert not fits(np.minimum(counts + 1, target.channels))
 
 
