@@ -13,7 +13,7 @@ data, and measures each pruned model on the same axes:
 **Policies** are specs parsed by :func:`parse_policy`: a registered baseline name
 (:func:`agents.baselines.list_baselines`), optionally with constructor options, ``name:key=value,key=value``
 (e.g. ``l1:allocation=global``, ``neuron_merging:criterion=l2_gm``, ``pfp:deterministic=true``; values are
-read as YAML scalars). The row label is the spec. Three kinds run:
+read as YAML scalars). The row label is the spec. Baselines are of three kinds:
 
 * **static** (``uniform``, ``random``, ``l1``, ``l2``, ``bn_scale``, ``pfp``, ``neuron_merging``, ...): a
   :class:`envs.static.StaticPruningEnv` is built on the plain base model with the policy's channel criterion
@@ -39,8 +39,8 @@ read as YAML scalars). The row label is the spec. Three kinds run:
   reported as returned). ``train_seconds`` is the method's own figure (the wall time of ``build`` when it
   reports none), and its ``info`` is written as a JSON string.
 
-Saved agents are not specs yet: a path raises a ``ValueError`` saying that agents join compare through a
-``train_agent`` run directory (one more branch of :func:`parse_policy`).
+Trained agents join as the run directory ``train_agent.py`` wrote (kind ``"agent"``, see :func:`parse_policy`);
+any other path or file name raises a ``ValueError`` saying so.
 
 **Fine-tune.** With ``finetune_epochs > 0`` every final model (static, runtime with its plan in place, and
 trained) gets the same fine-tune (SGD, lr 0.01, cosine, batch 128), optionally on a fixed evenly strided subset
@@ -212,9 +212,9 @@ def parse_policy(spec: str) -> PolicySpec:
         The parsed spec, with its kind and whether it repeats over seeds.
 
     Raises:
-        ValueError: a path or file name (saved agents are not specs yet: they join compare through a
-            ``train_agent`` run directory), an unknown baseline (close matches suggested), or options the
-            baseline does not take.
+        ValueError: a path or file name that is not a finished ``train_agent`` run directory (saved agents join
+            compare only as one), an unknown baseline (close matches suggested), or options the baseline does
+            not take.
     """
     if is_agent_run(spec):
         return PolicySpec(spec, Path(spec).name, "agent", {"run_dir": str(spec)})
@@ -540,7 +540,8 @@ def _run_static(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finet
     finetune(pruned, seed, spec.label)
     cost = model_cost(base, plan)
     params = sum(p.numel() for p in pruned.parameters())
-    keep = [float(k) for k in plan.static_keep] if plan.static_keep is not None else None
+    # kept / full channels per unit, as applied (the plan's ratios are action values inside each count's interval)
+    keep = [int(k) / int(c) for k, c in zip(info["keep_counts"], env.channels, strict=True)]
     return _Result(
         model=pruned, val=env.validation_data, mac_fraction=float(cost.macs_fraction[0]), params=params,
         params_fraction=params / sum(p.numel() for p in base.parameters()), latency_model=pruned, keep_ratios=keep,
@@ -896,14 +897,14 @@ def draw_pareto(ax: Any, rows: Sequence[dict[str, Any]], *, title: str | None = 
     entries = aggregate(rows)
     max_params = max((e["params"][0] for e in entries), default=1.0) or 1.0
     policies = list(dict.fromkeys(e["policy"] for e in entries))
-    palette = matplotlib.colormaps["tab10" if len(policies) <= 10 else "tab20"]
+    palette = matplotlib.colormaps["tab20"]  # the 10 dark colours first, then their light companions
     for i, policy in enumerate(policies):
         pts = sorted((e for e in entries if e["policy"] == policy), key=lambda e: e["mac_fraction"][0])
         xs = [e["mac_fraction"][0] for e in pts]
         ys = [e["test_top1"][0] for e in pts]
         errs = [e["test_top1"][1] for e in pts]
         sizes = [20.0 + 280.0 * e["params"][0] / max_params for e in pts]
-        color = palette(i % palette.N)
+        color = palette((2 * i) % 20 + (i // 10) % 2)
         (line,) = ax.plot(xs, ys, styles.get(pts[0]["kind"], "-"), color=color, alpha=0.6, label=policy)
         ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor=line.get_color(), alpha=0.6, capsize=3)
         ax.scatter(xs, ys, s=sizes, color=line.get_color(), alpha=0.8, edgecolors="black", linewidths=0.5)
@@ -911,7 +912,7 @@ def draw_pareto(ax: Any, rows: Sequence[dict[str, Any]], *, title: str | None = 
     ax.set_ylabel("test top-1 (%)")
     ax.set_title((title + "\n" if title else "") + "top-1 vs MACs (marker area ∝ stored params)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="best")
 
 
 def pareto_plot(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str | None = None) -> None:

@@ -49,6 +49,7 @@ from pruning.gating import gate_model, gated_units
 from pruning.models import get_model
 from pruning.plan import PruningPlan
 from pruning.train import dataset_for_model, evaluate
+from pruning.units import get_units
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL: dict[str, Any] = {
@@ -84,6 +85,11 @@ def test_compare_writes_table_csv_and_plot(tmp_path: Path) -> None:
         assert json.loads(row["info"])["criterion"] == "l1"
         if row["policy"] != "neuron_merging":  # merging changes the weights after the env scored the plan
             assert row["val_top1"] == pytest.approx(row["val_top1_env"])
+    # keep ratios are kept / full channels of every unit
+    channels = [u.out_channels for u in get_units(get_model("tiny_cnn"))]
+    for row in rows:
+        counts = [float(r) * c for r, c in zip(row["keep_ratios"].split(), channels, strict=True)]
+        assert all(abs(k - round(k)) < 0.01 for k in counts)
     # the two allocations give different plans at the same budget
     ratios = {(r["policy"], r["budget"]): r["keep_ratios"] for r in rows}
     assert ratios[("l1", 0.5)] != ratios[("l1:allocation=global", 0.5)]
