@@ -44,7 +44,8 @@ any other path or file name raises a ``ValueError`` saying so.
 
 **Fine-tune.** With ``finetune_epochs > 0`` every final model (static, runtime with its plan in place, and
 trained) gets the same fine-tune (SGD, lr 0.01, cosine, batch 128), optionally on a fixed evenly strided subset
-of ``finetune_images`` training images. Costs are not re-measured for trained methods: a method whose sparsity
+of ``finetune_images`` training images; a plain model identical to one already fine-tuned (same layers, weights
+and seed, e.g. ``uniform`` and ``l1``) reuses that result. Costs are not re-measured for trained methods: a method whose sparsity
 lives in zero weights must keep it under training (e.g. with ``torch.nn.utils.parametrize``).
 
 With ``include_base`` (the command line's default) the first row, ``base``, is the unpruned plain model as
@@ -63,6 +64,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -629,14 +631,37 @@ def _run_agent(bench: _Bench, spec: PolicySpec) -> _Result:
     )  # fmt: skip
 
 
+def _fingerprint(model: nn.Module) -> str:
+    """A digest of ``model``'s layers and every state tensor: equal digests mean equal models."""
+    digest = hashlib.sha256(str(model).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class _Finetune:
-    """The equal fine-tune of every final model (nothing when ``epochs`` is 0)."""
+    """The equal fine-tune of every final model (nothing when ``epochs`` is 0).
+
+    The fine-tune is deterministic given the model, the data and the seed, so a plain (ungated) model equal in
+    every layer and tensor to one already fine-tuned with the same seed (e.g. ``uniform`` and ``l1``, which
+    rank channels alike on plain models) gets the stored result instead of a second identical training run.
+    Gated models are always trained: their runtime plan lives outside the state dict.
+    """
 
     def __init__(self, bench: _Bench, epochs: int) -> None:
         self.bench, self.epochs = bench, epochs
+        self._done: dict[tuple[str, int], tuple[str, dict[str, torch.Tensor]]] = {}
 
     def __call__(self, model: nn.Module, seed: int, label: str) -> None:
         if self.epochs <= 0:
+            return
+        key = (_fingerprint(model), seed) if not is_gated(model) else None
+        if key is not None and key in self._done:
+            first, state = self._done[key]
+            log.info("%s: the same model as %s before fine-tuning; its fine-tuned weights are reused", label, first)
+            model.load_state_dict(state)
+            model.eval()
             return
         data = _strided(self.bench.split("train", model), self.bench.finetune_images, "finetune_images")
         config = TrainConfig(
@@ -644,6 +669,8 @@ class _Finetune:
         )
         train(model, data, config, progress=False, desc=f"finetune {label}")
         model.eval()
+        if key is not None:
+            self._done[key] = (label, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -269,6 +269,26 @@ def half_width() -> Iterator[str]:
         baselines_base._BASELINES = saved
 
 
+def test_identical_models_are_fine_tuned_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[str] = []
+
+    def spy(model: nn.Module, data: ImageDataset, config: Any, **kw: Any) -> dict[str, Any]:
+        trained.append(kw["desc"])
+        return training.train(model, data, config, **kw)
+
+    monkeypatch.setattr("agents.compare.train", spy)
+    ft = {"finetune_epochs": 1, "finetune_images": 32, "latency": False, **SMALL}
+    rows = compare(["uniform", "random", "l1"], [0.5], out_dir=tmp_path / "all", **ft)
+    # uniform ranks by L1 on a plain model: l1 is the same model and reuses its fine-tune; random is trained
+    assert trained == ["finetune uniform", "finetune random"]
+    by = {r["policy"]: r for r in rows}
+    alone = compare(["l1"], [0.5], out_dir=tmp_path / "alone", **ft)[0]
+    assert trained[-1] == "finetune l1"
+    for key in ("val_top1", "test_top1", "mac_fraction", "params"):
+        assert by["l1"][key] == by["uniform"][key] == alone[key]
+    assert by["random"]["params"] != by["l1"]["params"]
+
+
 def test_training_based_baseline_runs_through_build(tmp_path: Path, half_width: str) -> None:
     assert half_width in list_baselines() and parse_policy(half_width).kind == "trained"
     _CALLS.clear()
