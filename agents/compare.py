@@ -44,9 +44,15 @@ any other path or file name raises a ``ValueError`` saying so.
 
 **Fine-tune.** With ``finetune_epochs > 0`` every final model (static, runtime with its plan in place, and
 trained) gets the same fine-tune (SGD, lr 0.01, cosine, batch 128), optionally on a fixed evenly strided subset
-of ``finetune_images`` training images; a plain model identical to one already fine-tuned (same layers, weights
-and seed, e.g. ``uniform`` and ``l1``) reuses that result. Costs are not re-measured for trained methods: a method whose sparsity
-lives in zero weights must keep it under training (e.g. with ``torch.nn.utils.parametrize``).
+of ``finetune_images`` training images; a plain model identical to one already fine-tuned (same layers,
+weights and seed, e.g. ``uniform`` and ``l1``) reuses that result. Costs are not re-measured for trained
+methods: a method whose sparsity lives in zero weights must keep it under training (e.g. with
+``torch.nn.utils.parametrize``).
+
+**Infeasible runs are skipped, not fatal.** A policy that raises ``ValueError`` at one budget (e.g.
+``channel_gating`` below the MACs its always-on base paths cost) gets no row: a warning is logged, the run is
+listed under "Skipped" in ``results.md`` with the error, and the comparison goes on. If every run is skipped,
+``compare`` raises ``ValueError`` with all the messages.
 
 With ``include_base`` (the command line's default) the first row, ``base``, is the unpruned plain model as
 given (never fine-tuned): the reference for accuracy and latency.
@@ -737,7 +743,8 @@ def compare(
 
     Raises:
         ValueError: an unknown policy or option, a saved agent, no policies, budgets or seeds, a bad budget,
-            a gated model for static or trained policies, or a budget a policy cannot meet.
+            a gated model for static or trained policies, or every run skipped (a run a policy cannot do
+            at its budget is skipped and listed in ``results.md``, see above).
     """
     specs = [parse_policy(p) for p in dict.fromkeys(policies)]
     if not specs or not budgets or not seeds:
@@ -785,11 +792,19 @@ def compare(
     if include_base and bench.base is not None:
         runs.insert(0, (PolicySpec("base", "base", "base"), 1.0, int(seeds[0])))
     rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     bar = tqdm(runs, desc="compare", disable=not progress, file=sys.stderr)
     for spec, budget, seed in bar:
         bar.set_postfix_str(f"{spec.label} @ {budget:g} seed {seed}")
         start = time.perf_counter()
-        res = runners[spec.kind](spec, budget, seed)
+        try:
+            res = runners[spec.kind](spec, budget, seed)
+        except ValueError as exc:  # one infeasible combination (e.g. a budget below a method's floor)
+            if spec.kind in ("base", "agent"):
+                raise
+            skipped.append(f"{spec.label} @ {budget:g} (seed {seed}): {exc}")
+            log.warning("skipped %s", skipped[-1])
+            continue
         res.model.eval()
 
         def timed(batch: int, repeats: int, model: nn.Module = res.latency_model) -> float:
@@ -833,8 +848,13 @@ def compare(
         title = f"{model_name} on {dataset}, fine-tune {finetune_epochs} epoch(s)"
         if any_trained:
             title += f", training-based methods {train_epochs:g} epoch(s)"
+    if skipped and all(r["kind"] == "base" for r in rows):
+        raise ValueError("every run was skipped:\n  " + "\n  ".join(skipped))
     write_csv(out / "results.csv", rows)
-    (out / "results.md").write_text(markdown_table(aggregate(rows), title=title), encoding="utf-8")
+    table = markdown_table(aggregate(rows), title=title)
+    if skipped:
+        table += "\n\nSkipped (no row):\n\n" + "\n".join(f"- {line}" for line in skipped) + "\n"
+    (out / "results.md").write_text(table, encoding="utf-8")
     pareto_plot(rows, out / "pareto.png", title=title)
     log.info("wrote %s, %s and %s", out / "results.csv", out / "results.md", out / "pareto.png")
     return rows

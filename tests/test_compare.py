@@ -407,3 +407,15 @@ def test_measure_latency_restores_the_thread_setting() -> None:
     before = torch.get_num_threads()
     assert measure_latency(model, 2, repeats=2, threads=1) > 0
     assert torch.get_num_threads() == before
+
+
+def test_a_run_a_policy_cannot_do_is_skipped_and_listed(tmp_path: Path) -> None:
+    # closing every gate of tiny_cnn still costs 0.53 of its MACs: channel gating cannot reach 0.4
+    rows = compare(["channel_gating", "l1"], [0.7, 0.4], train_epochs=0.1, out_dir=tmp_path, latency=False, **SMALL)
+    assert [(r["policy"], r["budget"]) for r in rows] == [("channel_gating", 0.7), ("l1", 0.7), ("l1", 0.4)]
+    md = (tmp_path / "results.md").read_text()
+    assert "Skipped" in md and "channel_gating @ 0.4 (seed 0)" in md and "below what channel gating can reach" in md
+    assert len(_csv(tmp_path / "results.csv")) == 3
+    with pytest.raises(ValueError, match="every run was skipped"):
+        compare(["channel_gating"], [0.4], train_epochs=0.1, out_dir=tmp_path / "none", include_base=True,
+                latency=False, **SMALL)  # fmt: skip

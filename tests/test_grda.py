@@ -158,3 +158,50 @@ def test_build_trains_with_grda_and_slices_zero_filters_without_touching_base() 
     assert sum(info["zero_filters"]) > 0 and built.macs_fraction < 1.0
     assert built.keep_ratios == [w / u.out_channels for w, u in zip(widths, units, strict=True)]
     assert isinstance(get_baseline("grda"), GRDABaseline)
+
+
+def test_search_c_brackets_the_target_on_a_log_scale_and_returns_the_closest_run() -> None:
+    # the zero-filter MACs fall steeply over a narrow range of c (a filter drops only when its last weight does),
+    # and multi-threaded CPU training is not bit-exact, so the assertions hold for whatever each run measures
+    base = randomize_(get_model("tiny_cnn"), seed=0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    data = dataset_for_model(get_dataset("synthetic", split="train", size=128), base)
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.1, schedule="constant", weight_decay=0.0)
+    target, tol, most = 0.5, 0.2, 10
+    result = grda.search_c(base, data, config, target=target, c0=0.05, tolerance=tol, max_trials=most, progress=False)
+    cs, fracs = [tr.c for tr in result.trials], [tr.macs_fraction for tr in result.trials]
+    assert fracs[0] == 1.0  # c0 = 0.05 zeroes no whole filter in 8 steps
+    # c grows by the factor while every run prunes too little, then each new c is the bracket's geometric middle
+    first_below = next(i for i, f in enumerate(fracs) if f <= target)
+    assert cs[: first_below + 1] == pytest.approx([0.05 * 4**i for i in range(first_below + 1)])
+    for i in range(first_below + 1, len(cs)):
+        low = max(c for c, f in zip(cs[:i], fracs[:i], strict=True) if f > target)
+        high = min(c for c, f in zip(cs[:i], fracs[:i], strict=True) if f <= target)
+        assert low < cs[i] < high and cs[i] == pytest.approx((low * high) ** 0.5)
+    assert result.hit and abs(result.best.macs_fraction - target) <= tol
+    assert result.best is result.trials[-1]  # it stops at the first run within the tolerance
+    assert all(abs(f - target) > tol for f in fracs[:-1])
+    plan, _ = zero_filter_plan(result.model)
+    assert float(model_cost(result.model, plan).macs_fraction[0]) == pytest.approx(result.best.macs_fraction)
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, before[k]), f"base changed at {k}"
+    with pytest.raises(ValueError, match="target"):
+        grda.search_c(base, data, config, target=0.0)
+    with pytest.raises(ValueError, match="c0"):
+        grda.search_c(base, data, config, target=0.5, c0=0.0)
+
+
+def test_build_with_search_meets_the_budget_and_reports_every_trial() -> None:
+    base = randomize_(get_model("tiny_cnn"), seed=0)
+    train_set = dataset_for_model(get_dataset("synthetic", split="train", size=128), base)
+    val_set = dataset_for_model(get_dataset("synthetic", split="val", size=32), base)
+    context = TrainContext(train_set=train_set, val_set=val_set, budget=0.5, epochs=2)
+    baseline = GRDABaseline(lr=0.1, c=0.05, batch_size=32, search=True, tolerance=0.2, max_trials=10)
+    built = baseline.build(base, context)
+    info = built.info
+    assert info["search_hit"] and abs(built.macs_fraction - 0.5) <= 0.2
+    assert len(info["trials"]) >= 2 and info["trials"][-1]["c"] == info["c"]
+    assert built.macs_fraction == pytest.approx(info["trials"][-1]["macs_fraction"])
+    assert info["steps"] == 8
+    with pytest.raises(ValueError, match="c must be > 0"):
+        GRDABaseline(c=0.0, search=True)

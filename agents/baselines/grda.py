@@ -8,7 +8,13 @@ sparsity, reported in ``info`` (``conv_sparsity``: the fraction of exactly-zero 
 implies: every unit filter whose weights are all zero (``max |w| <= zero_tol``, default 1e-8) is removed with
 :func:`pruning.export.export_static`, and ``macs_fraction`` / ``params_fraction`` are those of the exported
 model. A filter with a single non-zero weight stays, so the structured saving is usually far below the
-unstructured sparsity; the budget in ``context.budget`` is not used (gRDA has no sparsity target).
+unstructured sparsity.
+
+**The budget is used only with ``search=True``.** gRDA has no sparsity target: by default one run with the
+given ``c`` decides the MACs, and ``context.budget`` is ignored. With ``search=True``,
+:func:`pruning.methods.grda.search_c` trains up to ``max_trials`` runs of ``context.epochs`` each, searching
+``c`` on a log scale until the zero-filter plan's MAC fraction is within ``tolerance`` of the budget (a
+search of ours, for comparisons at a fixed budget; ``train_seconds`` covers every trial).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from pruning.methods.grda import conv_sparsity, grda_builder, zero_filter_plan
+from pruning.methods.grda import conv_sparsity, grda_builder, search_c, zero_filter_plan
 from pruning.train import TrainConfig, fractional_epochs, train
 
 from .base import BuiltModel, TrainContext, TrainedBaseline, register_baseline
@@ -33,7 +39,8 @@ class GRDABaseline(TrainedBaseline):
     """Train with gRDA, report its unstructured sparsity, prune the all-zero filters (training-based).
 
     Args:
-        budget: Unused (gRDA has no sparsity target; accepted for a uniform constructor).
+        budget: MAC target of ``search=True``; ``None`` (default) uses ``context.budget``. Without the
+            search it is not used (gRDA has no sparsity target).
         lr: gRDA learning rate (constant). Default 0.02, the learning rate the shared CIFAR-10 ResNets were
             fine-tuned with.
         c: Sparsity strength. Default 0.5: the paper's 5e-4 to 5e-3 act over hundreds of epochs; after ~70 steps
@@ -42,9 +49,13 @@ class GRDABaseline(TrainedBaseline):
         mu: Threshold growth exponent. Default 0.51 (the paper's recommendation).
         batch_size: Images per step. Default 128.
         zero_tol: Largest ``|w|`` counted as zero when dropping filters. Default 1e-8.
+        search: Search ``c`` (starting at ``c``) for the budget instead of one run with ``c``.
+        tolerance: The search's tolerance, absolute in MAC fraction. Default 0.05.
+        max_trials: Most training runs of the search. Default 6.
 
     Raises:
-        ValueError: non-positive ``lr`` or ``batch_size``, negative ``c``, ``mu`` or ``zero_tol``.
+        ValueError: non-positive ``lr`` or ``batch_size``, negative ``c``, ``mu`` or ``zero_tol``, ``c = 0``
+            with ``search``.
     """
 
     def __init__(
@@ -56,6 +67,9 @@ class GRDABaseline(TrainedBaseline):
         mu: float = 0.51,
         batch_size: int = 128,
         zero_tol: float = 1e-8,
+        search: bool = False,
+        tolerance: float = 0.05,
+        max_trials: int = 6,
     ) -> None:
         super().__init__(budget=budget)
         if not (lr > 0 and batch_size > 0):
@@ -63,29 +77,45 @@ class GRDABaseline(TrainedBaseline):
         if not (c >= 0 and mu >= 0 and zero_tol >= 0):
             raise ValueError(f"c, mu and zero_tol must be >= 0, got {c}, {mu} and {zero_tol}")
         self.lr, self.c, self.mu = float(lr), float(c), float(mu)
+        if search and not c > 0:
+            raise ValueError(f"the search starts at c and scales it, so c must be > 0, got {c}")
         self.batch_size, self.zero_tol = int(batch_size), float(zero_tol)
+        self.search, self.tolerance, self.max_trials = bool(search), float(tolerance), int(max_trials)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(lr={self.lr}, c={self.c}, mu={self.mu}, zero_tol={self.zero_tol})"
+        return (
+            f"{type(self).__name__}(lr={self.lr}, c={self.c}, mu={self.mu}, zero_tol={self.zero_tol}, "
+            f"search={self.search}, budget={self.budget})"
+        )
 
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
         """Train a copy of ``base`` with gRDA for ``context.epochs`` and drop its all-zero filters (``base`` unchanged).
 
         Returns:
             The exported model and its costs; ``info`` holds ``conv_sparsity``, ``unit_conv_sparsity``,
-            ``zero_filters`` (per unit), ``zero_tol``, ``lr``, ``c``, ``mu``, ``epochs`` and ``steps``.
+            ``zero_filters`` (per unit), ``zero_tol``, ``lr``, ``c`` (the chosen one with the search), ``mu``,
+            ``epochs``, ``steps`` (of the returned run) and, with the search, ``trials`` (c, MAC fraction
+            and conv sparsity of each run) and ``search_hit``.
         """
         data, whole = fractional_epochs(context.train_set, context.epochs, seed=context.seed)
         config = TrainConfig(
             epochs=whole, batch_size=self.batch_size, lr=self.lr, schedule="constant", weight_decay=0.0,
             seed=context.seed, device=context.device,
         )  # fmt: skip
-        work = copy.deepcopy(base)
+        extra: dict[str, Any] = {}
         t0 = time.perf_counter()
-        history = train(
-            work, data, config, make_optimizer=grda_builder(c=self.c, mu=self.mu), progress=context.progress,
-            desc="grda",
-        )  # fmt: skip
+        if self.search:
+            result = search_c(
+                base, data, config, target=self.budget if self.budget is not None else context.budget, c0=self.c,
+                mu=self.mu, tolerance=self.tolerance, max_trials=self.max_trials, zero_tol=self.zero_tol,
+                progress=context.progress, desc="grda",
+            )  # fmt: skip
+            work, c = result.model, result.best.c
+            extra = {"trials": [vars(tr).copy() for tr in result.trials], "search_hit": result.hit}
+        else:
+            work, c = copy.deepcopy(base), self.c
+            train(work, data, config, make_optimizer=grda_builder(c=c, mu=self.mu), progress=context.progress,
+                  desc="grda")  # fmt: skip
         seconds = time.perf_counter() - t0
         plan, zeros = zero_filter_plan(work, tol=self.zero_tol)
         info: dict[str, Any] = {
@@ -94,9 +124,10 @@ class GRDABaseline(TrainedBaseline):
             "zero_filters": zeros,
             "zero_tol": self.zero_tol,
             "lr": self.lr,
-            "c": self.c,
+            "c": c,
             "mu": self.mu,
             "epochs": float(context.epochs),
-            "steps": int(history["steps"]),
+            "steps": whole * -(-len(data) // self.batch_size),
+            **extra,
         }
         return static_result(base, work, plan, train_seconds=seconds, info=info)

@@ -33,18 +33,25 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..accounting import model_cost
+from ..data import ImageDataset
 from ..plan import PruningPlan
-from ..train import OptimizerBuilder, TrainConfig
+from ..train import OptimizerBuilder, TrainConfig, train
 from ..units import get_units, unit_conv
 
-__all__ = ["GRDA", "conv_sparsity", "grda_builder", "zero_filter_plan"]
+__all__ = ["GRDA", "CSearchResult", "CTrial", "conv_sparsity", "grda_builder", "search_c", "zero_filter_plan"]
+
+log = logging.getLogger(__name__)
 
 
 class GRDA(torch.optim.Optimizer):
@@ -179,3 +186,116 @@ def zero_filter_plan(model: nn.Module, *, tol: float = 1e-8) -> tuple[PruningPla
         zeros.append(unit.out_channels - nonzero)
         keep.append(max(1, nonzero) / unit.out_channels)
     return PruningPlan(static_keep=keep, static_scores=scores), zeros
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A MAC target: search c
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CTrial:
+    """One gRDA training run of :func:`search_c`."""
+
+    c: float
+    """The sparsity strength of the run."""
+    macs_fraction: float
+    """MACs of the zero-filter plan (:func:`zero_filter_plan`) over the unpruned model's."""
+    conv_sparsity: float
+    """Unstructured sparsity of all conv weights after the run."""
+
+
+@dataclass
+class CSearchResult:
+    """What :func:`search_c` found: the trained copy closest to the target and every trial."""
+
+    model: nn.Module
+    """The gRDA-trained copy of the best trial (not yet pruned)."""
+    best: CTrial
+    """The trial closest to the target."""
+    trials: list[CTrial] = field(default_factory=list)
+    """All trials, in order."""
+    hit: bool = False
+    """Whether the best trial is within the tolerance the search was run with."""
+
+
+def search_c(
+    model: nn.Module,
+    train_set: ImageDataset,
+    config: TrainConfig,
+    *,
+    target: float,
+    c0: float = 0.5,
+    mu: float = 0.51,
+    factor: float = 4.0,
+    tolerance: float = 0.05,
+    max_trials: int = 6,
+    zero_tol: float = 1e-8,
+    **train_kwargs: Any,
+) -> CSearchResult:
+    """Find the gRDA strength ``c`` whose all-zero filters leave a MAC target: a search of ours, not the paper's.
+
+    gRDA has no sparsity target (the paper reports whatever sparsity its ``c`` and schedule give), so a
+    comparison at a fixed MAC budget needs ``c`` chosen for it. Every trial trains a fresh copy of ``model``
+    with gRDA (``config``; :func:`pruning.train.train`) and costs the zero-filter plan exactly
+    (:func:`zero_filter_plan`, :func:`pruning.accounting.model_cost`). A larger ``c`` zeroes more, so ``c``
+    is searched on a log scale: multiplied (divided) by ``factor`` from ``c0`` until the target is bracketed,
+    then bisected geometrically. The search stops when ``|MAC fraction − target| <= tolerance`` (absolute)
+    or after ``max_trials`` runs and returns the trial closest to the target.
+
+    Args:
+        model: A plain model; not modified (each trial trains a deep copy).
+        train_set: Training split, normalised for the model.
+        config: Training configuration of every trial (``weight_decay`` must be 0, see :func:`grda_builder`).
+        target: MAC fraction to reach, in ``(0, 1]``.
+        c0: First ``c``. Default 0.5.
+        mu: μ of every run. Default 0.51.
+        factor: Step of ``c`` while the target is not bracketed. Default 4.
+        tolerance: Absolute tolerance in MAC fraction. Default 0.05.
+        max_trials: Most training runs. Default 6.
+        zero_tol: Largest ``|w|`` counted as zero (:func:`zero_filter_plan`).
+        **train_kwargs: Passed on to :func:`pruning.train.train` (``progress``, ``desc``, ...).
+
+    Returns:
+        A :class:`CSearchResult` (its ``hit`` says whether the tolerance was met).
+
+    Raises:
+        ValueError: ``target`` outside ``(0, 1]``, ``c0 <= 0``, ``factor <= 1`` or ``max_trials < 1``.
+    """
+    if not (0.0 < target <= 1.0):
+        raise ValueError(f"target must be a MAC fraction in (0, 1], got {target}")
+    if not (c0 > 0 and factor > 1):
+        raise ValueError(f"c0 must be > 0 and factor > 1, got {c0} and {factor}")
+    if max_trials < 1:
+        raise ValueError(f"max_trials must be >= 1, got {max_trials}")
+    low: float | None = None  # largest c that pruned too little
+    high: float | None = None  # smallest c that pruned too much
+    c = c0
+    trials: list[CTrial] = []
+    best: tuple[float, CTrial, nn.Module] | None = None
+    for _ in range(max_trials):
+        work = copy.deepcopy(model)
+        train(work, train_set, config, make_optimizer=grda_builder(c=c, mu=mu), **train_kwargs)
+        plan, _ = zero_filter_plan(work, tol=zero_tol)
+        trial = CTrial(
+            c=c, macs_fraction=float(model_cost(work, plan).macs_fraction[0]),
+            conv_sparsity=conv_sparsity(work, tol=zero_tol),
+        )  # fmt: skip
+        trials.append(trial)
+        log.info("gRDA search: c=%.4g → conv sparsity %.3f, MAC fraction %.4f (target %.4f)",
+                 c, trial.conv_sparsity, trial.macs_fraction, target)  # fmt: skip
+        err = abs(trial.macs_fraction - target)
+        if best is None or err < best[0]:
+            best = (err, trial, work)
+        if err <= tolerance:
+            break
+        if trial.macs_fraction > target:
+            low = c if low is None else max(low, c)
+        else:
+            high = c if high is None else min(high, c)
+        if low is not None and high is not None:
+            c = math.sqrt(low * high)
+        else:
+            c = c * factor if high is None else c / factor
+    assert best is not None
+    return CSearchResult(model=best[2], best=best[1], trials=trials, hit=best[0] <= tolerance)
