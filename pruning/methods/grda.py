@@ -37,7 +37,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,8 +48,9 @@ from ..data import ImageDataset
 from ..plan import PruningPlan
 from ..train import OptimizerBuilder, TrainConfig, train
 from ..units import get_units, unit_conv
+from .search import SearchResult
 
-__all__ = ["GRDA", "CSearchResult", "CTrial", "conv_sparsity", "grda_builder", "search_c", "zero_filter_plan"]
+__all__ = ["GRDA", "CTrial", "conv_sparsity", "grda_builder", "search_c", "zero_filter_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -205,20 +206,6 @@ class CTrial:
     """Unstructured sparsity of all conv weights after the run."""
 
 
-@dataclass
-class CSearchResult:
-    """What :func:`search_c` found: the trained copy closest to the target and every trial."""
-
-    model: nn.Module
-    """The gRDA-trained copy of the best trial (not yet pruned)."""
-    best: CTrial
-    """The trial closest to the target."""
-    trials: list[CTrial] = field(default_factory=list)
-    """All trials, in order."""
-    hit: bool = False
-    """Whether the best trial is within the tolerance the search was run with."""
-
-
 def search_c(
     model: nn.Module,
     train_set: ImageDataset,
@@ -232,7 +219,7 @@ def search_c(
     max_trials: int = 6,
     zero_tol: float = 1e-8,
     **train_kwargs: Any,
-) -> CSearchResult:
+) -> SearchResult[CTrial]:
     """Find the gRDA strength ``c`` whose all-zero filters leave a MAC target: a search of ours, not the paper's.
 
     gRDA has no sparsity target (the paper reports whatever sparsity its ``c`` and schedule give), so a
@@ -257,7 +244,8 @@ def search_c(
         **train_kwargs: Passed on to :func:`pruning.train.train` (``progress``, ``desc``, ...).
 
     Returns:
-        A :class:`CSearchResult` (its ``hit`` says whether the tolerance was met).
+        A :class:`~pruning.methods.search.SearchResult` of :class:`CTrial` (its ``hit`` says whether the
+        tolerance was met; its ``model`` is the gRDA-trained copy of the best trial).
 
     Raises:
         ValueError: ``target`` outside ``(0, 1]``, ``c0 <= 0``, ``factor <= 1`` or ``max_trials < 1``.
@@ -298,4 +286,4 @@ def search_c(
         else:
             c = c * factor if high is None else c / factor
     assert best is not None
-    return CSearchResult(model=best[2], best=best[1], trials=trials, hit=best[0] <= tolerance)
+    return SearchResult(model=best[2], best=best[1], trials=trials, hit=best[0] <= tolerance)

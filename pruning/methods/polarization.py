@@ -50,7 +50,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,7 @@ from ..plan import PruningPlan
 from ..registry import Registry
 from ..train import ExtraLoss, StepHook, TrainConfig, train
 from ..units import get_units
+from .search import SearchResult
 
 __all__ = [
     "SearchResult",
@@ -341,20 +342,6 @@ class SearchTrial:
     """MACs of the thresholded plan over the unpruned model's."""
 
 
-@dataclass
-class SearchResult:
-    """What :func:`search_lambda_t` found: the trained copy closest to the target and every trial."""
-
-    model: nn.Module
-    """The sparsity-trained copy of the best trial (not yet pruned)."""
-    best: SearchTrial
-    """The trial closest to the target."""
-    trials: list[SearchTrial] = field(default_factory=list)
-    """All trials, in order."""
-    hit: bool = False
-    """Whether the best trial is within the tolerance the search was run with."""
-
-
 def _plan_macs_fraction(model: nn.Module, plan: PruningPlan) -> float:
     return float(model_cost(model, plan).macs_fraction[0])
 
@@ -372,7 +359,7 @@ def search_lambda_t(
     max_trials: int = 8,
     lam_steps: int = 4,
     **train_kwargs: Any,
-) -> SearchResult:
+) -> SearchResult[SearchTrial]:
     """Find ``(λ, t)`` whose thresholded plan meets a MAC target: the paper's Algorithm 1, as we implement it.
 
     methods.md §2 summarises Algorithm 1 as "a binary search of λ starting from ``[0, 2e-4]`` and steps of
