@@ -65,6 +65,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--finetune-epochs", nargs="+", type=int, default=[0, 1],
         help="fine-tune settings, one compare run each (default 0 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--gated-model", type=Path, default=None,
+        help="gated model with trained predictors for runtime policies (a `prunegym pretrain` model.pt; one model)",
+    )  # fmt: skip
     p.add_argument("--finetune-images", type=int, default=None, help="fine-tune on a fixed subset of N train images")
     p.add_argument("--test-images", type=int, default=None, help="score N test images, evenly strided (default all)")
     p.add_argument("--num-val", type=int, default=512, help="validation subset of the env (default 512)")
@@ -146,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = [f"command: `{command}`", "", f"policies: {', '.join(policies)}", ""]
     all_rows: list[dict[str, Any]] = []
     total = time.perf_counter()
+    if args.gated_model is not None and len(args.models) > 1:
+        raise SystemExit("--gated-model is one model's: run one --models at a time with it")
     for model in args.models:
         weights = weights_of(args, model)
         model_rows: list[dict[str, Any]] = []
@@ -156,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data_dir=args.data_dir / "cifar10", num_val=args.num_val, test_images=args.test_images,
                 seeds=args.seeds, finetune_epochs=ft, finetune_images=args.finetune_images,
                 train_epochs=args.train_epochs, out_dir=out / model / f"ft{ft}", latency=not args.no_latency,
+                gated_model=args.gated_model,
                 progress=True, include_base=True, latency_threads=args.latency_threads,
             )  # fmt: skip
             wall = time.perf_counter() - start
