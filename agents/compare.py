@@ -70,6 +70,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -90,6 +91,7 @@ from tqdm import tqdm
 
 from agents.baselines import (
     BaselinePolicy,
+    BuiltModel,
     TrainContext,
     TrainedBaseline,
     baseline_class,
@@ -582,18 +584,32 @@ def _run_runtime(bench: _Bench, spec: PolicySpec, budget: float, seed: int, fine
 
 
 def _run_trained(
-    bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: _Finetune, train_epochs: float, progress: bool
+    bench: _Bench,
+    spec: PolicySpec,
+    budget: float,
+    seed: int,
+    finetune: _Finetune,
+    train_epochs: float,
+    progress: bool,
+    built_models: dict[tuple[Any, ...], tuple[BuiltModel, float]] | None,
 ) -> _Result:
     base = bench.plain("training-based")
-    policy = spec.build(seed)
-    assert isinstance(policy, TrainedBaseline)
-    context = TrainContext(
-        train_set=bench.split("train", base), val_set=bench.split("val", base), budget=budget, seed=seed,
-        epochs=train_epochs, device=str(bench.device), progress=progress,
-    )  # fmt: skip
-    start = time.perf_counter()
-    built = policy.build(copy.deepcopy(base), context)
-    wall = time.perf_counter() - start
+    key = (_fingerprint(base), spec.label, budget, seed, train_epochs)
+    if built_models is not None and key in built_models:
+        kept, wall = built_models[key]
+        built = dataclasses.replace(kept, model=copy.deepcopy(kept.model))
+    else:
+        policy = spec.build(seed)
+        assert isinstance(policy, TrainedBaseline)
+        context = TrainContext(
+            train_set=bench.split("train", base), val_set=bench.split("val", base), budget=budget, seed=seed,
+            epochs=train_epochs, device=str(bench.device), progress=progress,
+        )  # fmt: skip
+        start = time.perf_counter()
+        built = policy.build(copy.deepcopy(base), context)
+        wall = time.perf_counter() - start
+        if built_models is not None:  # kept before the fine-tune changes the model in place
+            built_models[key] = (dataclasses.replace(built, model=copy.deepcopy(built.model)), wall)
     model = built.model.to(bench.device).eval()
     if built.macs_fraction > budget * 1.01:
         log.warning("%s @ %g: the method's model keeps %.4f of the MACs", spec.label, budget, built.macs_fraction)
@@ -706,6 +722,7 @@ def compare(
     title: str | None = None,
     include_base: bool = False,
     latency_threads: int | None = None,
+    built_models: dict[tuple[Any, ...], tuple[BuiltModel, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every policy × budget (× seed) on the same base model and data; write the table and the plot.
 
@@ -737,6 +754,11 @@ def compare(
         title: Title of the table and the plot (default: model, dataset, fine-tune and training budget).
         include_base: Start with a ``base`` row: the unpruned plain model as given (never fine-tuned), the
             reference every policy is measured against (kind ``"base"``, budget and MAC fraction 1).
+        built_models: A dict to share between calls on the same base model and data (e.g. one call per
+            fine-tune setting): what training-based methods build is kept in it, keyed by (a digest of the
+            base model's layers and weights, policy, budget, seed, ``train_epochs``), and a later call starts
+            from a copy instead of training again
+            (its ``train_seconds`` is the first call's). ``None`` (default): every call trains.
 
     Returns:
         One dict per run, with the keys of :data:`CSV_FIELDS` (``info`` is a JSON string).
@@ -775,7 +797,7 @@ def compare(
         "base": lambda s, b, seed: _run_base(bench),
         "static": lambda s, b, seed: _run_static(bench, s, b, seed, finetune),
         "runtime": lambda s, b, seed: _run_runtime(bench, s, b, seed, finetune),
-        "trained": lambda s, b, seed: _run_trained(bench, s, b, seed, finetune, train_epochs, progress),
+        "trained": lambda s, b, seed: _run_trained(bench, s, b, seed, finetune, train_epochs, progress, built_models),
         "agent": lambda s, b, seed: _run_agent(bench, s),
     }
     runs = [

@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in args.models:
         weights = weights_of(args, model)
         model_rows: list[dict[str, Any]] = []
+        built: dict[tuple[Any, ...], Any] = {}  # training-based methods train once for every fine-tune setting
         for ft in args.finetune_epochs:
             start = time.perf_counter()
             rows = compare(
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data_dir=args.data_dir / "cifar10", num_val=args.num_val, test_images=args.test_images,
                 seeds=args.seeds, finetune_epochs=ft, finetune_images=args.finetune_images,
                 train_epochs=args.train_epochs, out_dir=out / model / f"ft{ft}", latency=not args.no_latency,
-                gated_model=args.gated_model,
+                gated_model=args.gated_model, built_models=built,
                 progress=True, include_base=True, latency_threads=args.latency_threads,
             )  # fmt: skip
             wall = time.perf_counter() - start

@@ -419,3 +419,25 @@ def test_a_run_a_policy_cannot_do_is_skipped_and_listed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="every run was skipped"):
         compare(["channel_gating"], [0.4], train_epochs=0.1, out_dir=tmp_path / "none", include_base=True,
                 latency=False, **SMALL)  # fmt: skip
+
+
+def test_built_models_are_shared_between_calls(tmp_path: Path, half_width: str) -> None:
+    _CALLS.clear()
+    kept: dict[tuple[Any, ...], Any] = {}
+    common = {"train_epochs": 0.5, "latency": False, "built_models": kept, **SMALL}
+    first = compare([half_width], [0.7, 0.5], out_dir=tmp_path / "ft0", **common)[0]
+    assert len(_CALLS) == 2 and len(kept) == 2
+    states = {k: {n: t.clone() for n, t in m.model.state_dict().items()} for k, (m, _) in kept.items()}
+    tuned = compare([half_width], [0.7, 0.5], finetune_epochs=1, finetune_images=32, out_dir=tmp_path / "ft1",
+                    **common)[0]  # fmt: skip
+    assert len(_CALLS) == 2  # the second call trained nothing
+    for k, (m, _) in kept.items():  # the fine-tune worked on a copy
+        assert all(torch.equal(t, states[k][n]) for n, t in m.model.state_dict().items())
+    assert tuned["train_seconds"] == first["train_seconds"] and tuned["mac_fraction"] == first["mac_fraction"]
+    # the kept model is the one built, not the fine-tuned one: a third call without fine-tune scores the same
+    again = compare([half_width], [0.7, 0.5], out_dir=tmp_path / "again", **common)[0]
+    assert len(_CALLS) == 2 and again["test_top1"] == first["test_top1"] and again["val_top1"] == first["val_top1"]
+    # another base model is another key
+    other = randomize_(get_model("tiny_cnn"), seed=5)
+    compare([half_width], [0.7], out_dir=tmp_path / "other", **{**common, "model": other, "weights": None})
+    assert len(_CALLS) == 3 and len(kept) == 3
