@@ -46,8 +46,10 @@ any other path or file name raises a ``ValueError`` saying so.
 trained) gets the same fine-tune (SGD, lr 0.01, cosine, batch 128), optionally on a fixed evenly strided subset
 of ``finetune_images`` training images; a plain model identical to one already fine-tuned (same layers,
 weights and seed, e.g. ``uniform`` and ``l1``) reuses that result. Costs are not re-measured for trained
-methods: a method whose sparsity lives in zero weights must keep it under training (e.g. with
-``torch.nn.utils.parametrize``).
+methods whose MACs are fixed by their layers: a method whose sparsity lives in zero weights must keep it under
+training (e.g. with ``torch.nn.utils.parametrize``); a method whose MACs depend on the weights (Channel
+Gating's gate rates) measures them again after the fine-tune
+(:meth:`~agents.baselines.TrainedBaseline.measure`; ``info`` keeps ``macs_fraction_before_finetune``).
 
 **Infeasible runs are skipped, not fatal.** A policy that raises ``ValueError`` at one budget (e.g.
 ``channel_gating`` below the MACs its always-on base paths cost) gets no row: a warning is logged, the run is
@@ -594,17 +596,17 @@ def _run_trained(
     built_models: dict[tuple[Any, ...], tuple[BuiltModel, float]] | None,
 ) -> _Result:
     base = bench.plain("training-based")
+    policy = spec.build(seed)
+    assert isinstance(policy, TrainedBaseline)
+    context = TrainContext(
+        train_set=bench.split("train", base), val_set=bench.split("val", base), budget=budget, seed=seed,
+        epochs=train_epochs, device=str(bench.device), progress=progress,
+    )  # fmt: skip
     key = (_fingerprint(base), spec.label, budget, seed, train_epochs)
     if built_models is not None and key in built_models:
         kept, wall = built_models[key]
         built = dataclasses.replace(kept, model=copy.deepcopy(kept.model))
     else:
-        policy = spec.build(seed)
-        assert isinstance(policy, TrainedBaseline)
-        context = TrainContext(
-            train_set=bench.split("train", base), val_set=bench.split("val", base), budget=budget, seed=seed,
-            epochs=train_epochs, device=str(bench.device), progress=progress,
-        )  # fmt: skip
         start = time.perf_counter()
         built = policy.build(copy.deepcopy(base), context)
         wall = time.perf_counter() - start
@@ -614,12 +616,18 @@ def _run_trained(
     if built.macs_fraction > budget * 1.01:
         log.warning("%s @ %g: the method's model keeps %.4f of the MACs", spec.label, budget, built.macs_fraction)
     finetune(model, seed, spec.label)
+    mac_fraction, info = float(built.macs_fraction), dict(built.info)
+    if finetune.epochs > 0:
+        measured = policy.measure(model, base, context)
+        if measured is not None:  # the fine-tune changed what the MACs depend on
+            info["macs_fraction_before_finetune"] = mac_fraction
+            mac_fraction = float(measured)
     base_params = sum(p.numel() for p in base.parameters())
     return _Result(
-        model=model, val=bench.val_data(base), mac_fraction=float(built.macs_fraction),
+        model=model, val=bench.val_data(base), mac_fraction=mac_fraction,
         params=round(built.params_fraction * base_params), params_fraction=float(built.params_fraction),
         latency_model=model, keep_ratios=built.keep_ratios,
-        train_seconds=built.train_seconds if built.train_seconds > 0 else wall, info=dict(built.info),
+        train_seconds=built.train_seconds if built.train_seconds > 0 else wall, info=info,
     )  # fmt: skip
 
 

@@ -441,3 +441,26 @@ def test_built_models_are_shared_between_calls(tmp_path: Path, half_width: str) 
     other = randomize_(get_model("tiny_cnn"), seed=5)
     compare([half_width], [0.7], out_dir=tmp_path / "other", **{**common, "model": other, "weights": None})
     assert len(_CALLS) == 3 and len(kept) == 3
+
+
+def test_channel_gating_macs_are_measured_again_after_the_fine_tune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pruning.methods.channel_gating import cg_convs
+
+    def open_every_gate(model: nn.Module, data: ImageDataset, config: Any, **kw: Any) -> dict[str, Any]:
+        with torch.no_grad():  # a "fine-tune" whose only effect is on what the MACs depend on
+            for g in cg_convs(model):
+                g.threshold.fill_(-1e9)
+        return {"epochs": [], "steps": 0}
+
+    monkeypatch.setattr("agents.compare.train", open_every_gate)
+    kept: dict[tuple[Any, ...], Any] = {}
+    common = {"train_epochs": 0.1, "latency": False, "built_models": kept, **SMALL}
+    before = compare(["channel_gating", "l1"], [0.7], out_dir=tmp_path / "ft0", **common)
+    after = compare(["channel_gating", "l1"], [0.7], finetune_epochs=1, out_dir=tmp_path / "ft1", **common)
+    assert before[0]["mac_fraction"] <= 0.7 + 0.05
+    info = json.loads(after[0]["info"])
+    assert info["macs_fraction_before_finetune"] == before[0]["mac_fraction"]
+    assert after[0]["mac_fraction"] == pytest.approx(1.0, abs=1e-6)  # every gate open: the full convolutions
+    assert after[1]["mac_fraction"] == before[1]["mac_fraction"]  # a plain static model is not measured again

@@ -488,6 +488,14 @@ class TrainedBaseline(BaselinePolicy):
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
         """Train on ``context`` starting from a copy of ``base`` (never modified) and return the pruned model."""
 
+    def measure(self, model: nn.Module, base: nn.Module, context: TrainContext) -> float | None:
+        """The MAC fraction of a built ``model`` after its weights changed (e.g. ``compare``'s fine-tune).
+
+        Methods whose MACs depend on the weights (Channel Gating: on the gate rates) measure again on
+        ``context``; ``None`` (the default) means the MACs are fixed by the layers and ``build``'s figure stands.
+        """
+        return None
+
     def allocate(self, target: PruningTarget, budget: float) -> np.ndarray:  # noqa: D102
         raise TypeError(
             f"{self.name!r} is a training-based method: it changes the weights, so it does not act in an env with a "

@@ -164,3 +164,7 @@ class ChannelGatingBaseline(TrainedBaseline):
             model=model.eval(), macs_fraction=report.macs_fraction, params_fraction=params / base_params,
             keep_ratios=None, train_seconds=seconds, info=info,
         )  # fmt: skip
+
+    def measure(self, model: nn.Module, base: nn.Module, context: TrainContext) -> float:
+        """The mean MAC fraction per image of a (re)trained gated ``model`` on the whole validation split."""
+        return measure_gating(model, context.val_set, base_macs=CostModel(base).base_macs).macs_fraction
