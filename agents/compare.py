@@ -673,9 +673,10 @@ def _fingerprint(model: nn.Module) -> str:
 class _Finetune:
     """The equal fine-tune of every final model (nothing when ``epochs`` is 0).
 
-    The fine-tune is deterministic given the model, the data and the seed, so a plain (ungated) model equal in
-    every layer and tensor to one already fine-tuned with the same seed (e.g. ``uniform`` and ``l1``, which
-    rank channels alike on plain models) gets the stored result instead of a second identical training run.
+    The fine-tune is seeded (data order, augmentation), so a plain (ungated) model equal in every layer and
+    tensor to one already fine-tuned with the same seed (e.g. ``uniform`` and ``l1``, which rank channels alike
+    on plain models) gets the stored result instead of a second run that would differ only by the float noise
+    of multi-threaded CPU kernels.
     Gated models are always trained: their runtime plan lives outside the state dict.
     """
 
