@@ -119,6 +119,9 @@ class PolicyRuntimeSource:
         budget: The MAC budget shown to the policy.
         min_keep: The env's smallest keep ratio (actions map to ``[min_keep, 1]``). Default 0.1, the env's.
         deterministic: Ask for the policy's deterministic action (evaluation, CNN phase) or a sample.
+        action_offset: Added to every action the policy returns, before it is mapped to a keep ratio (and
+            clipped to ``[min_keep, 1]`` as the env does): a budget guard shifts a trained agent's spending
+            with it (negative = fewer channels everywhere). Default 0.
 
     Example:
         >>> import torch
@@ -142,6 +145,7 @@ class PolicyRuntimeSource:
         budget: float,
         min_keep: float = 0.1,
         deterministic: bool = True,
+        action_offset: float = 0.0,
     ) -> None:
         if not callable(getattr(policy, "predict", None)):
             raise TypeError(
@@ -156,6 +160,9 @@ class PolicyRuntimeSource:
         self.budget = float(budget)
         self.min_keep = float(min_keep)
         self.deterministic = bool(deterministic)
+        if not math.isfinite(action_offset):
+            raise ValueError(f"action_offset must be a finite number, got {action_offset}")
+        self.action_offset = float(action_offset)
         plans = [(g.runtime, g.static_keep) for g in gated_units(model)]
         try:  # cost the unpruned structure: the trace must not call a source already set on the model
             for g in gated_units(model):
@@ -223,7 +230,8 @@ class PolicyRuntimeSource:
             obs, state=self._state, episode_start=start, deterministic=self.deterministic
         )
         self.calls += 1
-        ratios = action_to_ratio(np.asarray(actions, dtype=np.float64).reshape(n, -1)[:, 0], self.min_keep)
+        actions = np.asarray(actions, dtype=np.float64).reshape(n, -1)[:, 0] + self.action_offset
+        ratios = action_to_ratio(actions, self.min_keep)
         return torch.from_numpy(ratios).to(u_r.device)
 
 
