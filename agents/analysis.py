@@ -1,6 +1,6 @@
 """Does a runtime pruning policy really prune per input? Per-image statistics and the shuffled-observation test.
 
-A runtime policy (paper 7: Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning
+A runtime policy (Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning
 via Deep Reinforcement Learning", NeurIPS 2020) is meant to choose each image's channels from that image. A
 mean MAC fraction and a top-1 cannot show it: a policy that spends the same channels on every image reaches
 the same two numbers. :func:`per_input_report` runs a gated model under a plan over a test split and answers
