@@ -51,7 +51,7 @@ from pruning.checkpoint import load_model, save_model
 from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset, get_dataset, list_datasets
 from pruning.export import DynamicModel, export_static, load_exported, save_exported
-from pruning.gating import clear_plan, gate_model, is_gated, set_plan
+from pruning.gating import gate_model, is_gated, set_plan
 from pruning.models import get_model, list_models, load_checkpoint_file
 from pruning.plan import PruningPlan
 from pruning.runs import CONFIG_FILE, UsageError, command_record, common_settings, run_command, write_json
@@ -61,7 +61,6 @@ from .algos import get_algo
 from .hyperparams import load_hyperparams
 from .schedule import (
     RUNTIME_ENV_ID,
-    RUNTIME_MIN_KEEP,
     STATIC_ENV_ID,
     AgentSpec,
     JointTrainer,
@@ -202,8 +201,23 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed",
     )
     g.add_argument("--cnn-epochs", type=float, default=d(0.5), help="passes over the training set per CNN phase")
-    g.add_argument("--gate-lr", type=float, default=d(1e-4), help="Adam learning rate of the gate stage")
-    g.add_argument("--cnn-lr", type=float, default=d(1e-4), help="Adam learning rate of the CNN phases (paper: 1e-3)")
+    g.add_argument(
+        "--cnn-lr", type=float, default=d(0.01),
+        help="peak lr of the run's one SGD schedule (Nesterov 0.9, cosine over the gate stage and all CNN phases)",
+    )  # fmt: skip
+    g.add_argument("--weight-decay", type=float, default=d(1e-4), help="L2 on weights in every CNN-training phase")
+    g.add_argument(
+        "--gate-prune", action=argparse.BooleanOptionalAction, default=d(True),
+        help="train the gate stage under the uniform plan at the budget (--no-gate-prune: the paper's unpruned one)",
+    )  # fmt: skip
+    g.add_argument(
+        "--bn-recalibration", type=int, default=d(1024),
+        help="images that re-estimate BatchNorm statistics under the masks before each RL phase (0: off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--static-criterion", default=d("l1"),
+        help="which channels a static keep ratio keeps: l1 (filter norm) or u_s (learned static importance)",
+    )  # fmt: skip
     g.add_argument("--num-val", type=int, default=d(512), help="validation images per static-env episode")
     g.add_argument("--checkpoint-every", type=int, default=d(10_000), help="RL timesteps between checkpoints")
     g = p.add_argument_group("run")
@@ -364,51 +378,18 @@ def _strided(dataset: ImageDataset, count: int | None) -> ImageDataset:
     return dataset.subset(torch.from_numpy(idx))
 
 
-def _reference_plan(trainer: JointTrainer, ratio: float) -> PruningPlan:
-    """The uniform-ratio policy of the run's kind at ``ratio``.
-
-    One runtime ratio for every unit and image (with the agents' static plan and R_r), or one static keep ratio
-    for every unit (static mode).
-    """
-    if trainer.config.mode == "static":
-        return PruningPlan(static_keep=[ratio] * len(trainer.cost_model.units))
-    if trainer.static_keep is None:
-        return PruningPlan(runtime_keep=ratio, tradeoff=1.0)
-    return PruningPlan(static_keep=trainer.static_keep, runtime_keep=ratio, tradeoff=trainer.tradeoff)
-
-
 def uniform_reference(
     trainer: JointTrainer, target_macs: float, val: ImageDataset, test: ImageDataset
 ) -> dict[str, Any]:
     """Score the uniform-ratio policy whose measured mean MAC fraction on ``val`` is closest below ``target_macs``.
 
-    The ratio is found by bisection (``REFERENCE_HALVINGS`` halvings: keep counts are a step function of the ratio,
-    so finer steps change nothing) on ``REFERENCE_IMAGES`` validation images; the policy is then
-    scored on the whole ``val`` and ``test`` with every image costed from its applied masks.
+    The ratio is :meth:`JointTrainer.uniform_ratio` on ``REFERENCE_IMAGES`` validation images (one runtime ratio
+    for every unit and image under the run's static plan and R_r, or one static ratio in static mode); the
+    policy is then scored on the whole ``val`` and ``test`` with every image costed from its applied masks.
     """
-    model, cm = trainer.model, trainer.cost_model
-    probe = _strided(val, REFERENCE_IMAGES)
-
-    def measure(ratio: float, data: ImageDataset) -> dict[str, float]:
-        clear_plan(model)
-        set_plan(model, _reference_plan(trainer, ratio))
-        try:
-            return evaluate(model, data, cost_model=cm)
-        finally:
-            clear_plan(model)
-
-    lo = RUNTIME_MIN_KEEP if trainer.config.mode != "static" else 0.05
-    hi = 1.0
-    if measure(hi, probe)["macs_fraction"] <= target_macs:
-        lo = hi
-    else:
-        for _ in range(REFERENCE_HALVINGS):
-            mid = 0.5 * (lo + hi)
-            if measure(mid, probe)["macs_fraction"] <= target_macs:
-                lo = mid
-            else:
-                hi = mid
-    return {"ratio": lo, "val": measure(lo, val), "test": measure(lo, test)}
+    ratio = trainer.uniform_ratio(target_macs, _strided(val, REFERENCE_IMAGES), halvings=REFERENCE_HALVINGS)
+    plan = trainer.uniform_plan(ratio)
+    return {"ratio": ratio, "val": trainer.measure_plan(plan, val), "test": trainer.measure_plan(plan, test)}
 
 
 def _latency_ms(model: nn.Module, repeats: int = 30) -> float:
@@ -482,7 +463,11 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     reference = uniform_reference(trainer, pruned["val"]["macs_fraction"], data["val"], test)
     eval_s = time.perf_counter() - t0
 
-    plan = PruningPlan(static_keep=trainer.static_keep, tradeoff=trainer.tradeoff) if trainer.static_keep else None
+    plan = None
+    if trainer.static_keep:
+        plan = PruningPlan(
+            static_keep=trainer.static_keep, tradeoff=trainer.tradeoff, static_scores=trainer.frozen_scores()
+        )
     exported = export_static(trainer.model, plan)
     save_exported(
         run_dir / EXPORTED_FILE, exported, arch=cfg["model"], num_classes=num_classes,
@@ -524,6 +509,9 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
         "pruned": pruned,
         "uniform_reference": reference,
         "static_keep": trainer.static_keep,
+        "static_scores": trainer.static_scores,
+        "action_offset": trainer.action_offset,
+        "budget_guard": trainer.history.get("budget_guard", []),
         "latency": latency,
         "test_images": len(test),
         "phases": trainer.history,
@@ -564,13 +552,14 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
             at batch 1); ``False`` returns the masked gated CNN with the agents' plan set.
 
     Returns:
-        ``(model, results)``: the model in eval mode and the run's ``results.json``.
+        ``(model, results)``: the model in eval mode and the run's ``results.json``. The runtime agent runs
+        fused into plain PyTorch (:func:`agents.fused.runtime_source`; through ``predict``, with a logged
+        warning, when its policy cannot be fused).
 
     Raises:
         FileNotFoundError: the run is not finished (no ``results.json``) or a file is missing.
     """
-    from envs.runtime import PolicyRuntimeSource
-
+    from .fused import runtime_source
     from .schedule import RUNTIME_MIN_KEEP as min_keep
 
     root = Path(run_dir)
@@ -583,7 +572,10 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
     if (root / AGENT_FILES["runtime"]).is_file():
         algo = config["agents"]["runtime"]["algo"]
         agent = get_algo(algo).load(root / AGENT_FILES["runtime"], device="cpu")
-        source = PolicyRuntimeSource(agent, cnn, budget=float(results["budget"]), min_keep=min_keep)
+        source = runtime_source(
+            agent, cnn, budget=float(results["budget"]), min_keep=min_keep,
+            action_offset=float(results.get("action_offset", 0.0)),
+        )  # fmt: skip
     if dynamic:
         model = DynamicModel(load_exported(root / EXPORTED_FILE), source)
         if source is not None:
@@ -591,10 +583,14 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
         return model.eval(), results
     static = results["static_keep"]
     tradeoff = float(results["tradeoff"])
+    raw_scores = results.get("static_scores")
+    scores = None if not static or raw_scores is None else [torch.tensor(v, dtype=torch.float32) for v in raw_scores]
     if source is None:
-        plan = PruningPlan(static_keep=static) if static else PruningPlan()
+        plan = PruningPlan(static_keep=static, static_scores=scores) if static else PruningPlan()
     else:
-        plan = PruningPlan(static_keep=static, runtime_keep=source, tradeoff=tradeoff if static else 1.0)
+        plan = PruningPlan(
+            static_keep=static, runtime_keep=source, tradeoff=tradeoff if static else 1.0, static_scores=scores
+        )
     set_plan(cnn, plan)
     return cnn.eval(), results
 

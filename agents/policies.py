@@ -74,6 +74,7 @@ from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -93,6 +94,7 @@ __all__ = [
     "BudgetResidualPolicy",
     "budget_prior_action",
     "complete_policy_kwargs",
+    "fit_macs_curve",
     "get_policy",
     "is_budget_residual",
     "list_policies",
@@ -173,6 +175,39 @@ def uniform_macs_curve(cost_model: CostModel) -> tuple[float, float, float]:
     c2 = (f2 - 2.0 * f1 + f0) / 2.0
     c1 = f1 - f0 - c2
     return tuple(0.0 if abs(c) < _CURVE_TOL else c for c in (f0, c1, c2))  # type: ignore[return-value]
+
+
+def fit_macs_curve(ratios: Sequence[float], fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares ``(c0, c1, c2)`` of ``MAC fraction = c0 + c1·r + c2·r²`` with ``c1, c2 >= 0``.
+
+    For a measured curve (mean MAC fraction of a uniform runtime ratio ``r`` under a static plan and R_r, where
+    :func:`uniform_macs_curve`'s exact full-width curve no longer holds). The unconstrained quadratic is used
+    when both coefficients come out non-negative; otherwise the better of the linear (``c2 = 0``) and the pure
+    quadratic (``c1 = 0``) fits.
+
+    Args:
+        ratios: Uniform keep ratios, at least two distinct values.
+        fractions: The mean MAC fraction measured at each.
+
+    Raises:
+        ValueError: fewer than two distinct ratios, lengths differ, or the fractions do not grow with ``r``.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    f = np.asarray(fractions, dtype=np.float64)
+    if r.shape != f.shape or len(np.unique(r)) < 2 or not np.isfinite(f).all():
+        raise ValueError("fit_macs_curve needs finite fractions at two or more distinct ratios (same lengths)")
+    candidates: list[np.ndarray] = []
+    for cols in ((0, 1, 2), (0, 1), (0, 2)):
+        design = np.stack([r**k for k in cols], axis=1)
+        coef, *_ = np.linalg.lstsq(design, f, rcond=None)
+        full = np.zeros(3)
+        full[list(cols)] = coef
+        if full[1] >= 0 and full[2] >= 0 and full[1] + full[2] > 0:
+            candidates.append(full)
+    if not candidates:
+        raise ValueError(f"the measured MAC fractions {f.tolist()} do not grow with the ratio {r.tolist()}")
+    best = min(candidates, key=lambda c: float(((c[0] + c[1] * r + c[2] * r * r - f) ** 2).sum()))
+    return tuple(0.0 if abs(c) < _CURVE_TOL else float(c) for c in best)  # type: ignore[return-value]
 
 
 class _BudgetResidual(ActorCriticPolicy):

@@ -48,8 +48,9 @@ from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
 from envs.static import StaticPruningEnv
 from pruning.accounting import CostModel
 from pruning.checkpoint import atomic_save, check_plain, model_from_record, model_record
+from pruning.criteria import get_criterion
 from pruning.data import ImageDataset
-from pruning.gating import clear_plan, gated_units, set_plan
+from pruning.gating import clear_plan, set_plan
 from pruning.models import load_checkpoint_file
 from pruning.plan import PruningPlan
 from pruning.train import (
@@ -57,12 +58,14 @@ from pruning.train import (
     evaluate,
     fractional_epochs,
     gate_schedule,
+    recalibrate_bn,
     rng_state,
     set_rng_state,
     train,
 )
 
 from .algos import get_algo, make_model
+from .policies import fit_macs_curve, is_budget_residual
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -85,6 +88,13 @@ CHECKPOINT_FORMAT = "prunegym.agents.checkpoint.v1"
 RUNTIME_MIN_KEEP = 0.1
 #: Images of the validation split scored after each phase (``pruning/val_top1``); the full split at the end.
 PHASE_EVAL_IMAGES = 1000
+#: Smallest static keep ratio of the guard and of the static reference (the static env's default floor).
+STATIC_MIN_KEEP = 0.2
+#: Validation images the budget guard measures the mean MAC fraction on.
+GUARD_IMAGES = 1000
+#: Validation images (and uniform runtime ratios) measured to refit the budget prior and find the gate ratio.
+PRIOR_FIT_IMAGES = 500
+PRIOR_FIT_RATIOS = (0.1, 0.28, 0.46, 0.64, 0.82, 1.0)
 
 
 @dataclass(frozen=True)
@@ -121,22 +131,34 @@ class ScheduleConfig:
     """R_r of the trade-off pruner in ``joint`` mode (1 in ``runtime`` mode, 0 in ``static`` mode)."""
     rounds: int = 2
     """Repeats of {RL phase, CNN phase}."""
-    gate_epochs: tuple[float, float] = (0.25, 0.25)
-    """Gate-stage passes over the training set: predictors (``u_s`` frozen), then ``u_s`` too."""
-    gate_lr: float = 1e-4
-    """Adam learning rate of the gate stage (paper: 1e-3; see ``prunegym pretrain --help`` for why lower)."""
+    gate_epochs: tuple[float, float] = (0.25, 0.0)
+    """Gate-stage passes over the training set: backbone + predictors (``u_s`` frozen), then ``u_s`` too."""
+    gate_prune: bool = True
+    """Train the gate stage under pruning: one uniform keep ratio that meets the budget (runtime ratio when the
+    mode trains a runtime agent, else a static L1 plan), so the predictors learn which channels to keep under
+    the cut they will face. ``False`` is the paper's gate stage (no pruning: ``u_r`` then barely moves from γ)."""
     runtime_steps: int = 40_000
     """Runtime-agent timesteps per RL phase (one step = one unit of one image)."""
     static_steps: int = 540
     """Static-agent timesteps per RL phase (one step = one unit; an episode scores ``num_val`` images)."""
     cnn_epochs: float = 0.5
     """Passes over the training set per CNN phase (fractions allowed: a seeded subset)."""
-    cnn_lr: float = 1e-4
-    """Adam learning rate of the CNN phases (paper: 1e-3)."""
+    cnn_lr: float = 0.01
+    """Peak learning rate of the run's one SGD schedule (Nesterov, momentum 0.9), annealed by a cosine over all
+    its CNN-training steps: gate stage and CNN phases together (:attr:`cnn_budget_epochs`)."""
+    weight_decay: float = 1e-4
+    """L2 on conv, linear and predictor weights during every CNN-training phase."""
+    bn_recalibration: int = 1024
+    """Images whose train-mode forward passes re-estimate the BatchNorm statistics under the current masks
+    before each RL phase (and that the static env uses per episode, from ``val`` outside its scored subset).
+    0 turns it off."""
+    static_criterion: str = "l1"
+    """Which channels a static keep ratio keeps (a :mod:`pruning.criteria` name): ``"l1"`` (filter norm) or
+    ``"u_s"`` (the paper's learned static importance). The ranking is frozen when the static agent is scored."""
     batch_size: int = 128
     """Images per CNN/gate step."""
-    grad_clip: float = 40.0
-    """Gradient-norm clip of the CNN/gate phases (the released code's 40)."""
+    grad_clip: float | None = 40.0
+    """Gradient-norm clip of the CNN/gate phases (the released code's 40); ``None`` does not clip."""
     n_envs: int = 64
     """Images per runtime-env batch (``RuntimePruningVecEnv`` episodes run together)."""
     num_val: int = 512
@@ -169,9 +191,21 @@ class ScheduleConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.cnn_epochs < 0:
             raise ValueError(f"cnn_epochs must be >= 0, got {self.cnn_epochs}")
+        if not (math.isfinite(self.cnn_lr) and self.cnn_lr > 0):
+            raise ValueError(f"cnn_lr must be a positive number, got {self.cnn_lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.bn_recalibration < 0:
+            raise ValueError(f"bn_recalibration must be >= 0 images, got {self.bn_recalibration}")
+        get_criterion(self.static_criterion)  # unknown names: ValueError naming the close matches
         for key in ("n_envs", "num_val", "checkpoint_every", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+
+    @property
+    def cnn_budget_epochs(self) -> float:
+        """Epochs of CNN training the run spends (every weight-changing step): gate stage + all CNN phases."""
+        return float(sum(self.gate_epochs)) + self.rounds * float(self.cnn_epochs)
 
     @property
     def trains_runtime(self) -> bool:
@@ -417,6 +451,13 @@ class JointTrainer:
         self.logger: RunLogger | None = None
         self.cost_model = CostModel(self.model)
         self._round = 0  # round of the phase being run (seeds its envs)
+        #: Channel scores the static plan ranks by, frozen when the static agent was scored (``None``: ``u_s``).
+        self.static_scores: list[list[float]] | None = None
+        #: Added to every runtime action (the budget guard's shift, :meth:`guard_budget`).
+        self.action_offset = 0.0
+        #: SGD state carried from one CNN-training phase to the next (one optimizer for the whole run).
+        self._optimizer_state: dict[str, Any] | None = None
+        self._optimizer_params = ""
 
     # -- plans ----------------------------------------------------------------------------------------------
     @property
@@ -430,30 +471,170 @@ class JointTrainer:
             raise RuntimeError("no runtime agent yet")
         source = PolicyRuntimeSource(
             self.runtime_model, self.model, budget=self.config.budget, min_keep=RUNTIME_MIN_KEEP,
-            deterministic=deterministic,
+            deterministic=deterministic, action_offset=self.action_offset,
         )  # fmt: skip
         return source.bind(model) if model is not None else source
 
+    def frozen_scores(self) -> list[torch.Tensor] | None:
+        """The static ranking the static agent was scored with (one score vector per unit), or ``None``."""
+        if self.static_scores is None:
+            return None
+        return [torch.tensor(v, dtype=torch.float32) for v in self.static_scores]
+
     def plan(self, *, deterministic: bool = True) -> PruningPlan:
-        """The agents' current plan (static keep ratios, runtime source, R_r) for the CNN."""
+        """The agents' current plan (static keep ratios, runtime source, R_r) for the CNN.
+
+        Without a static plan yet (round 0 of ``joint`` mode) nothing is stored-pruned and the runtime agent's
+        ratios are applied as they are (R_r = 1): R_r < 1 with nothing pruned statically would keep half of
+        what the runtime agent drops, a budget the agent could never reach. The static plan ranks channels by
+        the scores it was chosen with (:meth:`frozen_scores`), so the stored set cannot drift while the CNN
+        trains.
+        """
         runtime = self.runtime_source(deterministic=deterministic) if self.runtime_model is not None else None
         static = self.static_keep
         if runtime is None and static is None:
             return PruningPlan()
-        if runtime is not None and static is None:
-            return PruningPlan(runtime_keep=runtime, tradeoff=1.0 if self.config.mode == "runtime" else self.tradeoff)
-        return PruningPlan(static_keep=static, runtime_keep=runtime, tradeoff=self.tradeoff if runtime else None)
+        if static is None:
+            return PruningPlan(runtime_keep=runtime, tradeoff=1.0)
+        return PruningPlan(
+            static_keep=static, runtime_keep=runtime, tradeoff=self.tradeoff if runtime else None,
+            static_scores=self.frozen_scores(),
+        )  # fmt: skip
+
+    def uniform_plan(self, ratio: float) -> PruningPlan:
+        """The hand-designed reference of this run's kind at one keep ratio for every unit (and image).
+
+        ``static`` mode: one static keep ratio, channels ranked by :attr:`ScheduleConfig.static_criterion`;
+        otherwise one runtime ratio (FBS-style top-k by ``u_r``) under the run's static plan and R_r, if any.
+        """
+        if self.config.mode == "static":
+            return PruningPlan(static_keep=[ratio] * len(self.cost_model.units), static_scores=self._criterion_scores())
+        if self.static_keep is None:
+            return PruningPlan(runtime_keep=ratio, tradeoff=1.0)
+        return PruningPlan(
+            static_keep=self.static_keep, runtime_keep=ratio, tradeoff=self.tradeoff,
+            static_scores=self.frozen_scores(),
+        )  # fmt: skip
+
+    def _criterion_scores(self) -> list[torch.Tensor]:
+        crit = get_criterion(self.config.static_criterion)
+        return [torch.as_tensor(crit(self.model, u), dtype=torch.float32).detach().cpu() for u in self.cost_model.units]
+
+    def measure_plan(self, plan: PruningPlan, data: ImageDataset) -> dict[str, float]:
+        """Top-1, loss and measured MAC/param fractions of the CNN under ``plan`` on ``data`` (plan cleared after)."""
+        clear_plan(self.model)
+        set_plan(self.model, plan)
+        try:
+            return evaluate(self.model, data, cost_model=self.cost_model)
+        finally:
+            clear_plan(self.model)
+
+    def uniform_ratio(self, target: float, dataset: ImageDataset, *, halvings: int = 12) -> float:
+        """The largest uniform ratio (:meth:`uniform_plan`) whose mean MAC fraction on ``dataset`` is <= ``target``.
+
+        Bisection on ``[min_keep, 1]`` (the MAC fraction grows with the ratio); keep counts are a step function
+        of the ratio, so ``halvings`` = 12 resolves every step of a unit of up to 4 096 channels.
+        """
+        lo = RUNTIME_MIN_KEEP if self.config.mode != "static" else STATIC_MIN_KEEP
+        hi = 1.0
+        if self.measure_plan(self.uniform_plan(hi), dataset)["macs_fraction"] <= target:
+            return hi
+        for _ in range(halvings):
+            mid = 0.5 * (lo + hi)
+            if self.measure_plan(self.uniform_plan(mid), dataset)["macs_fraction"] <= target:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _probe(self, images: int) -> ImageDataset:
+        val = self.data["val"]
+        if images >= len(val):
+            return val
+        idx = np.linspace(0, len(val), num=images, endpoint=False).astype(np.int64)
+        return val.subset(torch.from_numpy(idx))
+
+    def recalibrate(self, plan: PruningPlan | None = None) -> int:
+        """Re-estimate the CNN's BatchNorm statistics under ``plan`` (default: the agents' current plan).
+
+        Uses :attr:`ScheduleConfig.bn_recalibration` evenly spaced training images (no augmentation, no
+        gradients: no weight changes). Returns the number of images used (0 when turned off).
+        """
+        n = self.config.bn_recalibration
+        if n <= 0:
+            return 0
+        train_set = self.data["train"]
+        idx = np.linspace(0, len(train_set), num=min(n, len(train_set)), endpoint=False).astype(np.int64)
+        clear_plan(self.model)
+        set_plan(self.model, self.plan(deterministic=True) if plan is None else plan)
+        try:
+            subset = train_set.subset(torch.from_numpy(idx))
+            return recalibrate_bn(self.model, subset, batch_size=self.config.batch_size)
+        finally:
+            clear_plan(self.model)
+
+    def guard_budget(
+        self, dataset: ImageDataset | None = None, *, max_images: int = GUARD_IMAGES, halvings: int = 14
+    ) -> dict[str, Any]:
+        """Make the agents' deterministic plan meet the MAC budget in mean per-image MAC fraction.
+
+        The learned plan is shifted as a whole, by one number found by bisection: with a runtime agent, an
+        additive offset on every runtime action (:attr:`action_offset`, in ``[-2, 2]``: -2 sends every action
+        to the floor); in ``static`` mode, an additive offset on every static keep ratio (clipped to
+        ``[STATIC_MIN_KEEP, 1]``). The offset is the largest whose mean MAC fraction on ``dataset`` (default:
+        ``max_images`` evenly spaced validation images) is at most the budget, so a plan under its budget
+        spends what is left and one over it is cut back. The agents' relative allocation is kept.
+
+        Returns:
+            ``{"offset", "kind" ("runtime"/"static"/"none"), "before", "after"}`` (MAC fractions on the
+            probe). ``kind == "none"`` when there is nothing to shift (no agent).
+        """
+        budget = self.config.budget
+        data = self._probe(max_images) if dataset is None else dataset
+        if self.runtime_model is None and self.static_keep is None:
+            return {"offset": 0.0, "kind": "none", "before": None, "after": None}
+        kind = "runtime" if self.runtime_model is not None else "static"
+        base_keep = list(self.static_keep) if self.static_keep is not None else None
+        start = self.action_offset
+
+        def macs(offset: float) -> float:
+            if kind == "runtime":
+                self.action_offset = start + offset
+            else:
+                assert base_keep is not None
+                self.static_keep = [min(1.0, max(STATIC_MIN_KEEP, k + offset)) for k in base_keep]
+            return float(self.evaluate_plan(data)["macs_fraction"])
+
+        before = macs(0.0)
+        lo, hi = (-2.0, 2.0) if kind == "runtime" else (-1.0, 1.0)
+        if macs(lo) > budget:
+            log.warning("the budget guard cannot bring the plan to the budget %.4f (%.4f at the floor)", budget,
+                        macs(lo))  # fmt: skip
+            hi = lo
+        else:
+            if macs(hi) <= budget:
+                lo = hi
+            for _ in range(halvings if lo != hi else 0):
+                mid = 0.5 * (lo + hi)
+                if macs(mid) <= budget:
+                    lo = mid
+                else:
+                    hi = mid
+        after = macs(lo)
+        record = {"offset": lo, "kind": kind, "before": before, "after": after}
+        self.history.setdefault("budget_guard", []).append(record)
+        log.info("budget guard: %s offset %+.4f, MAC fraction %.4f -> %.4f (budget %.4f)", kind, lo, before, after,
+                 budget)  # fmt: skip
+        return record
 
     # -- envs -----------------------------------------------------------------------------------------------
     def _runtime_env(self) -> Any:
         cfg = self.config
-        static = self.static_keep
-        if cfg.mode == "joint" and static is None:
-            static = [1.0] * len(gated_units(self.model))  # round 0: store everything, prune at runtime only
+        static = self.static_keep  # None in round 0 of joint mode: nothing stored-pruned, R_r = 1 (see plan())
         env = RuntimePruningVecEnv(
             cfg.n_envs, model=self.model, dataset=self.data["val"], budget=cfg.budget,
             static_keep=static, tradeoff=self.tradeoff if static is not None else None, min_keep=RUNTIME_MIN_KEEP,
-            device=cfg.device,
+            static_scores=self.static_scores if static is not None else None, device=cfg.device,
         )  # fmt: skip
         env.seed(cfg.seed + 1000 * self._round)
         return VecMonitor(env)
@@ -463,10 +644,12 @@ class JointTrainer:
         runtime = None
         if self.runtime_model is not None and cfg.mode == "joint":
             runtime = self.runtime_source()
+        num_val = min(cfg.num_val, len(self.data["val"]))
         kwargs: dict[str, Any] = dict(
-            model=self.model, dataset=self.data["val"], num_val=min(cfg.num_val, len(self.data["val"])),
+            model=self.model, dataset=self.data["val"], num_val=num_val,
             val_seed=cfg.seed, budget=cfg.budget, param_budget=cfg.param_budget, runtime=runtime,
             tradeoff=self.tradeoff if runtime is not None else None, device=cfg.device,
+            criterion=cfg.static_criterion, bn_recalibration=min(cfg.bn_recalibration, len(self.data["val"]) - num_val),
         )  # fmt: skip
         try:
             env = StaticPruningEnv(budget_mode="clamp", **kwargs)
@@ -519,6 +702,10 @@ class JointTrainer:
             "model": model_record(self.model, arch=self.arch, num_classes=self.num_classes),
             "agents": agents,
             "static_keep": None if self.static_keep is None else [float(s) for s in self.static_keep],
+            "static_scores": self.static_scores,
+            "action_offset": float(self.action_offset),
+            "optimizer": self._optimizer_state,
+            "optimizer_params": self._optimizer_params,
             "history": self.history,
             "global_step": int(self.global_step),
             "generation": gen,
@@ -554,6 +741,10 @@ class JointTrainer:
         model = model_from_record(state["model"], source=str(path))
         self.model.load_state_dict(model.state_dict())
         self.static_keep = state["static_keep"]
+        self.static_scores = state.get("static_scores")
+        self.action_offset = float(state.get("action_offset", 0.0))
+        self._optimizer_state = state.get("optimizer")
+        self._optimizer_params = str(state.get("optimizer_params", ""))
         self.history = dict(state["history"])
         self.global_step = int(state["global_step"])
         self._generation = int(state["generation"])
@@ -593,8 +784,31 @@ class JointTrainer:
         if self.config.trains_static and self.static_model is None:
             self.static_model = self._new_agent("static", self._static_env())
 
+    def refit_prior(self, *, images: int = PRIOR_FIT_IMAGES) -> tuple[float, float, float] | None:
+        """Refit a budget-residual runtime agent's MAC curve under the static plan and R_r in force.
+
+        The curve ``c0 + c1·r + c2·r²`` (:func:`agents.policies.uniform_macs_curve`) is exact for the full-width
+        model; under a static plan with R_r < 1 the trade-off pruner makes the MAC fraction of a uniform runtime
+        ratio a different function of ``r``. It is measured on ``images`` validation images at
+        :data:`PRIOR_FIT_RATIOS` and fitted by least squares with ``c1, c2 >= 0``, so the prior action again
+        meets the budget. Returns the new curve, or ``None`` (no such agent, or no static plan).
+        """
+        policy = getattr(self.runtime_model, "policy", None)
+        if policy is None or not is_budget_residual(type(policy)) or self.static_keep is None:
+            return None
+        probe = self._probe(images)
+        ratios = np.asarray(PRIOR_FIT_RATIOS, dtype=np.float64)
+        fractions = np.asarray([self.measure_plan(self.uniform_plan(float(r)), probe)["macs_fraction"] for r in ratios])
+        curve = fit_macs_curve(ratios.tolist(), fractions.tolist())
+        policy.macs_curve = curve
+        self.history.setdefault("prior_fits", []).append({"round": self._round, "macs_curve": list(curve)})
+        return curve
+
     def _rl_phase(self, index: int, phase: Phase, done_steps: int) -> None:
         role = "runtime" if phase.kind == "rl_runtime" else "static"
+        if role == "runtime":
+            self.refit_prior()
+        self.recalibrate()  # rewards on a CNN whose BN statistics fit the masks it is scored under
         env = self._runtime_env() if role == "runtime" else self._static_env()
         agent = self.runtime_model if role == "runtime" else self.static_model
         if agent is None:
@@ -638,6 +852,8 @@ class JointTrainer:
             inner = env.envs[0].unwrapped
             info = run_episode(inner, agent, deterministic=True, seed=self.config.seed)
             self.static_keep = [float(k) for k in info["applied_keeps"]]
+            # the ranking the agent was scored with: later CNN phases must not re-rank the stored channels
+            self.static_scores = [[float(v) for v in sc] for sc in inner.static_scores]
             record.update(
                 static_keep=self.static_keep,
                 macs_fraction=float(info["macs_fraction"]),
@@ -646,30 +862,59 @@ class JointTrainer:
             )
         self.history[phase.name] = record
 
+    def _cnn_phase_steps(self) -> dict[int, tuple[int, int]]:
+        """``{phase index: (first step, steps)}`` of every CNN-training phase on the run's one schedule."""
+        out: dict[int, tuple[int, int]] = {}
+        step = 0
+        for i, phase in enumerate(self.phases):
+            if phase.is_rl:
+                continue
+            train_set, epochs = fractional_epochs(self.data["train"], phase.length, seed=self._phase_seed(i))
+            n = epochs * -(-len(train_set) // self.config.batch_size)
+            out[i] = (step, n)
+            step += n
+        return out
+
+    def _phase_seed(self, index: int) -> int:
+        return self.config.seed + 7919 * (index + 1)
+
+    def _gate_plan(self) -> PruningPlan:
+        """What the gate stage trains under: the uniform plan at the budget, or nothing (``gate_prune=False``)."""
+        if not self.config.gate_prune:
+            return PruningPlan()
+        ratio = self.uniform_ratio(self.config.budget, self._probe(PRIOR_FIT_IMAGES))
+        self.history.setdefault("gate_ratio", ratio)
+        return self.uniform_plan(ratio)
+
     def _train_phase(self, index: int, phase: Phase, position: Mapping[str, Any]) -> None:
         cfg = self.config
         assert self.logger is not None
         self.logger.prefix = ""
-        seed = cfg.seed + 7919 * (index + 1)
+        seed = self._phase_seed(index)
         train_set, epochs = fractional_epochs(self.data["train"], phase.length, seed=seed)
+        first_step, _ = self._cnn_phase_steps()[index]
+        total_steps = sum(n for _, n in self._cnn_phase_steps().values())
+        config = TrainConfig(
+            epochs=epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.cnn_lr, momentum=0.9, nesterov=True,
+            weight_decay=cfg.weight_decay, schedule="cosine", grad_clip=cfg.grad_clip, seed=seed, device=cfg.device,
+        )  # fmt: skip
+        params: list[nn.Parameter] | None = None
         if phase.kind.startswith("gate"):
-            stage = {s.name: s for s in gate_schedule(
-                predictor_epochs=epochs, static_epochs=epochs, lr=cfg.gate_lr, batch_size=cfg.batch_size,
-                grad_clip=cfg.grad_clip, seed=seed, device=cfg.device,
-            )}[phase.kind]  # fmt: skip
+            stage = {st.name: st for st in gate_schedule(predictor_epochs=epochs, static_epochs=epochs)}[phase.kind]
             if not position and stage.prepare is not None:
                 self.model = stage.prepare(self.model)
             params = stage.select(self.model) if stage.select is not None else None
-            config, prefix = stage.config, stage.log_prefix
+            prefix = stage.log_prefix
+            plan = self._gate_plan()
         else:
-            clear_plan(self.model)
-            set_plan(self.model, self.plan(deterministic=True))
-            params = None  # paper 7: all parameters, importances included
-            config = TrainConfig(
-                epochs=epochs, batch_size=cfg.batch_size, optimizer="adam", lr=cfg.cnn_lr, weight_decay=0.0,
-                schedule="constant", grad_clip=cfg.grad_clip, seed=seed, device=cfg.device,
-            )  # fmt: skip
+            if self.runtime_model is not None or self.static_keep is not None:
+                self.guard_budget()  # the CNN trains under the plan that will be deployed
+            plan = self.plan(deterministic=True)
             prefix = "cnn/"
+        group = "all" if params is None else phase.kind
+        optimizer_state = position.get("optimizer")
+        if optimizer_state is None and self._optimizer_params == group:
+            optimizer_state = self._optimizer_state  # one SGD run: momentum carries over between phases
         steps_per_epoch = -(-len(train_set) // config.batch_size)
         offset = self.global_step
 
@@ -682,21 +927,27 @@ class JointTrainer:
         def on_epoch_end(epoch: int, record: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
             self.global_step = offset + (epoch + 1) * steps_per_epoch
             self.history.setdefault(phase.name, {"epochs": []})["epochs"].append(record)
+            self._optimizer_state, self._optimizer_params = optimizer.state_dict(), group
             if epoch + 1 < config.epochs:
                 self.save_checkpoint(index, {"epoch": epoch + 1, "optimizer": optimizer.state_dict()})
 
         t0 = time.perf_counter()
+        clear_plan(self.model)
+        set_plan(self.model, plan)
         try:
             train(
                 self.model, train_set, config, params=params, writer=_Writer(), progress=self.progress,
-                start_epoch=int(position.get("epoch", 0)), optimizer_state=position.get("optimizer"),
+                start_epoch=int(position.get("epoch", 0)), optimizer_state=optimizer_state,
                 on_epoch_end=on_epoch_end, log_prefix=prefix, desc=phase.name,
+                schedule_steps=(first_step, total_steps),
             )  # fmt: skip
         finally:
             clear_plan(self.model)
             self.logger.flush_scalars()
         self.global_step = offset + config.epochs * steps_per_epoch
-        self.history.setdefault(phase.name, {"epochs": []})["time_s"] = time.perf_counter() - t0
+        record = self.history.setdefault(phase.name, {"epochs": []})
+        record["time_s"] = time.perf_counter() - t0
+        record["steps"] = config.epochs * steps_per_epoch
 
     def evaluate_plan(self, dataset: ImageDataset, *, max_images: int | None = None) -> dict[str, float]:
         """Top-1, loss and measured MAC/param fractions of the CNN under the agents' deterministic plan."""
@@ -756,6 +1007,9 @@ class JointTrainer:
                 self._log_phase_end(phase)
                 position = {}
                 self.save_checkpoint(i + 1)
+            if self.runtime_model is not None or self.static_keep is not None:
+                self.guard_budget()  # every run meets its budget on val, whatever the agents learned
+                self.save_checkpoint(len(self.phases))
         finally:
             self.logger.close()
         return self.history

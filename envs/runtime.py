@@ -261,6 +261,7 @@ class _RuntimeCore:
         tradeoff: float | None,
         min_keep: float,
         budget_term: BudgetTerm | None,
+        static_scores: Sequence[Any] | None,
         loss_scale: RunningLossScale | float | None,
         loss_scale_warmup: int,
         loss_scale_decay: float,
@@ -321,8 +322,12 @@ class _RuntimeCore:
                 raise ValueError(
                     "a static plan needs tradeoff=R_r in [0, 1] (paper 7 uses 0.5; 1 = runtime only, 0 = static only)"
                 )
+            if static_scores is not None and static_keep is None:
+                raise ValueError("static_scores rank the channels of a static plan: pass static_keep too")
             r = 1.0 if tradeoff is None else float(tradeoff)
-            set_plan(self.model, PruningPlan(static_keep=static_keep, runtime_keep=None, tradeoff=r))
+            scores = None if static_scores is None else [torch.as_tensor(v, dtype=torch.float32) for v in static_scores]
+            plan = PruningPlan(static_keep=static_keep, runtime_keep=None, tradeoff=r, static_scores=scores)
+            set_plan(self.model, plan)
         self.static_keep = None if static_keep is None else [float(s) for s in static_keep]
         self.tradeoff = self.units[0].tradeoff
         self.stepper = UnitStepper(self.model)
@@ -773,6 +778,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     | `budget`            | `0.5`         | MAC budget: cap on each image's backbone MAC fraction, in (0, 1]          |
     | `static_keep`       | `None`        | fixed static keep ratio per unit (`None`: no static pruning)              |
     | `tradeoff`          | `None`        | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`  |
+    | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)          |
     | `min_keep`          | `0.1`         | keep ratio of action -1 (paper 7's runtime floor)                         |
     | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)         |
     | `loss_scale`        | `None`        | β: `None` (a fresh running mean), a shared `RunningLossScale`, or a float  |
@@ -833,6 +839,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         tradeoff: float | None = None,
         min_keep: float = 0.1,
         budget_term: BudgetTerm | None = None,
+        static_scores: Sequence[Any] | None = None,
         loss_scale: RunningLossScale | float | None = None,
         loss_scale_warmup: int = 200,
         loss_scale_decay: float = 0.995,
@@ -847,7 +854,8 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
             1, model=model, weights=weights, dataset=dataset, data_dir=data_dir, split=split,
             num_images=num_images, dataset_kwargs=dataset_kwargs, augment=augment, budget=budget,
             static_keep=static_keep, tradeoff=tradeoff, min_keep=min_keep, budget_term=budget_term,
-            loss_scale=loss_scale, loss_scale_warmup=loss_scale_warmup, loss_scale_decay=loss_scale_decay,
+            static_scores=static_scores, loss_scale=loss_scale, loss_scale_warmup=loss_scale_warmup,
+            loss_scale_decay=loss_scale_decay,
             device=device,
         )  # fmt: skip
         self.observation_space = self._core.observation_space

@@ -26,6 +26,7 @@ from pruning.data import ImageDataset, normalize
 from pruning.gating import applied_masks, gated_units, is_gated, set_plan, stored_masks
 from pruning.models import input_normalization
 from pruning.plan import RATIO_EPS, PruningPlan, RuntimeSource, keep_count
+from pruning.train import recalibrate_bn
 from pruning.units import Unit
 
 from .common import build_env_model, load_reward_split
@@ -218,6 +219,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | `loss_scale`     | `None`        | β_b: `None` (a fresh running mean), a shared `RunningLossScale`, a float   |
     | `device`         | `"cpu"`       | where the model is scored                                                  |
     | `dataset_kwargs` | `None`        | extra keywords of `get_dataset` (e.g. `val_size`, `seed`)                  |
+    | `bn_recalibration` | `0`         | images of the split (outside the scored subset) that re-estimate BN first  |
 
     Details:
 
@@ -237,6 +239,12 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
       (`PruningPlan.tradeoff` is one number; see `apply_plan`).
     - `loss_scale`: share one `RunningLossScale` between environments to normalise them alike; a float
       fixes β_b.
+    - `bn_recalibration`: before scoring an episode's plan, every BatchNorm layer's running statistics are
+      re-estimated (cumulative average, train-mode forward passes, no gradients) on this many images of the
+      split that are not in the scored subset, then restored after scoring. Pruning shifts the statistics of the
+      layers that consume pruned channels; without it the reward of a deep cut is the accuracy of a
+      mis-normalised network (on ResNet-20 at half the MACs: ~13% with the stale statistics, ~52% after
+      re-estimation on 1 000 images), so allocations barely differ in reward. 0 scores with the stored statistics.
 
     A budget that `clamp` mode cannot meet even with every unit at `min_keep` raises `ValueError` at
     construction (it names the smallest reachable fraction). To time one episode at a given subset size,
@@ -291,6 +299,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         device: str | torch.device = "cpu",
         dataset_kwargs: Mapping[str, Any] | None = None,
         render_mode: str | None = None,
+        bn_recalibration: int = 0,
     ) -> None:
         super().__init__()
         if render_mode is not None:
@@ -327,6 +336,10 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self.num_units = len(self.units)
         self.channels = np.array([u.out_channels for u in self.units], dtype=np.int64)
         self._val_x, self._val_y = self._cache_subset(data, num_val, val_seed, input_normalization(self._model))
+        self._calib_x = self._calibration_subset(data, int(bn_recalibration), input_normalization(self._model))
+        self._bn_state = {
+            k: v.clone() for k, v in self._model.state_dict().items() if k.endswith(("running_mean", "running_var"))
+        }
 
         # -- channel criterion -------------------------------------------------------------------------------
         if criterion is None:
@@ -437,6 +450,25 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         mean, std = norm
         x = normalize(data.images[idx], mean, std).to(self.device)
         return x, data.labels[idx].to(self.device)
+
+    def _calibration_subset(
+        self, data: ImageDataset, count: int, norm: tuple[Sequence[float], Sequence[float]]
+    ) -> torch.Tensor | None:
+        if count < 0:
+            raise ValueError(f"bn_recalibration must be >= 0 images, got {count}")
+        if count == 0:
+            return None
+        rest = torch.ones(len(data), dtype=torch.bool)
+        rest[self.val_indices] = False
+        pool = rest.nonzero().flatten()
+        if count > len(pool):
+            raise ValueError(
+                f"bn_recalibration={count} but the {data.name}/{data.split} split has only {len(pool)} images "
+                f"outside the {len(self.val_indices)} scored ones; lower bn_recalibration or num_val"
+            )
+        idx = pool[torch.linspace(0, len(pool) - 1, count).round().long()]
+        mean, std = norm
+        return normalize(data.images[idx], mean, std).to(self.device)
 
     def _check_runtime(
         self, runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None
@@ -711,6 +743,15 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     def _evaluate(self) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         """Top-1 (%), mean CE, per-image kept counts ``(N, L)`` and stored counts ``(L,)`` of the applied plan."""
         model = self.apply_plan()
+        if self._calib_x is not None:
+            recalibrate_bn(model, self._calib_x, batch_size=self.batch_size)
+        try:
+            return self._score(model)
+        finally:
+            if self._calib_x is not None:  # the env's copy keeps the statistics it was built with
+                model.load_state_dict(self._bn_state, strict=False)
+
+    def _score(self, model: nn.Module) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         model.eval()
         correct = 0
         loss_sum = 0.0

@@ -241,6 +241,61 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
 }
 
 
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, images: torch.Tensor | ImageDataset, *, batch_size: int = 128, max_images: int | None = None
+) -> int:
+    """Re-estimate every BatchNorm layer's running statistics under the model's current plan.
+
+    Pruning changes the statistics of the layers that consume pruned channels; a pruned network scored with the
+    statistics of the unpruned one is mis-normalised (ResNet-20 at half the MACs, static L1 plan: 13% top-1 on
+    val with the stale statistics, 52% after re-estimation on 1 000 images). The statistics are reset and
+    re-estimated as a cumulative average (``momentum=None``) over train-mode forward passes without gradients
+    and without augmentation; no parameter changes, so this costs no training step. The model's training mode
+    and each layer's ``momentum`` are restored afterwards.
+
+    Args:
+        model: Any network (gated or not; its plan is applied as set).
+        images: Normalised images ``(N, 3, H, W)``, or a dataset (normalised for the model, read in order).
+        batch_size: Images per forward pass (BatchNorm uses batch statistics: keep it >= 32).
+        max_images: Use at most this many images (the first ones); ``None``: all.
+
+    Returns:
+        The number of images used (0 when the model has no BatchNorm layer: nothing is done).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    device = _model_device(model)
+    seen = 0
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        if isinstance(images, torch.Tensor):
+            limit = len(images) if max_images is None else min(max_images, len(images))
+            batches: Iterable[torch.Tensor] = (images[i : i + batch_size] for i in range(0, limit, batch_size))
+        else:
+            limit = len(images) if max_images is None else min(max_images, len(images))
+            sub = images if limit == len(images) else images.subset(torch.arange(limit))
+            batches = (x for x, _ in BatchLoader(sub, batch_size, shuffle=False, augment=False, device=device))
+        for x in batches:
+            model(x.to(device))
+            seen += int(x.shape[0])
+        if seen == 0:
+            raise ValueError("recalibrate_bn got no images")
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return seen
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of one :func:`train` run (one stage of a schedule)."""
@@ -464,6 +519,7 @@ def train(
     extra_loss: ExtraLoss | None = None,
     after_step: StepHook | None = None,
     make_optimizer: OptimizerBuilder | None = None,
+    schedule_steps: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with cross-entropy, standard CIFAR augmentation and ``config``'s optimizer.
 
@@ -503,6 +559,10 @@ def train(
         make_optimizer: Builds the optimizer instead of ``OPTIMIZERS[config.optimizer]``, with the same
             signature ``fn(param_groups, config)``: for optimizers with options of their own. The learning
             rate of every group is still set from the schedule before each step.
+        schedule_steps: ``(offset, total)``: this call is one piece of a longer schedule of ``total`` optimizer
+            steps that starts at step ``offset`` (a multi-phase run with one cosine over all its phases);
+            step ``i`` of this call then uses :func:`learning_rate` at ``offset + i`` of ``total``. ``None``:
+            the schedule spans this call's ``config.epochs`` alone.
 
     Returns:
         ``{"epochs": [record, ...], "steps": steps run}``; a record holds ``epoch`` (0-based), ``train_loss``
@@ -535,13 +595,21 @@ def train(
             optimizer.load_state_dict(dict(optimizer_state))
         steps_per_epoch = -(-len(train_set) // config.batch_size)
         total_steps = config.epochs * steps_per_epoch
+        offset = 0
+        if schedule_steps is not None:
+            offset, total_steps = (int(v) for v in schedule_steps)
+            if offset < 0 or offset + config.epochs * steps_per_epoch > total_steps:
+                raise ValueError(
+                    f"schedule_steps={schedule_steps} does not hold this call's {config.epochs * steps_per_epoch} "
+                    f"steps: need 0 <= offset and offset + steps <= total"
+                )
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
             record = _train_epoch(
                 model, train_set, config, optimizer, selected,
                 epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps, writer=writer,
                 progress=progress, log_prefix=log_prefix, bn_eval=bn_eval, desc=desc,
-                extra_loss=extra_loss, after_step=after_step,
+                extra_loss=extra_loss, after_step=after_step, schedule_offset=offset,
             )  # fmt: skip
             history["steps"] += steps_per_epoch
             step = (epoch + 1) * steps_per_epoch
@@ -587,6 +655,7 @@ def _train_epoch(
     desc: str,
     extra_loss: ExtraLoss | None = None,
     after_step: StepHook | None = None,
+    schedule_offset: int = 0,
 ) -> dict[str, Any]:
     """One pass over the data; returns the epoch's record (without validation)."""
     device = torch.device(config.device)
@@ -608,7 +677,7 @@ def _train_epoch(
     try:
         for i, (x, y) in enumerate(bar):
             step = epoch * steps_per_epoch + i
-            lr = learning_rate(config, step, total_steps)
+            lr = learning_rate(config, schedule_offset + step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(x)
