@@ -43,7 +43,8 @@ Trained agents join as the run directory ``train_agent.py`` wrote (kind ``"agent
 any other path or file name raises a ``ValueError`` saying so.
 
 **Fine-tune.** With ``finetune_epochs > 0`` every final model (static, runtime with its plan in place, and
-trained) gets the same fine-tune (SGD, lr 0.01, cosine, batch 128), optionally on a fixed evenly strided subset
+trained) gets the same fine-tune (:func:`finetune`: SGD, lr 0.01, cosine, batch 128; :mod:`agents.protocol`
+trains every row with it too), optionally on a fixed evenly strided subset
 of ``finetune_images`` training images; a plain model identical to one already fine-tuned (same layers,
 weights and seed, e.g. ``uniform`` and ``l1``) reuses that result. Costs are not re-measured for trained
 methods whose MACs are fixed by their layers: a method whose sparsity lives in zero weights must keep it under
@@ -109,7 +110,7 @@ from pruning.export import DynamicModel, export_static
 from pruning.gating import applied_masks, gate_model, gated_units, is_gated, set_plan, stored_masks
 from pruning.models import get_model, input_normalization
 from pruning.plan import PruningPlan
-from pruning.train import TrainConfig, dataset_for_model, evaluate, train
+from pruning.train import TrainConfig, dataset_for_model, evaluate, fractional_epochs, train
 
 __all__ = [
     "CSV_FIELDS",
@@ -119,6 +120,7 @@ __all__ = [
     "compare",
     "default_policies",
     "draw_pareto",
+    "finetune",
     "main",
     "markdown_table",
     "measure_latency",
@@ -163,6 +165,8 @@ FINETUNE_BATCH = 128
 CALIBRATION_IMAGES = 64
 _EVAL_BATCH = 500
 _SAVED_AGENT_SUFFIXES = (".zip", ".pt", ".pth", ".pkl")
+#: ``fn(model, seed, label)``: trains a final model in place (what the static and runtime runs call).
+Finetuner = Callable[[nn.Module, int, str], None]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -541,7 +545,7 @@ def _run_base(bench: _Bench) -> _Result:
     )  # fmt: skip
 
 
-def _run_static(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: _Finetune) -> _Result:
+def _run_static(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: Finetuner) -> _Result:
     base = bench.plain("static")
     policy = spec.build(seed)
     calibration = bench.val_data(base)[0][:CALIBRATION_IMAGES]
@@ -561,7 +565,7 @@ def _run_static(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finet
     )  # fmt: skip
 
 
-def _run_runtime(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: _Finetune) -> _Result:
+def _run_runtime(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finetune: Finetuner) -> _Result:
     gated = bench.gated
     env = bench.runtime_env(budget)
     policy = spec.build(seed).prepare(env)
@@ -670,6 +674,68 @@ def _fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+class _LrTrace:
+    """A ``train`` writer that keeps only what the step count and the schedule need: the lr of every step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None:
+        if tag == "train/lr":
+            self.lrs.append(float(scalar_value))
+
+
+def finetune(
+    model: nn.Module,
+    train_set: ImageDataset,
+    epochs: float,
+    *,
+    lr: float = FINETUNE_LR,
+    batch_size: int = FINETUNE_BATCH,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "finetune",
+) -> dict[str, Any]:
+    """Train ``model`` in place with the one fine-tune recipe of :func:`compare` and :mod:`agents.protocol`.
+
+    SGD with Nesterov momentum 0.9, weight decay 1e-4 (on 2-D and larger parameters), peak learning rate ``lr``
+    cosine-annealed per step over the whole run, ``batch_size`` images per step, the standard augmentation
+    (:func:`pruning.train.train` with ``TrainConfig(optimizer="sgd", schedule="cosine")``). Fractional
+    ``epochs`` run as whole epochs over a seeded subset (:func:`pruning.train.fractional_epochs`), so the run
+    takes the optimizer steps of ``epochs`` passes and the cosine spans all of them.
+
+    Args:
+        model: The model (a gated one trains with whatever plan it carries).
+        train_set: The training split, normalised for ``model``.
+        epochs: Passes over ``train_set`` (``>= 0``; 0 trains nothing).
+        lr: Peak learning rate (the first step's).
+        batch_size: Images per step.
+        seed: Seeds the subset, the data order and the augmentation.
+        device: Where to train.
+        desc: Log label.
+
+    Returns:
+        :func:`pruning.train.train`'s history (``"epochs"``, ``"steps"``) plus ``"images"`` (images that went
+        through an optimizer step), ``"seconds"`` (wall time), ``"lr_first"`` / ``"lr_last"`` (the learning
+        rate of the first and the last step, ``nan`` without steps) and ``"lr_steps"`` (steps whose learning
+        rate was set: one per optimizer step).
+    """
+    data, whole = fractional_epochs(train_set, epochs, seed=seed)
+    config = TrainConfig(
+        epochs=whole, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4,
+        schedule="cosine", seed=seed, device=str(device), log_every=1,
+    )  # fmt: skip
+    trace = _LrTrace()
+    start = time.perf_counter()
+    history = train(model, data, config, writer=trace, progress=False, desc=desc)
+    history["seconds"] = time.perf_counter() - start
+    history["images"] = len(history.get("epochs", [])) * len(data)
+    history["lr_first"] = trace.lrs[0] if trace.lrs else math.nan
+    history["lr_last"] = trace.lrs[-1] if trace.lrs else math.nan
+    history["lr_steps"] = len(trace.lrs)
+    return history
+
+
 class _Finetune:
     """The equal fine-tune of every final model (nothing when ``epochs`` is 0).
 
@@ -695,10 +761,7 @@ class _Finetune:
             model.eval()
             return
         data = _strided(self.bench.split("train", model), self.bench.finetune_images, "finetune_images")
-        config = TrainConfig(
-            epochs=self.epochs, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, seed=seed, device=str(self.bench.device)
-        )
-        train(model, data, config, progress=False, desc=f"finetune {label}")
+        finetune(model, data, self.epochs, seed=seed, device=self.bench.device, desc=f"finetune {label}")
         model.eval()
         if key is not None:
             self._done[key] = (label, {k: v.detach().clone() for k, v in model.state_dict().items()})

@@ -14,6 +14,7 @@ do not act in an env: :mod:`agents.compare` scores them through ``build``.
 | `random`         | seeded random profile, scaled to the budgets        | the env's criterion                   |
 | `l1`             | uniform, or `allocation="global"`                   | filter L1 norm                        |
 | `l2`             | uniform, or `allocation="global"`                   | filter L2 norm                        |
+| `l2_gm`          | uniform, or `allocation="global"` (FPGM)            | distance to the geometric median      |
 | `bn_scale`       | uniform, or `allocation="global"` (slimming)        | BN `|γ|`                              |
 | `neuron_merging` | uniform, or `allocation="global"`; static env only  | `l1`, `l2` or `l2_gm`, then merged    |
 | `fbs`            | one runtime ratio for all units and images (FBS)    | runtime env only: `u_r`               |
@@ -59,7 +60,7 @@ from .grda import GRDABaseline
 from .neuron_merging import NeuronMergingBaseline
 from .pfp import PFPBaseline
 from .polarization import PolarizationBaseline
-from .policies import CriterionBaseline, FBSBaseline, RandomBaseline, UniformBaseline
+from .policies import CriterionBaseline, FBSBaseline, GeometricMedianBaseline, RandomBaseline, UniformBaseline
 from .scop import SCOPBaseline
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "CriterionBaseline",
     "FBSBaseline",
     "GRDABaseline",
+    "GeometricMedianBaseline",
     "NeuronMergingBaseline",
     "PFPBaseline",
     "PolarizationBaseline",

@@ -17,7 +17,7 @@ from pruning.plan import keep_count
 
 from .base import BaselinePolicy, PruningTarget, register_baseline, solve_budget
 
-__all__ = ["CriterionBaseline", "FBSBaseline", "RandomBaseline", "UniformBaseline"]
+__all__ = ["CriterionBaseline", "FBSBaseline", "GeometricMedianBaseline", "RandomBaseline", "UniformBaseline"]
 
 
 def _uniform_counts(target: PruningTarget, budget: float) -> np.ndarray:
@@ -159,6 +159,18 @@ class L2Baseline(CriterionBaseline):
     """Filter L2 norm; see :class:`CriterionBaseline`."""
 
     criterion = "l2"
+
+
+@register_baseline("l2_gm")
+class GeometricMedianBaseline(CriterionBaseline):
+    """FPGM: the filters nearest the geometric median of their layer are pruned first; see CriterionBaseline.
+
+    He, Liu, Wang, Hu & Yang, "Filter Pruning via Geometric Median for Deep Convolutional Neural Networks
+    Acceleration", CVPR 2019. Plain slicing of the ``l2_gm`` ranking (:mod:`pruning.criteria`);
+    ``neuron_merging:criterion=l2_gm`` is the same plan with Neuron Merging's compensation.
+    """
+
+    criterion = "l2_gm"
 
 
 @register_baseline("bn_scale")

@@ -1,0 +1,217 @@
+"""The fair protocol on CIFAR-10: learned vs hand-designed pruning at equal MACs and equal training.
+
+Runs :func:`agents.protocol.run_protocol` on the grid of :data:`CELLS` (ResNet-20 and ResNet-56, the public
+checkpoints fine-tuned on the JPEG copy of CIFAR-10: ``<models-dir>/<model>_cifar10jpeg.pt``, data in
+``<data-dir>/cifar10``), every row of :data:`agents.protocol.DEFAULT_ROWS` unless ``--rows`` says otherwise.
+Finished rows are kept in ``--out`` (one JSON file per cell and row) and reused, so the grid can be run a piece
+at a time (``--cells``, ``--rows``, ``--seeds``) and an interrupted run continues where it stopped.
+
+At the end (also with ``--report-only``, which runs nothing) it prints the tables of every cell, writes them
+into ``docs/results.md`` under the heading ``## Fair protocol`` (replacing that section, keeping the rest of
+the file; rows not run yet say "not run"), draws ``docs/protocol_pareto.png``, and prints one line::
+
+    r20_e1_050_best_hand=<x> r20_e1_050_learned=<x> ... r56_e1_050_learned=<x> learned_budget_misses=<n>
+
+(``best_hand`` / ``learned``: the best mean test top-1 over seeds of the hand-designed / learned rows meeting
+the budget, ``nan`` where none has run; the misses count learned rows over their budget.)
+
+The paths default to ``../shared`` beside the repository; ``PRUNEGYM_SHARED`` (holding ``models/`` and
+``data/``) or ``PRUNEGYM_DATA`` (the data root) override them, as do ``--models-dir`` / ``--data-dir``.
+
+Usage::
+
+    python bench/protocol_cifar10.py                                   # the whole grid (many hours on a CPU)
+    python bench/protocol_cifar10.py --cells r20_e1_050 --rows l1 fbs joint --seeds 0
+    python bench/protocol_cifar10.py --report-only                     # tables, docs and the line from --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from _common import REPO, SHARED, add_machine_args
+
+from agents.protocol import (
+    BUDGET_TOLERANCE,
+    DEFAULT_ROWS,
+    GATE_SHARE,
+    Cell,
+    Recipe,
+    RowResult,
+    format_table,
+    pareto_plot,
+    read_cell,
+    run_protocol,
+    summary_line,
+)
+
+HEADING = "## Fair protocol"
+
+
+@dataclass(frozen=True)
+class BenchCell:
+    """One cell group of the grid: model, MAC budget ``B``, training budget ``E`` and its seeds."""
+
+    model: str
+    budget: float
+    epochs: float
+    seeds: tuple[int, ...]
+
+
+#: The grid, in report order (labels are those of the final line).
+CELLS: dict[str, BenchCell] = {
+    "r20_e1_050": BenchCell("resnet20", 0.5, 1.0, (0, 1)),
+    "r20_e1_025": BenchCell("resnet20", 0.25, 1.0, (0, 1)),
+    "r20_e3_050": BenchCell("resnet20", 0.5, 3.0, (0,)),
+    "r56_e1_050": BenchCell("resnet56", 0.5, 1.0, (0,)),
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS), help="cells to run (default all)")
+    p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="rows to run (default every row)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="run only these of each cell's seeds")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the recipe (default 0.01)")
+    p.add_argument("--test-images", type=int, default=None, help="score N test images, evenly strided (default all)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "protocol_cifar10", help="row files (reused)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: report what --out holds")
+    p.add_argument("--results-md", type=Path, default=REPO / "docs" / "results.md", help="where the tables go")
+    p.add_argument("--plot", type=Path, default=REPO / "docs" / "protocol_pareto.png", help="the Pareto figure")
+    add_machine_args(p, data_file="test.npz")
+    a = p.parse_args(argv)
+    shared = os.environ.get("PRUNEGYM_SHARED")
+    if shared and a.models_dir == SHARED / "models":
+        a.models_dir = Path(shared) / "models"
+    if a.data_dir == SHARED / "data":
+        if shared:
+            a.data_dir = Path(shared) / "data"
+        elif os.environ.get("PRUNEGYM_DATA"):
+            a.data_dir = Path(os.environ["PRUNEGYM_DATA"])
+    return a
+
+
+def weights_of(models_dir: Path, model: str) -> Path:
+    path = models_dir / f"{model}_cifar10jpeg.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; pass --models-dir or set PRUNEGYM_SHARED")
+    return path
+
+
+def cell_rows(out: Path, cell: BenchCell) -> list[RowResult]:
+    """Every finished row of a cell group (all its seeds) in ``out``."""
+    rows: list[RowResult] = []
+    for seed in cell.seeds:
+        rows += read_cell(out, Cell(cell.model, None, cell.budget, cell.epochs, seed).name)
+    return rows
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """``text`` with the section under ``heading`` replaced by ``body`` (appended when absent).
+
+    A section runs from its heading to the next heading of the same level (``## ``) outside fenced code
+    blocks, or to the end of the file; everything else is kept as it is.
+    """
+    lines = text.splitlines(keepends=True)
+    fence = False
+    start = end = None
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fence = not fence
+            continue
+        if fence or not line.startswith("## "):
+            continue
+        if start is None and (line.rstrip("\n") == heading or line.startswith(heading + " ")):
+            start = i
+        elif start is not None:
+            end = i
+            break
+    section = body.rstrip("\n") + "\n"
+    if start is None:
+        return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
+    after = lines[end:] if end is not None else []
+    return "".join(lines[:start]) + section + ("\n" + "".join(after) if after else "")
+
+
+def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
+    """Tables of every cell, the docs section, the figure; returns the final line."""
+    groups = {label: cell_rows(args.out, cell) for label, cell in CELLS.items()}
+    tables = []
+    for label, cell in CELLS.items():
+        seeds = ", ".join(str(s) for s in cell.seeds)
+        title = f"{label}: {cell.model}, B = {cell.budget:g}, E = {cell.epochs:g} epoch(s), seeds {seeds}"
+        tables.append(format_table(groups[label], expected=list(DEFAULT_ROWS), title=title))
+    print("\n".join(tables), flush=True)
+    line = summary_line(groups)
+    every = [r for rows in groups.values() for r in rows]
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    pareto_plot(every, args.plot)
+    recipe = Recipe(lr=args.lr).as_dict()
+    intro = [
+        HEADING,
+        "",
+        "Learned vs hand-designed channel pruning under one protocol (`agents/protocol.py`, "
+        "`bench/protocol_cifar10.py`): every row of a cell starts from the same CIFAR-10 checkpoint "
+        "(`<model>_cifar10jpeg.pt`), trains exactly E epochs on the train split with one recipe "
+        f"(SGD, Nesterov momentum {recipe['momentum']}, weight decay {recipe['weight_decay']:g}, lr {recipe['lr']:g} "
+        f"cosine-annealed over the whole E, batch {recipe['batch_size']}, crop + flip), uses val only for rewards, "
+        "model selection and budget bisection, and is scored on the test split. A row meets the budget B when its "
+        f"mean per-image MAC fraction on the test images is at most B + {BUDGET_TOLERANCE:g}; rows that miss are "
+        "listed under their table and never ranked. `best_hand` is the hand-designed row with the best mean test "
+        "top-1 over seeds among those meeting the budget. Learned rows: `agents.schedule.JointTrainer` (static, "
+        f"runtime, joint with R_r = 0.5; gate stage {GATE_SHARE:g}·E, the rest over 2 CNN phases) with its plan "
+        "brought to the budget on val; their RL time is apart.",
+        "",
+        f"Command: `{command}`" + (f" ({wall / 60:.1f} min)" if wall is not None else ""),
+        "",
+        *tables,
+        f"![test top-1 vs mean MAC fraction]({Path(os.path.relpath(args.plot, args.results_md.parent)).as_posix()})",
+        "",
+        "```text",
+        line,
+        "```",
+    ]
+    md = args.results_md
+    text = md.read_text(encoding="utf-8") if md.is_file() else "# Results\n"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(replace_section(text, HEADING, "\n".join(intro)), encoding="utf-8")
+    return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    command = "python bench/protocol_cifar10.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    wall = None
+    if not args.report_only:
+        start = time.perf_counter()
+        for label in args.cells:
+            cell = CELLS[label]
+            seeds = [s for s in cell.seeds if args.seeds is None or s in args.seeds]
+            if not seeds:
+                continue
+            run_protocol(
+                model=cell.model, weights=weights_of(args.models_dir, cell.model), dataset="cifar10",
+                data_dir=args.data_dir / "cifar10", budgets=[cell.budget], epochs=[cell.epochs], seeds=seeds,
+                rows=args.rows, recipe=Recipe(lr=args.lr), test_images=args.test_images, out_dir=args.out,
+                rerun=args.rerun, device=args.device, progress=True,
+            )  # fmt: skip
+        wall = time.perf_counter() - start
+    print(report(args, command, wall))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
