@@ -41,7 +41,7 @@ from .models.weights import input_normalization, load_checkpoint_file
 from .plan import RATIO_EPS, PruningPlan, RuntimeSource
 from .units import get_units
 
-__all__ = ["DynamicModel", "export_static", "load_exported", "save_exported"]
+__all__ = ["DynamicModel", "export_static", "last_kept_count", "load_exported", "save_exported"]
 
 
 def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> nn.Conv2d:
@@ -236,6 +236,24 @@ def load_exported(path: str | Path) -> nn.Module:
     return model.eval()
 
 
+def last_kept_count(unit: GatedConv) -> int | torch.Tensor:
+    """Channels ``unit`` kept in the last forward pass: an ``int`` where the unit knows it as one, else int64 ``(N,)``.
+
+    A :class:`DynamicModel` unit at batch 1 reports a Python integer (no mask is built); any other gated unit
+    counts its ``last_keep`` mask. Runtime sources that charge MACs per unit read it.
+
+    Raises:
+        RuntimeError: the unit has not run since it was built.
+    """
+    count = unit.__dict__.get("last_count")
+    if count is not None:
+        return count  # type: ignore[no-any-return]
+    keep = unit.last_keep
+    if keep is None:
+        raise RuntimeError(f"unit {unit.unit_index} has not run yet; units must run in index order")
+    return keep.sum(-1)
+
+
 class _CompactUnit(GatedConv):
     """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs.
 
@@ -301,6 +319,7 @@ class _CompactUnit(GatedConv):
         in_idx = None if src is None else src.last_idx
         if x.shape[0] != 1 or (in_idx is None and src is not None):
             self.last_idx = None
+            self.__dict__["last_count"] = None
             return super().forward(x)
         gap = x.mean(dim=(2, 3))
         pred = self.predictor
@@ -327,6 +346,7 @@ class _CompactUnit(GatedConv):
             u = u_r.index_select(0, out_idx)
         # plain attributes, set without nn.Module.__setattr__'s checks (per unit and sample)
         self.__dict__["last_keep"], self.__dict__["last_idx"] = keep, out_idx
+        self.__dict__["last_count"] = out_idx.numel()
         # relu(BN(conv(x))·u_r·u_s + β) = relu(conv_{W·a·u_r}(x) + β + (b - mean)·a·u_r), a = u_s / sqrt(var + eps)
         w, affine = self._folded()
         w, affine = w.index_select(0, out_idx), affine.index_select(1, out_idx)

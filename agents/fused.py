@@ -1,0 +1,492 @@
+"""A trained runtime agent fused into the model: plain PyTorch, no stable-baselines3 and no numpy at inference.
+
+:class:`envs.runtime.PolicyRuntimeSource` asks a policy for every unit's keep ratio through SB3's
+``predict``: a numpy observation is built, converted to a tensor, run through the policy, converted back and
+mapped to a ratio, once per unit and forward pass. At batch 1 that bookkeeping costs more than the pruned
+convolutions save. This module converts the *actor* of a trained agent into a :class:`FusedAgent`, an
+``nn.Module`` that reads the unit's GAP and ``u_r`` tensors (as a :data:`pruning.plan.RuntimeSource` sees
+them) and returns the keep ratios, computing exactly what ``PolicyRuntimeSource(..., deterministic=True)``
+computes:
+
+1. the observation of :func:`envs.runtime.runtime_observation`: GAP and ``u_r`` zero-padded to the env's
+   widths, clipped to ``±OBS_BOUND``, then ``t / (L - 1)``, the budget and the committed MAC fraction;
+2. the actor's deterministic action: the Gaussian mean of PPO / A2C (``MlpPolicy``) plus the budget prior of
+   :class:`agents.policies.BudgetResidualPolicy`, the same after an LSTM for RecurrentPPO (``MlpLstmPolicy``,
+   :class:`agents.policies.BudgetResidualLstmPolicy`; the state is carried from unit to unit and starts at 0
+   at unit 0), ``tanh`` of the mean for SAC, the actor network for TD3 / DDPG; clipped to the action space
+   (squashed actors: rescaled to it) as SB3's ``predict`` does;
+3. ``action_offset`` and :func:`envs.runtime.action_to_ratio` (clip to ``[-1, 1]``, affine map to
+   ``[min_keep, 1]``, rounding to 6 decimals).
+
+The operations are SB3's own modules (``nn.Linear``, activations, ``nn.LSTM``, deep-copied) applied in SB3's
+order on the same float32 tensors, so the ratios are bit for bit those of ``predict`` (the tests check it for
+every supported policy). The budget prior is a constant for a fixed budget and is computed once, by the
+policy's own ``budget_prior``.
+
+:class:`FusedRuntimeSource` is the drop-in replacement for ``PolicyRuntimeSource`` (same arguments, a
+subclass, so ``bind`` and every ``isinstance`` check keep working): it keeps the committed-MAC bookkeeping
+(Python integers at batch 1, integer tensors for a batch) and calls the fused agent, TorchScript-compiled by
+default (half the per-call overhead of eager mode at batch 1; measured in ``bench/runtime_latency.py``).
+:func:`runtime_source` returns it when the policy can be converted and otherwise falls back to
+``PolicyRuntimeSource`` with a logged warning.
+
+Example:
+    >>> import torch
+    >>> from agents.algos import make_model
+    >>> from envs.runtime import RuntimePruningVecEnv
+    >>> from pruning.export import DynamicModel, export_static
+    >>> env = RuntimePruningVecEnv(2, model="tiny_cnn", budget=0.5, num_images=8)
+    >>> agent, _ = make_model("ppo", env, {"policy": "BudgetResidualPolicy", "n_steps": 8, "batch_size": 8}, seed=0)
+    >>> source = runtime_source(agent, env.model, budget=0.5)
+    >>> type(source).__name__
+    'FusedRuntimeSource'
+    >>> dyn = DynamicModel(export_static(env.model), source)
+    >>> _ = source.bind(dyn)
+    >>> dyn(torch.randn(1, 3, 32, 32)).shape
+    torch.Size([1, 10])
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from envs.runtime import OBS_BOUND, RATIO_DECIMALS, PolicyRuntimeSource
+from pruning.export import last_kept_count
+from pruning.gating import gated_units
+
+__all__ = ["FusedActor", "FusedAgent", "FusedRuntimeSource", "NotFusableError", "fuse_policy", "runtime_source"]
+
+log = logging.getLogger(__name__)
+
+
+class NotFusableError(TypeError):
+    """The policy cannot be converted into a :class:`FusedAgent` (use ``PolicyRuntimeSource`` instead)."""
+
+
+class FusedActor(nn.Module):
+    """The deterministic actor of an SB3 policy, on float32 observations ``(N, obs_dim)``.
+
+    ``action = out(head(net(features)))`` with ``features`` the observation (SB3's ``FlattenExtractor``) or,
+    with an LSTM, its output for this step. ``out`` is, for a Gaussian actor (PPO, A2C, RecurrentPPO),
+    ``clip(mean + prior, low, high)``; for a squashed actor (SAC) ``rescale(tanh(mean))``; for TD3 / DDPG,
+    whose network ends in ``tanh``, ``rescale(mean)``; ``rescale(a) = low + 0.5·(a + 1)·(high - low)`` is SB3's
+    ``unscale_action``.
+
+    Args:
+        net: The latent network (SB3's ``mlp_extractor.policy_net``, SAC's ``latent_pi``, TD3's ``mu``).
+        head: The mean layer (``action_net``, ``mu``), or ``nn.Identity`` when ``net`` already ends in it.
+        low: The action space's lower bounds, float32 ``(A,)``.
+        high: Its upper bounds.
+        prior: Added to the mean before clipping, float32 ``(1, A)`` (the budget prior), or ``None``.
+        squash: Rescale instead of clipping (SB3's ``squash_output``).
+        tanh: Apply ``tanh`` to the mean first (SAC).
+        lstm: The actor's LSTM (RecurrentPPO), or ``None``.
+    """
+
+    if TYPE_CHECKING:  # buffers; TorchScript reads class annotations, so mypy alone sees these
+        low: torch.Tensor
+        high: torch.Tensor
+        prior: torch.Tensor
+
+    def __init__(
+        self,
+        net: nn.Module,
+        head: nn.Module,
+        *,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        prior: torch.Tensor | None = None,
+        squash: bool = False,
+        tanh: bool = False,
+        lstm: nn.LSTM | None = None,
+    ) -> None:
+        super().__init__()
+        self.lstm = lstm
+        self.net = net
+        self.head = head
+        self.register_buffer("low", low.detach().float().clone())
+        self.register_buffer("high", high.detach().float().clone())
+        self.register_buffer("prior", torch.zeros(1, low.numel()) if prior is None else prior.detach().float().clone())
+        self.has_prior = prior is not None
+        self.squash = bool(squash)
+        self.tanh = bool(tanh)
+        self.recurrent = lstm is not None
+
+    def forward(
+        self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(actions (N, A), h, c)``; ``h`` and ``c`` are the LSTM state ``(layers, N, hidden)`` (unused without)."""
+        features = obs
+        if self.lstm is not None:
+            out, (h, c) = self.lstm(obs.unsqueeze(0), (h, c))
+            features = torch.flatten(out.transpose(0, 1), 0, 1)
+        mean = self.head(self.net(features))
+        if self.squash:
+            if self.tanh:
+                mean = torch.tanh(mean)
+            return self.low + (0.5 * (mean + 1.0) * (self.high - self.low)), h, c
+        if self.has_prior:
+            mean = mean + self.prior
+        return torch.clamp(mean, self.low, self.high), h, c
+
+
+class FusedAgent(nn.Module):
+    """A runtime agent as a module: ``(unit, GAP, u_r, committed MAC fraction, state) -> (keep ratios, state)``.
+
+    Built by :func:`fuse_policy`. ``forward`` builds the runtime env's observation from the tensors, runs the
+    :class:`FusedActor` and maps the action to a keep ratio as ``PolicyRuntimeSource`` does; it holds no
+    state between calls (:class:`FusedRuntimeSource` carries the committed MACs and the LSTM state).
+
+    Args:
+        actor: The converted actor.
+        num_units: L, the prunable units of the model.
+        gap_width: Width of the GAP part of the observation (the widest unit input).
+        ur_width: Width of the ``u_r`` part (the widest unit).
+        budget: The MAC budget shown to the agent.
+        min_keep: Keep ratio of action −1.
+        action_offset: Added to every action before the ratio mapping.
+        lstm_shape: ``(layers, hidden)`` of the actor's LSTM state, or ``None``.
+    """
+
+    if TYPE_CHECKING:
+        tail: torch.Tensor
+
+    def __init__(
+        self,
+        actor: FusedActor,
+        *,
+        num_units: int,
+        gap_width: int,
+        ur_width: int,
+        budget: float,
+        min_keep: float,
+        action_offset: float = 0.0,
+        lstm_shape: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.actor = actor
+        self.num_units = int(num_units)
+        self.gap_width = int(gap_width)
+        self.ur_width = int(ur_width)
+        self.budget = float(budget)
+        self.min_keep = float(min_keep)
+        self.action_offset = float(action_offset)
+        self.obs_bound = float(OBS_BOUND)
+        self.decimals = int(RATIO_DECIMALS)
+        self.lstm_layers, self.lstm_hidden = lstm_shape if lstm_shape is not None else (1, 0)
+        # the constant part of every unit's observation tail, [t / (L - 1), budget], cast once as numpy does
+        steps = [min(t / max(self.num_units - 1, 1), 1.0) for t in range(self.num_units)]
+        tail = torch.tensor([[s, self.budget] for s in steps], dtype=torch.float64).float()
+        self.register_buffer("tail", tail)
+
+    @torch.jit.export
+    def initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM state at unit 0 of ``n`` inputs (zeros; empty without an LSTM)."""
+        z = torch.zeros(self.lstm_layers, n, self.lstm_hidden, device=self.tail.device)
+        return z, z
+
+    def forward(
+        self, unit: int, gap: torch.Tensor, u_r: torch.Tensor, committed: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keep ratios float64 ``(N,)`` of ``unit`` and the next state.
+
+        Args:
+            unit: The unit index t.
+            gap: GAP of the unit's input at its original width, ``(N, C_in)`` (a runtime source's view).
+            u_r: The unit's ``u_r`` at its original width, ``(N, C_out)``.
+            committed: MAC fraction committed by units ``0..t-1``, float64 ``(N,)``.
+            h: LSTM hidden state ``(layers, N, hidden)`` (:meth:`initial_state` at unit 0).
+            c: LSTM cell state.
+
+        A non-finite GAP or ``u_r`` gives NaN ratios (the caller raises).
+        """
+        n = gap.shape[0]
+        obs = torch.cat(
+            [
+                F.pad(gap.float(), [0, self.gap_width - gap.shape[1]]),
+                F.pad(u_r.float(), [0, self.ur_width - u_r.shape[1]]),
+                self.tail[unit].expand(n, 2),
+                committed.float().unsqueeze(1),
+            ],
+            1,
+        )
+        finite = torch.isfinite(obs).all()
+        actions, h, c = self.actor(obs.clamp(-self.obs_bound, self.obs_bound), h, c)
+        # envs.runtime.action_to_ratio, in float64 as there
+        a = (actions[:, 0].double() + self.action_offset).clamp(-1.0, 1.0)
+        r = self.min_keep + (a + 1.0) * 0.5 * (1.0 - self.min_keep)
+        r = torch.round(r, decimals=self.decimals).clamp(self.min_keep, 1.0)
+        return torch.where(finite, r, torch.full_like(r, math.nan)), h, c
+
+
+# -----------------------------------------------------------------------------------------------------------
+# conversion
+# -----------------------------------------------------------------------------------------------------------
+
+
+def _sb3_policy(policy: Any) -> Any:
+    """The ``BasePolicy`` of an algorithm (``model.policy``) or the policy itself."""
+    inner = getattr(policy, "policy", None)
+    return inner if isinstance(inner, nn.Module) else policy
+
+
+def _check_flatten(extractor: Any, what: str) -> None:
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    if type(extractor) is not FlattenExtractor:
+        raise NotFusableError(
+            f"{what} uses the features extractor {type(extractor).__name__}; only SB3's "
+            "FlattenExtractor (the default for vector observations) can be fused"
+        )
+
+
+def _actor_of(p: Any, obs_dim: int, budget: float) -> tuple[FusedActor, tuple[int, int] | None]:
+    """Convert SB3 policy ``p`` (an exact known class) into a :class:`FusedActor` and its LSTM state shape."""
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+    from stable_baselines3.common.distributions import DiagGaussianDistribution
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    from agents.policies import BudgetResidualLstmPolicy, BudgetResidualPolicy
+
+    name = type(p).__name__
+    space = p.action_space
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+        raise NotFusableError(f"{name} acts in {space}; a fused agent needs a 1-D Box action space")
+    low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+    kind = type(p)
+    if kind in (ActorCriticPolicy, BudgetResidualPolicy, RecurrentActorCriticPolicy, BudgetResidualLstmPolicy):
+        if p.use_sde or p.squash_output or not isinstance(p.action_dist, DiagGaussianDistribution):
+            raise NotFusableError(f"{name} with gSDE or squashed outputs cannot be fused; train it with use_sde=False")
+        _check_flatten(p.pi_features_extractor, name)
+        prior = None
+        if kind in (BudgetResidualPolicy, BudgetResidualLstmPolicy):
+            if p.budget_index != obs_dim - 2:
+                raise NotFusableError(
+                    f"{name} reads its budget at observation index {p.budget_index}, not at "
+                    f"{obs_dim - 2} where the runtime env puts it"
+                )
+            obs = torch.zeros(1, obs_dim)
+            obs[0, -2] = torch.tensor(budget, dtype=torch.float64).float()
+            with torch.no_grad():
+                prior = p.budget_prior(obs.to(p.device)).cpu()
+        lstm = None
+        shape = None
+        if kind in (RecurrentActorCriticPolicy, BudgetResidualLstmPolicy):
+            lstm = copy.deepcopy(p.lstm_actor).cpu()
+            if lstm.batch_first or lstm.proj_size or lstm.bidirectional:
+                raise NotFusableError(
+                    f"{name}'s LSTM is not the standard one (batch_first, proj_size or "
+                    "bidirectional); it cannot be fused"
+                )
+            shape = (lstm.num_layers, lstm.hidden_size)
+        net = copy.deepcopy(p.mlp_extractor.policy_net).cpu()
+        actor = FusedActor(net, copy.deepcopy(p.action_net).cpu(), low=low, high=high, prior=prior, lstm=lstm)
+        return actor, shape
+    if kind is SACPolicy:
+        a = p.actor
+        if a.use_sde:
+            raise NotFusableError("SAC with gSDE cannot be fused; train it with use_sde=False")
+        _check_flatten(a.features_extractor, name)
+        net, head = copy.deepcopy(a.latent_pi).cpu(), copy.deepcopy(a.mu).cpu()
+        return FusedActor(net, head, low=low, high=high, squash=True, tanh=True), None
+    if kind is TD3Policy:
+        _check_flatten(p.actor.features_extractor, name)
+        return FusedActor(copy.deepcopy(p.actor.mu).cpu(), nn.Identity(), low=low, high=high, squash=True), None
+    raise NotFusableError(
+        f"{name} cannot be fused: supported are PPO / A2C with MlpPolicy or BudgetResidualPolicy, RecurrentPPO "
+        "with MlpLstmPolicy or BudgetResidualLstmPolicy, SAC and TD3 / DDPG with MlpPolicy"
+    )
+
+
+def _script(module: nn.Module) -> nn.Module:
+    """TorchScript ``module`` (deprecated in recent PyTorch, still the fastest option here at batch 1)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        return torch.jit.script(module)
+
+
+def fuse_policy(
+    policy: Any,
+    model: nn.Module,
+    *,
+    budget: float,
+    min_keep: float = 0.1,
+    action_offset: float = 0.0,
+    script: bool = False,
+) -> nn.Module:
+    """Convert a trained runtime agent into a :class:`FusedAgent` (plain PyTorch, on the CPU, eval mode).
+
+    Args:
+        policy: A trained SB3 / sb3-contrib algorithm (``PPO``, ``A2C``, ``RecurrentPPO``, ``SAC``, ``TD3``,
+            ``DDPG``) or its ``policy``: ``MlpPolicy``, :class:`agents.policies.BudgetResidualPolicy`,
+            ``MlpLstmPolicy``, :class:`agents.policies.BudgetResidualLstmPolicy` (exact classes: a subclass
+            may compute something else), with SB3's default features extractor and no gSDE.
+        model: The gated model the agent prunes (or its export or ``DynamicModel``): defines the number of
+            units and the observation widths.
+        budget: The MAC budget shown to the agent.
+        min_keep: The env's smallest keep ratio (action −1). Default 0.1, the env's.
+        action_offset: Added to every action before the ratio mapping (see ``PolicyRuntimeSource``).
+        script: Return the agent compiled with ``torch.jit.script`` (same results, less overhead per call).
+
+    Returns:
+        The :class:`FusedAgent` (a ``torch.jit.ScriptModule`` of it with ``script=True``).
+
+    Raises:
+        NotFusableError: the policy's class, extractor, distribution or action space is not supported.
+        ValueError: the policy's observations do not have the runtime env's layout for ``model``.
+    """
+    p = _sb3_policy(policy)
+    obs_space = getattr(p, "observation_space", None)
+    if not isinstance(p, nn.Module) or not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+        raise NotFusableError(
+            f"{type(policy).__name__} is not an SB3 policy on vector observations; it cannot be "
+            "fused (PolicyRuntimeSource runs any predict-protocol policy)"
+        )
+    units = gated_units(model)
+    gap_width = max(g.full_in_channels for g in units)
+    ur_width = max(g.full_channels for g in units)
+    obs_dim = gap_width + ur_width + 3
+    if obs_space.shape[0] != obs_dim:
+        raise ValueError(
+            f"the policy observes {obs_space.shape[0]} values but the runtime env of this model shows {obs_dim} "
+            f"(GAP {gap_width} + u_r {ur_width} + 3): the agent was trained on another architecture"
+        )
+    actor, lstm_shape = _actor_of(p, obs_dim, budget)
+    agent = FusedAgent(
+        actor, num_units=len(units), gap_width=gap_width, ur_width=ur_width, budget=budget, min_keep=min_keep,
+        action_offset=action_offset, lstm_shape=lstm_shape,
+    ).eval()  # fmt: skip
+    for param in agent.parameters():
+        param.requires_grad_(False)
+    return _script(agent) if script else agent
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the runtime source
+# -----------------------------------------------------------------------------------------------------------
+
+
+class FusedRuntimeSource(PolicyRuntimeSource):
+    """``PolicyRuntimeSource`` with the policy fused into a :class:`FusedAgent`: the same ratios, far cheaper.
+
+    Takes the arguments of :class:`envs.runtime.PolicyRuntimeSource` (and ``bind``s the same way); only
+    deterministic actions can be fused. The committed MACs are Python integers when the model reports its
+    kept counts as integers (:class:`pruning.export.DynamicModel` at batch 1), integer tensors otherwise.
+
+    Args:
+        policy: A policy :func:`fuse_policy` converts.
+        model: The gated model the source prunes (see ``PolicyRuntimeSource``).
+        budget: The MAC budget shown to the agent.
+        min_keep: The env's smallest keep ratio. Default 0.1.
+        deterministic: Must be ``True`` (a fused agent has no sampling); ``False`` raises.
+        action_offset: Added to every action before the ratio mapping. Default 0.
+        script: Run the agent compiled with TorchScript (default ``True``; ``False`` runs it eagerly).
+
+    Raises:
+        NotFusableError: the policy cannot be fused (:func:`runtime_source` falls back instead) or
+            ``deterministic`` is false.
+    """
+
+    agent: Any  # the FusedAgent, or its TorchScript module
+
+    def __init__(
+        self,
+        policy: Any,
+        model: nn.Module,
+        *,
+        budget: float,
+        min_keep: float = 0.1,
+        deterministic: bool = True,
+        action_offset: float = 0.0,
+        script: bool = True,
+    ) -> None:
+        if not deterministic:
+            raise NotFusableError("a fused agent acts deterministically; use PolicyRuntimeSource to sample actions")
+        # fused first: a policy that does not convert fails before the cost model is traced
+        self.agent = fuse_policy(
+            policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset, script=script
+        )
+        super().__init__(policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset)
+        self._counts: list[Any] = []
+        self._hc: tuple[torch.Tensor, torch.Tensor] = self.agent.initial_state(0)
+        self._charged: Any = 0
+        self._n = -1
+
+    def __call__(self, unit_index: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """Keep ratios ``(N,)`` (float64) of unit ``unit_index``, as ``PolicyRuntimeSource`` returns them."""
+        t = int(unit_index)
+        n = int(gap.shape[0])
+        if t == 0:
+            self._n = n
+            self._charged = self._fixed
+            self._counts = [None] * len(self.units)
+            self._hc = self.agent.initial_state(n)
+        elif n != self._n:
+            raise RuntimeError(
+                f"unit {t} was called with {n} inputs before unit 0 of that batch; "
+                "a forward pass must run the units in index order"
+            )
+        else:  # charge unit t - 1 with its kept counts (an int at batch 1 in DynamicModel, else (N,) counts)
+            s = t - 1
+            kept = last_kept_count(self.units[s])
+            p = self._producer[s]
+            cin = self._counts[p] if p is not None else self._in_channels[s]
+            self._charged = self._charged + (self._unit_coef[s] * cin + self._consumer_coef[s]) * kept
+            self._counts[s] = kept
+        charged = self._charged
+        if isinstance(charged, torch.Tensor):
+            committed = charged.to(gap.device, torch.float64) / self.base_macs
+        else:
+            committed = torch.full((n,), charged / self.base_macs, dtype=torch.float64, device=gap.device)
+        agent = self.agent.to(gap.device) if self.agent.tail.device != gap.device else self.agent
+        ratios, h, c = agent(t, gap, u_r, committed, *self._hc)
+        self._hc = (h, c)
+        self.calls += 1
+        if not bool(torch.isfinite(ratios).all()):
+            raise RuntimeError(f"the model produced non-finite activations at the input of unit {t}; check its weights")
+        return ratios
+
+
+def runtime_source(
+    policy: Any,
+    model: nn.Module,
+    *,
+    budget: float,
+    min_keep: float = 0.1,
+    deterministic: bool = True,
+    action_offset: float = 0.0,
+) -> PolicyRuntimeSource:
+    """The fastest runtime source for ``policy``: fused when it converts, else ``predict`` with a warning.
+
+    Args:
+        policy: A trained agent or any policy with SB3's ``predict`` (baselines, user classes).
+        model: The gated model the source prunes.
+        budget: The MAC budget shown to the agent.
+        min_keep: The env's smallest keep ratio. Default 0.1.
+        deterministic: Deterministic actions (fused) or samples (always ``PolicyRuntimeSource``, no warning).
+        action_offset: Added to every action before the ratio mapping. Default 0.
+
+    Returns:
+        A :class:`FusedRuntimeSource`, or a :class:`envs.runtime.PolicyRuntimeSource` (logged as a warning
+        when the policy could not be fused).
+    """
+    if deterministic:
+        try:
+            return FusedRuntimeSource(policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset)
+        except NotFusableError as err:
+            log.warning("the runtime agent runs through predict (slow at batch 1): %s", err)
+    return PolicyRuntimeSource(
+        policy, model, budget=budget, min_keep=min_keep, deterministic=deterministic, action_offset=action_offset
+    )
