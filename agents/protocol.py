@@ -735,6 +735,8 @@ def learned_row(ctx: RowContext, mode: str) -> RowResult:
 
     s, cell = ctx.learned, ctx.cell
     gate, cnn = split_epochs(cell.epochs, s.rounds)
+    if mode == "static":  # nothing to gate: the static agent's plan is trained for the whole of E
+        gate, cnn = 0.0, cell.epochs / s.rounds
     specs = agent_specs({"mode": mode, "algo": s.algo, "static_algo": s.static_algo or s.algo,
                          "hyperparams": list(s.hyperparams), "preset": s.preset})  # fmt: skip
     model = gate_model(copy.deepcopy(ctx.base()), predictor=True).to(ctx.device)

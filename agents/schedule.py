@@ -599,13 +599,13 @@ class JointTrainer:
 
         def macs(offset: float) -> float:
             if kind == "runtime":
-                self.action_offset = start + offset
+                self.action_offset = offset  # absolute: the guard replaces an earlier guard's shift
             else:
                 assert base_keep is not None
                 self.static_keep = [min(1.0, max(STATIC_MIN_KEEP, k + offset)) for k in base_keep]
             return float(self.evaluate_plan(data)["macs_fraction"])
 
-        before = macs(0.0)
+        before = macs(start if kind == "runtime" else 0.0)
         lo, hi = (-2.0, 2.0) if kind == "runtime" else (-1.0, 1.0)
         if macs(lo) > budget:
             log.warning("the budget guard cannot bring the plan to the budget %.4f (%.4f at the floor)", budget,
@@ -911,7 +911,10 @@ class JointTrainer:
                 self.guard_budget()  # the CNN trains under the plan that will be deployed
             plan = self.plan(deterministic=True)
             prefix = "cnn/"
-        group = "all" if params is None else phase.kind
+            if cfg.mode == "static":  # no runtime pruning: u_r stays the constant γ, so the model stays static
+                params = [p for n, p in self.model.named_parameters() if not n.endswith("predictor.weight")]
+        # phases that train the same parameters share one optimizer state (momentum carries over)
+        group = "all" if params is None else (phase.kind if phase.kind.startswith("gate") else "cnn_static")
         optimizer_state = position.get("optimizer")
         if optimizer_state is None and self._optimizer_params == group:
             optimizer_state = self._optimizer_state  # one SGD run: momentum carries over between phases
