@@ -34,6 +34,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -89,10 +90,10 @@ IDENTITY_KEYS = (
     "rounds",
     "preset",
 )
-#: Validation images used to match the uniform reference's MAC fraction (bisection).
-REFERENCE_IMAGES = 1000
-#: Bisection steps of the uniform reference's ratio (resolution (1 - min_keep) / 2**12 < 1/4000).
-REFERENCE_HALVINGS = 12
+#: The fair protocol's hand-designed rows that every run ends with (same base, same E, same MAC budget).
+REFERENCE_ROWS = ("l1", "fbs")
+#: Where a random base model is saved so that the reference rows start from the same one.
+BASE_FILE = "base.pt"
 #: Share of each round's RL timesteps given to the static agent when ``--total-timesteps`` sets both.
 STATIC_SHARE = 0.1
 
@@ -235,6 +236,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         default=d(None),
         help="score only this many evenly spaced test images at the end (quick runs)",
     )
+    g.add_argument(
+        "--reference", action=argparse.BooleanOptionalAction, default=d(True),
+        help="end with the fair table: l1 and fbs trained for the same epochs at the same MAC budget",
+    )  # fmt: skip
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress bars, warnings only")
     return p
 
@@ -378,18 +383,33 @@ def _strided(dataset: ImageDataset, count: int | None) -> ImageDataset:
     return dataset.subset(torch.from_numpy(idx))
 
 
-def uniform_reference(
-    trainer: JointTrainer, target_macs: float, val: ImageDataset, test: ImageDataset
-) -> dict[str, Any]:
-    """Score the uniform-ratio policy whose measured mean MAC fraction on ``val`` is closest below ``target_macs``.
+def fair_reference(cfg: dict[str, Any], run_dir: Path, epochs: float, num_classes: int) -> dict[str, dict[str, Any]]:
+    """The hand-designed rows of the fair protocol beside the run: static ``l1`` and runtime ``fbs``.
 
-    The ratio is :meth:`JointTrainer.uniform_ratio` on ``REFERENCE_IMAGES`` validation images (one runtime ratio
-    for every unit and image under the run's static plan and R_r, or one static ratio in static mode); the
-    policy is then scored on the whole ``val`` and ``test`` with every image costed from its applied masks.
+    Both start from the run's base model (the same weights; a random base is saved to ``base.pt`` first so the
+    rows see the very same one), train for the run's own ``epochs`` of CNN training with the protocol's recipe
+    (:mod:`agents.protocol`: SGD, Nesterov, cosine over all of ``E``, the run's ``cnn_lr``) and meet the run's MAC
+    budget; they are scored on the same test images. Results go to ``<run_dir>/reference/``.
+
+    Returns:
+        ``{row name: RowResult as a dict}``.
     """
-    ratio = trainer.uniform_ratio(target_macs, _strided(val, REFERENCE_IMAGES), halvings=REFERENCE_HALVINGS)
-    plan = trainer.uniform_plan(ratio)
-    return {"ratio": ratio, "val": trainer.measure_plan(plan, val), "test": trainer.measure_plan(plan, test)}
+    from .protocol import Recipe, run_protocol
+
+    weights = cfg["weights"]
+    if weights is None or str(weights) == "None":  # a random base: the rows must start from the same one
+        seed_everything(cfg["seed"])  # as run() did before it built the base
+        plain = get_model(cfg["model"], num_classes=num_classes)
+        path = save_model(run_dir / BASE_FILE, plain, arch=cfg["model"], num_classes=num_classes, gated=False,
+                          predictor=False)  # fmt: skip
+        weights = str(path)
+    rows = run_protocol(
+        model=cfg["model"], weights=weights, dataset=cfg["dataset"], data_dir=cfg.get("data_dir"),
+        budgets=[float(cfg["budget"])], epochs=[float(epochs)], seeds=[int(cfg["seed"])], rows=list(REFERENCE_ROWS),
+        recipe=Recipe(lr=float(cfg["cnn_lr"])), test_images=cfg.get("test_images"), out_dir=run_dir / "reference",
+        device=cfg["device"], progress=not cfg["quiet"],
+    )  # fmt: skip
+    return {r.row: dataclasses.asdict(r) for r in rows}
 
 
 def _latency_ms(model: nn.Module, repeats: int = 30) -> float:
@@ -460,8 +480,12 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     # -- final evaluation, reference, export ---------------------------------------------------------------
     t0 = time.perf_counter()
     pruned = {"val": trainer.evaluate_plan(data["val"]), "test": trainer.evaluate_plan(test)}
-    reference = uniform_reference(trainer, pruned["val"]["macs_fraction"], data["val"], test)
     eval_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reference: dict[str, dict[str, Any]] = {}
+    if cfg.get("reference", True):
+        reference = fair_reference(cfg, run_dir, schedule.cnn_budget_epochs, num_classes)
+    reference_s = time.perf_counter() - t0
 
     plan = None
     if trainer.static_keep:
@@ -507,7 +531,8 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
         "algo": {r: None if s is None else s.algo for r, s in specs.items()},
         "base": base,
         "pruned": pruned,
-        "uniform_reference": reference,
+        "reference": reference,
+        "cnn_epochs_total": schedule.cnn_budget_epochs,
         "static_keep": trainer.static_keep,
         "static_scores": trainer.static_scores,
         "action_offset": trainer.action_offset,
@@ -515,7 +540,7 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
         "latency": latency,
         "test_images": len(test),
         "phases": trainer.history,
-        "times": {"final_eval_s": eval_s, "total_s": time.perf_counter() - t_start},
+        "times": {"final_eval_s": eval_s, "reference_s": reference_s, "total_s": time.perf_counter() - t_start},
         "resumed": resume,
     }
     write_json(run_dir / RESULTS_FILE, results)
@@ -523,22 +548,30 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
 
 
 def _print_table(results: dict[str, Any], run_dir: Path) -> None:
-    rows = [
-        ("base (gated, unpruned)", results["base"]),
-        ("pruned by the agents", results["pruned"]),
-        (f"uniform ratio {results['uniform_reference']['ratio']:.3f}", results["uniform_reference"]),
-    ]
-    width = max(len(name) for name, _ in rows) + 2
-    print(f"{'':<{width}}{'val top-1':>10}{'test top-1':>12}{'MAC frac':>10}{'max MAC':>9}{'params':>8}")
-    for name, r in rows:
-        val, test = r["val"], r["test"]
-        print(
-            f"{name:<{width}}{val['top1']:>10.2f}{test['top1']:>12.2f}{test['macs_fraction']:>10.4f}"
-            f"{test['macs_fraction_max']:>9.4f}{test['params_fraction']:>8.4f}"
-        )
+    """The fair table: the agents' model beside ``l1`` and ``fbs`` at the same MAC budget and the same E."""
+    from .protocol import BUDGET_TOLERANCE
+
+    e = results["cnn_epochs_total"]
+    budget = results["budget"]
+    rows: list[tuple[str, float, float, float, float, str]] = []
+    base = results["base"]["test"]
+    rows.append(("base (unpruned)", base["top1"], base["macs_fraction"], base["macs_fraction_max"],
+                 base["params_fraction"], "-"))  # fmt: skip
+    learned = results["pruned"]["test"]
+    meets = learned["macs_fraction"] <= budget + BUDGET_TOLERANCE
+    rows.append((f"learned ({results['mode']})", learned["top1"], learned["macs_fraction"],
+                 learned["macs_fraction_max"], learned["params_fraction"], "yes" if meets else "MISSES"))  # fmt: skip
+    for name, r in results.get("reference", {}).items():
+        rows.append((f"{name} ({r['policy']})", r["test_top1"], r["mac_fraction"], r["mac_fraction_max"],
+                     r["params_fraction"], "yes" if r["meets_budget"] else "MISSES"))  # fmt: skip
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'':<{width}}{'test top-1':>11}{'MAC frac':>10}{'max MAC':>9}{'params':>8}  budget met")
+    for name, top1, mac, mac_max, params, ok in rows:
+        print(f"{name:<{width}}{top1:>11.2f}{mac:>10.4f}{mac_max:>9.4f}{params:>8.4f}  {ok}")
     print(
-        f"budget {results['budget']} (MAC fraction per image), mode {results['mode']}, R_r {results['tradeoff']}; "
-        f"test on {results['test_images']} images; {results['times']['total_s'] / 60:.1f} min"
+        f"MAC budget {budget} (mean per-image fraction, +{BUDGET_TOLERANCE}), {e:g} epoch(s) of CNN training for "
+        f"every pruned row, mode {results['mode']}, R_r {results['tradeoff']}; test on {results['test_images']} "
+        f"images; {results['times']['total_s'] / 60:.1f} min"
     )
     print(f"run directory: {run_dir}")
 

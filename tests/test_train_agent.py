@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = [
     "--model", "tiny_cnn", "--dataset", "synthetic", "--weights", "None", "--rounds", "1",
     "--gate-epochs", "1", "0", "--cnn-epochs", "1", "--runtime-steps", "128", "--static-steps", "24",
-    "--n-envs", "8", "--num-val", "32", "-q",
+    "--n-envs", "8", "--num-val", "32", "--no-reference", "-q",
 ]  # fmt: skip
 #: Short PPO rollouts for both agents.
 PPO_HP = ["--hyperparams", "runtime.n_steps=16", "runtime.batch_size=32", "static.n_steps=24", "static.batch_size=24"]
@@ -49,9 +49,9 @@ def _run_cli(args: list[str], *, timeout: float = 300) -> subprocess.CompletedPr
 
 def test_run_directory_has_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    assert main([*QUICK, "--out", str(out)]) == 0
+    assert main([*QUICK, "--reference", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "pruned by the agents" in table and "uniform ratio" in table
+    assert "learned (joint)" in table and "l1 (" in table and "fbs (" in table
     for name in RUN_FILES:
         assert (out / name).is_file(), f"{name} missing from the run directory"
     assert list(out.glob("events.out.tfevents.*")), "no TensorBoard events"
@@ -61,13 +61,19 @@ def test_run_directory_has_every_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert config["phases"] == ["gate_predictor", "rl_runtime_0", "rl_static_0", "cnn_0"]
 
     results = json.loads((out / "results.json").read_text())
-    for part in ("base", "pruned", "uniform_reference"):
+    for part in ("base", "pruned"):
         for split in ("val", "test"):
             r = results[part][split]
             assert 0.0 <= r["top1"] <= 100.0 and 0.0 < r["macs_fraction"] <= 1.0
     # the pruned model obeys the budget per image and the uniform reference spends no more MACs
     assert results["pruned"]["test"]["macs_fraction_max"] <= 0.5 + 1e-9
-    assert results["uniform_reference"]["val"]["macs_fraction"] <= results["pruned"]["val"]["macs_fraction"] + 0.02
+    # the fair reference rows: same E of CNN training, same budget, from the same base model
+    assert set(results["reference"]) == {"l1", "fbs"}
+    for row in results["reference"].values():
+        assert row["epochs"] == results["cnn_epochs_total"] and row["budget"] == results["budget"]
+        assert row["meets_budget"] and row["mac_fraction"] <= 0.5 + 0.005
+        assert row["test_images"] == results["test_images"]
+    assert (out / "base.pt").is_file()  # a random base is saved so the reference rows start from it
     # joint mode (R_r = 0.5) removes stored channels
     assert results["pruned"]["test"]["params_fraction"] < 1.0
     assert len(results["static_keep"]) == 3
