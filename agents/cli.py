@@ -65,6 +65,7 @@ from .schedule import (
     STATIC_ENV_ID,
     AgentSpec,
     JointTrainer,
+    ScheduleConfig,
     config_from_dict,
     config_to_dict,
 )
@@ -212,14 +213,16 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="train the gate stage under the uniform plan at the budget (--no-gate-prune: the paper's unpruned one)",
     )  # fmt: skip
     g.add_argument(
-        "--bn-recalibration", type=int, default=d(1024),
+        "--bn-recalibration", type=int, default=d(ScheduleConfig.bn_recalibration),
         help="images that re-estimate BatchNorm statistics under the masks before each RL phase (0: off)",
     )  # fmt: skip
     g.add_argument(
         "--static-criterion", default=d("l1"),
         help="which channels a static keep ratio keeps: l1 (filter norm) or u_s (learned static importance)",
     )  # fmt: skip
-    g.add_argument("--num-val", type=int, default=d(512), help="validation images per static-env episode")
+    g.add_argument(
+        "--num-val", type=int, default=d(ScheduleConfig.num_val), help="validation images per static-env episode"
+    )
     g.add_argument("--checkpoint-every", type=int, default=d(10_000), help="RL timesteps between checkpoints")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d(0), help="seed of agents, data order and envs")
@@ -273,9 +276,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         if cfg["static_steps"] is None:
             cfg["static_steps"] = int(round(per_round * share))
     if cfg.get("runtime_steps") is None:
-        cfg["runtime_steps"] = 40_000
+        cfg["runtime_steps"] = ScheduleConfig.runtime_steps
     if cfg.get("static_steps") is None:
-        cfg["static_steps"] = 540
+        cfg["static_steps"] = ScheduleConfig.static_steps
     if cfg.get("out") is None:
         env = {"runtime": RUNTIME_ENV_ID, "static": STATIC_ENV_ID}.get(mode, "JointPruning")
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -205,11 +205,11 @@ class LearnedSettings:
     """Repeats of {RL phase, CNN phase}."""
     runtime_steps: int = 40_000
     """Runtime-agent timesteps per RL phase."""
-    static_steps: int = 540
+    static_steps: int = 1800
     """Static-agent timesteps per RL phase."""
     n_envs: int = 64
     """Images per runtime-env batch."""
-    num_val: int = 512
+    num_val: int = 256
     """Validation images the static env scores per episode."""
 
     def __post_init__(self) -> None:
@@ -735,14 +735,15 @@ def learned_row(ctx: RowContext, mode: str) -> RowResult:
 
     s, cell = ctx.learned, ctx.cell
     gate, cnn = split_epochs(cell.epochs, s.rounds)
-    if mode == "static":  # nothing to gate: the static agent's plan is trained for the whole of E
-        gate, cnn = 0.0, cell.epochs / s.rounds
+    rounds = s.rounds
+    if mode == "static":  # nothing to gate: one static plan, learned once, trained for the whole of E
+        gate, cnn, rounds = 0.0, cell.epochs, 1
     specs = agent_specs({"mode": mode, "algo": s.algo, "static_algo": s.static_algo or s.algo,
                          "hyperparams": list(s.hyperparams), "preset": s.preset})  # fmt: skip
     model = gate_model(copy.deepcopy(ctx.base()), predictor=True).to(ctx.device)
     data = {"train": ctx.train_set(model), "val": ctx.val_set(model)}
     schedule = config_from_dict({
-        "mode": mode, "budget": cell.budget, "tradeoff": JOINT_TRADEOFF, "rounds": s.rounds,
+        "mode": mode, "budget": cell.budget, "tradeoff": JOINT_TRADEOFF, "rounds": rounds,
         "gate_epochs": (gate, 0.0), "cnn_epochs": cnn, "cnn_lr": ctx.recipe.lr, "weight_decay": 1e-4,
         "grad_clip": None, "batch_size": ctx.recipe.batch_size, "runtime_steps": s.runtime_steps,
         "static_steps": s.static_steps, "n_envs": s.n_envs, "num_val": s.num_val, "seed": cell.seed,

@@ -139,7 +139,7 @@ class ScheduleConfig:
     the cut they will face. ``False`` is the paper's gate stage (no pruning: ``u_r`` then barely moves from γ)."""
     runtime_steps: int = 40_000
     """Runtime-agent timesteps per RL phase (one step = one unit of one image)."""
-    static_steps: int = 540
+    static_steps: int = 1800
     """Static-agent timesteps per RL phase (one step = one unit; an episode scores ``num_val`` images)."""
     cnn_epochs: float = 0.5
     """Passes over the training set per CNN phase (fractions allowed: a seeded subset)."""
@@ -148,7 +148,7 @@ class ScheduleConfig:
     its CNN-training steps: gate stage and CNN phases together (:attr:`cnn_budget_epochs`)."""
     weight_decay: float = 1e-4
     """L2 on conv, linear and predictor weights during every CNN-training phase."""
-    bn_recalibration: int = 1024
+    bn_recalibration: int = 256
     """Images whose train-mode forward passes re-estimate the BatchNorm statistics under the current masks
     before each RL phase (and that the static env uses per episode, from ``val`` outside its scored subset).
     0 turns it off."""
@@ -161,7 +161,7 @@ class ScheduleConfig:
     """Gradient-norm clip of the CNN/gate phases (the released code's 40); ``None`` does not clip."""
     n_envs: int = 64
     """Images per runtime-env batch (``RuntimePruningVecEnv`` episodes run together)."""
-    num_val: int = 512
+    num_val: int = 256
     """Validation images the static env scores per episode."""
     checkpoint_every: int = 10_000
     """RL timesteps between checkpoints inside an RL phase."""

@@ -163,11 +163,13 @@ def test_learned_rows_train_E_epochs_and_meet_the_budget(tmp_path: Path) -> None
     for r in rows:
         assert r.kind == "learned" and r.error is None
         # the static agent's plan is trained for the whole E; the others split it into gate stage + CNN phases
-        gate, cnn = (0.0, 1.0 / LEARNED.rounds) if r.row == "static_agent" else split_epochs(1.0, LEARNED.rounds)
+        static = r.row == "static_agent"
+        rounds = 1 if static else LEARNED.rounds
+        gate, cnn = (0.0, 1.0) if static else split_epochs(1.0, LEARNED.rounds)
         # one epoch in all: gate stage + CNN phase, each a seeded subset (rounded to whole images)
         assert abs(r.train_images - N_TRAIN) <= 1 and r.train_epochs == pytest.approx(1.0, abs=1 / N_TRAIN)
         gate_steps = -(-round(gate * N_TRAIN) // 32) if gate > 0 else 0
-        assert r.train_steps == gate_steps + LEARNED.rounds * -(-round(cnn * N_TRAIN) // 32)
+        assert r.train_steps == gate_steps + rounds * -(-round(cnn * N_TRAIN) // 32)
         assert r.lr_first == pytest.approx(LR) and r.lr_last < 0.02 * LR  # one cosine over the whole E
         assert r.rl_seconds > 0 and r.train_seconds > 0
         assert r.meets_budget == (r.mac_fraction <= budget + BUDGET_TOLERANCE)

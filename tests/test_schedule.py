@@ -17,7 +17,6 @@ from envs.static import StaticPruningEnv
 from pruning.data import get_dataset
 from pruning.gating import clear_plan, gate_model, gated_units, set_plan, stored_masks
 from pruning.models import get_model
-from pruning.plan import PruningPlan
 from pruning.train import dataset_for_model, fractional_epochs, recalibrate_bn
 
 HP = ["runtime.n_steps=8", "runtime.batch_size=32", "static.n_steps=12", "static.batch_size=12"]
