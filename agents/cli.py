@@ -185,7 +185,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--n-envs", type=int, default=d(None), help="images per runtime-env batch (default: the YAML's n_envs, else 64)"
     )
     g = p.add_argument_group("schedule")
-    g.add_argument("--rounds", type=int, default=d(2), help="repeats of {RL phase, CNN phase}")
+    g.add_argument("--rounds", type=int, default=d(ScheduleConfig.rounds), help="repeats of {RL phase, CNN phase}")
     g.add_argument(
         "--total-timesteps",
         type=int,
@@ -198,11 +198,14 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--gate-epochs",
         type=float,
         nargs=2,
-        default=d([0.25, 0.25]),
+        default=d(list(ScheduleConfig.gate_epochs)),
         metavar=("A", "B"),
         help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed",
     )
-    g.add_argument("--cnn-epochs", type=float, default=d(0.5), help="passes over the training set per CNN phase")
+    g.add_argument(
+        "--cnn-epochs", type=float, default=d(ScheduleConfig.cnn_epochs),
+        help="passes over the training set per CNN phase",
+    )  # fmt: skip
     g.add_argument(
         "--cnn-lr", type=float, default=d(0.01),
         help="peak lr of the run's one SGD schedule (Nesterov 0.9, cosine over the gate stage and all CNN phases)",

@@ -131,7 +131,7 @@ class ScheduleConfig:
     """R_r of the trade-off pruner in ``joint`` mode (1 in ``runtime`` mode, 0 in ``static`` mode)."""
     rounds: int = 2
     """Repeats of {RL phase, CNN phase}."""
-    gate_epochs: tuple[float, float] = (0.25, 0.0)
+    gate_epochs: tuple[float, float] = (0.2, 0.0)
     """Gate-stage passes over the training set: backbone + predictors (``u_s`` frozen), then ``u_s`` too."""
     gate_prune: bool = True
     """Train the gate stage under pruning: one uniform keep ratio that meets the budget (runtime ratio when the
@@ -141,8 +141,9 @@ class ScheduleConfig:
     """Runtime-agent timesteps per RL phase (one step = one unit of one image)."""
     static_steps: int = 1800
     """Static-agent timesteps per RL phase (one step = one unit; an episode scores ``num_val`` images)."""
-    cnn_epochs: float = 0.5
-    """Passes over the training set per CNN phase (fractions allowed: a seeded subset)."""
+    cnn_epochs: float = 0.4
+    """Passes over the training set per CNN phase (fractions allowed: a seeded subset). With the defaults the run
+    trains the CNN for 0.2 + 2 × 0.4 = 1 epoch in all (:attr:`cnn_budget_epochs`)."""
     cnn_lr: float = 0.01
     """Peak learning rate of the run's one SGD schedule (Nesterov, momentum 0.9), annealed by a cosine over all
     its CNN-training steps: gate stage and CNN phases together (:attr:`cnn_budget_epochs`)."""
