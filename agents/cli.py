@@ -220,7 +220,11 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="images that re-estimate BatchNorm statistics under the masks before each RL phase (0: off)",
     )  # fmt: skip
     g.add_argument(
-        "--static-criterion", default=d("l1"),
+        "--runtime-budget", default=d(ScheduleConfig.runtime_budget), choices=["image", "mean"],
+        help="runtime reward's budget: a cap per image (paper) or a Lagrangian on the batch-mean MAC fraction",
+    )  # fmt: skip
+    g.add_argument(
+        "--static-criterion", default=d(ScheduleConfig.static_criterion),
         help="which channels a static keep ratio keeps: l1 (filter norm) or u_s (learned static importance)",
     )  # fmt: skip
     g.add_argument(

@@ -44,6 +44,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from torch import nn
 from tqdm import tqdm
 
+from envs.rewards import MeanBudgetTerm
 from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
 from envs.static import StaticPruningEnv
 from pruning.accounting import CostModel
@@ -153,6 +154,10 @@ class ScheduleConfig:
     """Images whose train-mode forward passes re-estimate the BatchNorm statistics under the current masks
     before each RL phase (and that the static env uses per episode, from ``val`` outside its scored subset).
     0 turns it off."""
+    runtime_budget: str = "image"
+    """How the runtime agent's reward holds the MAC budget: ``"image"`` (paper 7's steep penalty above the cap,
+    per image) or ``"mean"`` (:class:`envs.rewards.MeanBudgetTerm`: a Lagrange multiplier on the batch-mean MAC
+    fraction, so hard images may spend more and easy ones less; the budget guard then meets the mean)."""
     static_criterion: str = "l1"
     """Which channels a static keep ratio keeps (a :mod:`pruning.criteria` name): ``"l1"`` (filter norm) or
     ``"u_s"`` (the paper's learned static importance). The ranking is frozen when the static agent is scored."""
@@ -198,6 +203,8 @@ class ScheduleConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.bn_recalibration < 0:
             raise ValueError(f"bn_recalibration must be >= 0 images, got {self.bn_recalibration}")
+        if self.runtime_budget not in ("image", "mean"):
+            raise ValueError(f"runtime_budget must be 'image' or 'mean', got {self.runtime_budget!r}")
         get_criterion(self.static_criterion)  # unknown names: ValueError naming the close matches
         for key in ("n_envs", "num_val", "checkpoint_every", "batch_size"):
             if getattr(self, key) < 1:
@@ -636,6 +643,7 @@ class JointTrainer:
             cfg.n_envs, model=self.model, dataset=self.data["val"], budget=cfg.budget,
             static_keep=static, tradeoff=self.tradeoff if static is not None else None, min_keep=RUNTIME_MIN_KEEP,
             static_scores=self.static_scores if static is not None else None, device=cfg.device,
+            budget_term=MeanBudgetTerm() if cfg.runtime_budget == "mean" else None,
         )  # fmt: skip
         env.seed(cfg.seed + 1000 * self._round)
         return VecMonitor(env)

@@ -46,6 +46,7 @@ __all__ = [
     "LOSS_SCALE_FLOOR",
     "BudgetTerm",
     "EpisodeResult",
+    "MeanBudgetTerm",
     "RewardFn",
     "RunningLossScale",
     "acc_log_macs_reward",
@@ -93,6 +94,44 @@ class BudgetTerm:
 
     def __call__(self, fraction: T, cap: float) -> T:  # noqa: D102
         return budget_term(fraction, cap, scale=self.scale, temperature=self.temperature, bonus=self.bonus)
+
+
+class MeanBudgetTerm:
+    """A budget on the **mean** MAC fraction of a batch, held by a Lagrange multiplier (instead of a per-image cap).
+
+    Paper 7's :class:`BudgetTerm` caps every image: all images cost about the same (measured on ResNet-20 at 0.5:
+    mean 0.492, max 0.501), so an easy image cannot give its MACs to a hard one. This term charges each image
+    ``-λ·(B - cap)`` (linear: spending more is worth it where it lowers the cross-entropy by more than ``λ``
+    per unit of MAC fraction) and, after every call, moves ``λ`` by dual ascent on the batch mean:
+    ``λ ← clip(λ + lr·(mean(B) - cap), 0, max_multiplier)``. Over many batches the mean MAC fraction settles at
+    the cap while individual images spread around it; the training schedule's budget guard then makes the
+    deterministic policy meet the mean budget exactly. Stateful (the multiplier), so give each env its own.
+
+    Args:
+        multiplier: Initial ``λ`` (>= 0).
+        lr: Dual-ascent step (>= 0; 0 keeps ``λ`` fixed).
+        max_multiplier: Upper clip of ``λ``.
+    """
+
+    def __init__(self, multiplier: float = 5.0, lr: float = 10.0, max_multiplier: float = 1000.0) -> None:
+        for name, v in (("multiplier", multiplier), ("lr", lr), ("max_multiplier", max_multiplier)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        self.multiplier = float(multiplier)
+        self.lr = float(lr)
+        self.max_multiplier = float(max_multiplier)
+
+    def __call__(self, fraction: T, cap: float) -> T:
+        """Per-image ``-λ·(B - cap)`` with the current ``λ``; then ``λ`` takes one dual-ascent step."""
+        lam = self.multiplier
+        if isinstance(fraction, torch.Tensor):
+            out = -lam * (fraction - cap)
+            mean = float(fraction.double().mean())
+        else:
+            out = -lam * (fraction - cap)
+            mean = float(fraction)
+        self.multiplier = min(self.max_multiplier, max(0.0, lam + self.lr * (mean - cap)))
+        return out  # type: ignore[return-value]
 
 
 class RunningLossScale:

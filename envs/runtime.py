@@ -30,7 +30,7 @@ from pruning.stepper import UnitStepper
 from pruning.train import dataset_for_model
 
 from .common import build_env_model, load_reward_split
-from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, RunningLossScale
+from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, MeanBudgetTerm, RunningLossScale
 
 __all__ = [
     "OBS_BOUND",
@@ -260,7 +260,7 @@ class _RuntimeCore:
         static_keep: Sequence[float] | None,
         tradeoff: float | None,
         min_keep: float,
-        budget_term: BudgetTerm | None,
+        budget_term: BudgetTerm | MeanBudgetTerm | None,
         static_scores: Sequence[Any] | None,
         loss_scale: RunningLossScale | float | None,
         loss_scale_warmup: int,
@@ -781,6 +781,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)          |
     | `min_keep`          | `0.1`         | keep ratio of action -1 (paper 7's runtime floor)                         |
     | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)         |
+    |                     |               | or `MeanBudgetTerm()`: a Lagrangian on the batch-mean MAC fraction        |
     | `loss_scale`        | `None`        | β: `None` (a fresh running mean), a shared `RunningLossScale`, or a float  |
     | `loss_scale_warmup` | `200`         | batches averaged cumulatively before the EMA starts (fresh running mean)  |
     | `loss_scale_decay`  | `0.995`       | EMA weight of the old value (fresh running mean)                          |
@@ -838,7 +839,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         static_keep: Sequence[float] | None = None,
         tradeoff: float | None = None,
         min_keep: float = 0.1,
-        budget_term: BudgetTerm | None = None,
+        budget_term: BudgetTerm | MeanBudgetTerm | None = None,
         static_scores: Sequence[Any] | None = None,
         loss_scale: RunningLossScale | float | None = None,
         loss_scale_warmup: int = 200,

@@ -170,3 +170,39 @@ def test_running_loss_scale_warmup_then_ema() -> None:
 def test_module_doctest() -> None:
     result = doctest.testmod(rewards, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_mean_budget_term_moves_its_multiplier_by_dual_ascent() -> None:
+    import torch
+
+    from envs.rewards import MeanBudgetTerm
+
+    term = MeanBudgetTerm(multiplier=2.0, lr=10.0)
+    frac = torch.tensor([0.3, 0.5, 0.9], dtype=torch.float64)  # mean 0.5667 > cap 0.5
+    r = term(frac, 0.5)
+    assert torch.allclose(r, -2.0 * (frac - 0.5))  # linear in each image's fraction, with the old multiplier
+    assert term.multiplier == pytest.approx(2.0 + 10.0 * (float(frac.mean()) - 0.5))  # over budget: λ rises
+    for _ in range(100):  # far under the budget: λ falls to 0 and stays there (never negative)
+        term(torch.full((4,), 0.1, dtype=torch.float64), 0.5)
+    assert term.multiplier == 0.0
+    with pytest.raises(ValueError, match="lr"):
+        MeanBudgetTerm(lr=-1.0)
+
+
+def test_runtime_env_with_a_mean_budget_lets_images_differ() -> None:
+    import numpy as np
+
+    from envs.rewards import MeanBudgetTerm
+    from envs.runtime import RuntimePruningVecEnv
+
+    term = MeanBudgetTerm(multiplier=3.0, lr=0.0)
+    env = RuntimePruningVecEnv(4, budget=0.5, budget_term=term)
+    env.reset()
+    actions = np.array([[-1.0], [-0.5], [0.5], [1.0]], dtype=np.float32)  # four images, four spends
+    while True:
+        _, rewards, dones, infos = env.step(actions)
+        if dones.all():
+            break
+    for info in infos:  # the budget part is -λ (B - cap): no steep penalty for the image over the cap
+        assert info["reward_budget"] == pytest.approx(-3.0 * (info["macs_fraction"] - 0.5))
+    assert max(i["macs_fraction"] for i in infos) > 0.5 > min(i["macs_fraction"] for i in infos)
