@@ -55,7 +55,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
@@ -158,7 +157,8 @@ class FusedAgent(nn.Module):
     """
 
     if TYPE_CHECKING:
-        tail: torch.Tensor
+        suffix: torch.Tensor
+        zeros: torch.Tensor
 
     def __init__(
         self,
@@ -186,12 +186,15 @@ class FusedAgent(nn.Module):
         # the constant part of every unit's observation tail, [t / (L - 1), budget], cast once as numpy does
         steps = [min(t / max(self.num_units - 1, 1), 1.0) for t in range(self.num_units)]
         tail = torch.tensor([[s, self.budget] for s in steps], dtype=torch.float64).float()
-        self.register_buffer("tail", tail)
+        # per unit t: [0]*(ur_width - C_t) + [t / (L - 1), budget], the part of the observation between u_r and
+        # the committed fraction, as row t of a table sliced from column C_t; and zeros for the GAP's padding
+        self.register_buffer("suffix", torch.cat([torch.zeros(self.num_units, self.ur_width), tail], 1))
+        self.register_buffer("zeros", torch.zeros(1, self.gap_width))
 
     @torch.jit.export
     def initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The LSTM state at unit 0 of ``n`` inputs (zeros; empty without an LSTM)."""
-        z = torch.zeros(self.lstm_layers, n, self.lstm_hidden, device=self.tail.device)
+        z = torch.zeros(self.lstm_layers, n, self.lstm_hidden, device=self.zeros.device)
         return z, z
 
     def forward(
@@ -209,23 +212,51 @@ class FusedAgent(nn.Module):
 
         A non-finite GAP or ``u_r`` gives NaN ratios (the caller raises).
         """
-        n = gap.shape[0]
-        obs = torch.cat(
-            [
-                F.pad(gap.float(), [0, self.gap_width - gap.shape[1]]),
-                F.pad(u_r.float(), [0, self.ur_width - u_r.shape[1]]),
-                self.tail[unit].expand(n, 2),
-                committed.float().unsqueeze(1),
-            ],
-            1,
-        )
-        finite = torch.isfinite(obs).all()
-        actions, h, c = self.actor(obs.clamp(-self.obs_bound, self.obs_bound), h, c)
+        obs, finite = self._observation(unit, gap, u_r, committed.float().unsqueeze(1))
+        actions, h, c = self.actor(obs, h, c)
         # envs.runtime.action_to_ratio, in float64 as there
         a = (actions[:, 0].double() + self.action_offset).clamp(-1.0, 1.0)
         r = self.min_keep + (a + 1.0) * 0.5 * (1.0 - self.min_keep)
         r = torch.round(r, decimals=self.decimals).clamp(self.min_keep, 1.0)
-        return torch.where(finite, r, torch.full_like(r, math.nan)), h, c
+        return (r if finite else torch.full_like(r, math.nan)), h, c
+
+    @torch.jit.export
+    def action_one(
+        self, unit: int, gap: torch.Tensor, u_r: torch.Tensor, committed: float, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """The actor's action (dimension 0, clipped or rescaled as SB3's ``predict``) for one input.
+
+        The batch-1 fast path of :class:`FusedRuntimeSource`, which maps the float to a keep ratio in Python
+        (the same float64 operations as :func:`envs.runtime.action_to_ratio`). NaN for non-finite features.
+        """
+        obs, finite = self._observation(unit, gap, u_r, torch.full([1, 1], committed, device=gap.device))
+        actions, h, c = self.actor(obs, h, c)
+        return (float(actions[0, 0]) if finite else math.nan), h, c
+
+    def _observation(
+        self, unit: int, gap: torch.Tensor, u_r: torch.Tensor, committed: torch.Tensor
+    ) -> tuple[torch.Tensor, bool]:
+        """``runtime_observation`` as float32 ``(N, obs_dim)`` (features clipped) and whether it is all finite.
+
+        ``committed`` is the committed MAC fraction as a float32 column ``(N, 1)``. One ``cat``: the zero padding
+        and the constant ``[t / (L - 1), budget]`` are slices of buffers.
+        """
+        n = gap.shape[0]
+        suffix = self.suffix[unit : unit + 1, u_r.shape[1] :]
+        obs = torch.cat(
+            [
+                gap.float(),
+                self.zeros[:, : self.gap_width - gap.shape[1]].expand(n, -1),
+                u_r.float(),
+                suffix.expand(n, -1),
+                committed,
+            ],
+            1,
+        )
+        # a sum is finite exactly when every term is (up to an overflow of features beyond ~1e36, which are not
+        # sane activations); half the cost of isfinite().all() at batch 1. The tail (t / (L - 1), budget,
+        # committed fraction) lies in [0, ~1]: clipping it changes nothing.
+        return obs.clamp(-self.obs_bound, self.obs_bound), math.isfinite(float(obs.sum()))
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -419,44 +450,90 @@ class FusedRuntimeSource(PolicyRuntimeSource):
             policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset, script=script
         )
         super().__init__(policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset)
+        self._device = torch.device("cpu")
+        self._lstm = (int(self.agent.lstm_layers), int(self.agent.lstm_hidden))
         self._counts: list[Any] = []
-        self._hc: tuple[torch.Tensor, torch.Tensor] = self.agent.initial_state(0)
+        self._hc = self._initial_state(0)
         self._charged: Any = 0
         self._n = -1
 
-    def __call__(self, unit_index: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
-        """Keep ratios ``(N,)`` (float64) of unit ``unit_index``, as ``PolicyRuntimeSource`` returns them."""
-        t = int(unit_index)
-        n = int(gap.shape[0])
+    def _initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.zeros(self._lstm[0], n, self._lstm[1], device=self._device)  # what FusedAgent.initial_state gives
+        return z, z
+
+    def _ratio_of(self, action: float) -> float:
+        """:func:`envs.runtime.action_to_ratio` of one action, in Python floats (the same float64 operations)."""
+        a = min(max(action + self.action_offset, -1.0), 1.0)
+        r = self.min_keep + (a + 1.0) * 0.5 * (1.0 - self.min_keep)
+        scale = 10.0**RATIO_DECIMALS
+        r = round(r * scale) / scale if math.isfinite(r) else r  # numpy's round: scale, rint (half to even), unscale
+        return min(max(r, self.min_keep), 1.0)
+
+    def _advance(self, t: int, n: int, device: torch.device) -> Any:
+        """MACs committed before unit ``t`` of a batch of ``n``: an int, or int64 ``(n,)`` for batched counts.
+
+        The bookkeeping of ``PolicyRuntimeSource``: unit 0 starts a forward pass (and the LSTM state); unit
+        ``t`` charges unit ``t - 1`` with its kept outputs times its kept inputs (its producer's kept count).
+        """
+        if device != self._device:
+            self.agent.to(device)
+            self._device = device
         if t == 0:
             self._n = n
             self._charged = self._fixed
             self._counts = [None] * len(self.units)
-            self._hc = self.agent.initial_state(n)
+            self._hc = self._initial_state(n)
         elif n != self._n:
             raise RuntimeError(
                 f"unit {t} was called with {n} inputs before unit 0 of that batch; "
                 "a forward pass must run the units in index order"
             )
-        else:  # charge unit t - 1 with its kept counts (an int at batch 1 in DynamicModel, else (N,) counts)
+        else:
             s = t - 1
             kept = last_kept_count(self.units[s])
             p = self._producer[s]
             cin = self._counts[p] if p is not None else self._in_channels[s]
             self._charged = self._charged + (self._unit_coef[s] * cin + self._consumer_coef[s]) * kept
             self._counts[s] = kept
-        charged = self._charged
+        self.calls += 1
+        return self._charged
+
+    def __call__(self, unit_index: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """Keep ratios ``(N,)`` (float64) of unit ``unit_index``, as ``PolicyRuntimeSource`` returns them."""
+        t = int(unit_index)
+        return self._ratios(t, gap, u_r, self._advance(t, int(gap.shape[0]), gap.device))
+
+    def single(self, unit_index: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:
+        """The keep ratio of unit ``unit_index`` for a batch of one input, as a Python float.
+
+        What :class:`pruning.export.DynamicModel` asks at batch 1 (it saves creating and reading a tensor);
+        equal to ``float(self(unit_index, gap, u_r))``.
+        """
+        t = int(unit_index)
+        charged = self._advance(t, int(gap.shape[0]), gap.device)
+        if isinstance(charged, torch.Tensor) or self._n != 1:
+            return float(self._ratios(t, gap, u_r, charged))
+        a, h, c = self.agent.action_one(t, gap, u_r, charged / self.base_macs, *self._hc)
+        self._hc = (h, c)
+        if a != a:  # NaN: non-finite features
+            raise _non_finite(t)
+        return self._ratio_of(a)
+
+    def _ratios(self, t: int, gap: torch.Tensor, u_r: torch.Tensor, charged: Any) -> torch.Tensor:
+        n = int(gap.shape[0])
         if isinstance(charged, torch.Tensor):
             committed = charged.to(gap.device, torch.float64) / self.base_macs
         else:
             committed = torch.full((n,), charged / self.base_macs, dtype=torch.float64, device=gap.device)
-        agent = self.agent.to(gap.device) if self.agent.tail.device != gap.device else self.agent
-        ratios, h, c = agent(t, gap, u_r, committed, *self._hc)
+        ratios, h, c = self.agent(t, gap, u_r, committed, *self._hc)
         self._hc = (h, c)
-        self.calls += 1
         if not bool(torch.isfinite(ratios).all()):
-            raise RuntimeError(f"the model produced non-finite activations at the input of unit {t}; check its weights")
-        return ratios
+            raise _non_finite(t)
+        return ratios  # type: ignore[no-any-return]
+
+
+def _non_finite(t: int) -> RuntimeError:
+    return RuntimeError(f"the model produced non-finite activations at the input of unit {t}; check its weights")
 
 
 def runtime_source(

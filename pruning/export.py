@@ -257,43 +257,124 @@ def last_kept_count(unit: GatedConv) -> int | torch.Tensor:
 class _CompactUnit(GatedConv):
     """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs.
 
-    Batch-1 inference is a handful of small tensor ops, so per-op overhead, not arithmetic, decides its speed:
+    Batch-1 inference is a handful of small tensor ops, so per-op overhead, not arithmetic, decides its speed
+    (candidates measured side by side in ``bench/runtime_latency.py``). Per unit and image:
 
-    * the keep set is the top ``n`` channels by ``u_r`` (one stable sort, ties to the lower index) whenever that
-      is exact: a constant runtime ratio with R_r = 1, or no statically pruned channel; otherwise the general
-      :meth:`~pruning.gating.GatedConv.keep_mask`;
-    * BN, ``u_s`` and ``u_r`` are folded into the sliced conv weights and bias (one conv + ReLU), with the
-      input-independent part ``W·u_s/sqrt(var + eps)`` cached while no parameter or statistic changes (and only
-      without autograd, so gradients still reach the parameters).
+    * GAP and ``u_r`` (one linear layer); the runtime ratio, a constant or one call of the runtime source (which
+      sees ``(GAP, u_r)`` at the original widths, as in the masked model);
+    * the kept channels: with no statically pruned stored channel, or R_r = 1, the trade-off pruner keeps the
+      top ``n`` channels by ``u_r`` (``n`` from the ratio alone): one stable sort, ties to the lower index;
+      otherwise paper 7's trade-off pruner (:func:`pruning.gating.tradeoff_pruned`) on the sorted channel list
+      in plain Python (a few dozen integers; cheaper than the dozen tensor ops of the batched version);
+    * BN, ``u_s`` and ``u_r`` folded into the sliced conv weights and bias: one ``index_select`` of the folded
+      weights, one of the folded BN shift, one conv with ReLU. The input-independent part ``W·u_s/sqrt(var +
+      eps)`` is cached while no parameter or statistic changes (and only without autograd, so gradients still
+      reach the parameters).
+
+    No keep mask is built: ``last_idx`` (the kept channels) and ``last_count`` are recorded, and ``last_keep``
+    turns them into a mask only when read.
     """
 
     source: _CompactUnit | None
-    last_idx: torch.Tensor | None  # kept channels of the last batch-1 forward, in importance order
-    static_free: bool = False  # no stored channel is statically pruned (set by DynamicModel)
+    last_idx: torch.Tensor | None  # kept channels of the last batch-1 forward (any order)
+    last_count: int | None  # their number (None after a batched forward: count last_keep)
 
-    def _keep_count(self) -> int | None:
-        """Kept channels at batch 1 when they are simply the top-n by ``u_r``, else ``None`` (general path)."""
+    def _prepare(self) -> None:
+        """Cache what the batch-1 path reads on every call (the fixed static structure as Python values)."""
+        frozen = self.frozen_static
+        assert frozen is not None, "DynamicModel units are exported (fixed static structure)"
+        pruned = frozen[1].tolist()
+        d = self.__dict__
+        d["_static_pruned"] = pruned
+        d["_static_rank"] = frozen[2].tolist()
+        d["_any_static"] = any(pruned)
+        d["_widen_out"] = self.conv.out_channels != self.full_channels
+        d.pop("last_keep", None)  # GatedConv's instance attribute: the property below replaces it
+        d["_last_keep"], d["last_idx"], d["last_count"] = None, None, None
+
+    @property  # type: ignore[override]
+    def last_keep(self) -> torch.Tensor | None:  # noqa: D102 (GatedConv documents it)
+        d = self.__dict__
+        keep = d["_last_keep"]
+        idx = d["last_idx"]
+        if keep is None and idx is not None:
+            keep = torch.zeros(1, self.conv.out_channels, dtype=torch.bool, device=idx.device)
+            keep = keep.index_fill_(1, idx, True)
+            d["_last_keep"] = keep
+        return keep  # type: ignore[no-any-return]
+
+    @last_keep.setter
+    def last_keep(self, value: torch.Tensor | None) -> None:
+        self.__dict__["_last_keep"] = value
+
+    def _ratio(self, gap: torch.Tensor, u_r: torch.Tensor, in_idx: torch.Tensor | None) -> float | None:
+        """This image's runtime keep ratio (validated), or ``None`` with runtime pruning off."""
         runtime = self.runtime
-        if not isinstance(runtime, torch.Tensor) or runtime.numel() != 1:
+        if runtime is None:
             return None
-        r = float(runtime)
-        if not 0.0 <= r <= 1.0:  # NaN too: the general path raises the error
-            return None
+        if isinstance(runtime, torch.Tensor):
+            r = float(runtime)
+        else:
+            if in_idx is not None:  # the producer's kept channels at the stored input width
+                gap = gap.new_zeros(1, self.conv.in_channels).index_copy(1, in_idx, gap)
+            if in_idx is not None or self.__dict__["_widen_out"]:
+                gap, u_r = self.source_view(gap, u_r)
+            single = getattr(runtime, "single", None)  # a source's batch-1 shortcut: a Python float
+            ratios = runtime(self.unit_index, gap, u_r) if single is None else single(self.unit_index, gap, u_r)
+            if isinstance(ratios, float):
+                r = ratios
+            else:
+                values = torch.as_tensor(ratios, dtype=torch.float64).flatten()
+                if values.numel() != 1:
+                    raise ValueError(
+                        f"unit {self.unit_index}: runtime ratios given for {values.numel()} samples, batch has 1"
+                    )
+                r = float(values)
+        if not 0.0 <= r <= 1.0:  # NaN too
+            raise ValueError(f"unit {self.unit_index}: runtime keep ratios must be finite and in [0, 1]")
+        return r
+
+    def _kept(self, r: float | None, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(kept channels, their u_r, count)`` for ratio ``r``: exactly the masked model's keep set."""
+        d = self.__dict__
         c = self.conv.out_channels
+        if r is None:
+            return torch.arange(c, device=u_r.device), u_r, c
         # keep_count(r, full_channels) capped at the stored count, as in GatedConv.keep_mask
         k_r = min(max(math.ceil(r * self.full_channels - RATIO_EPS), 1), self.full_channels, c)
-        if self.tradeoff == 1.0:  # tradeoff_pruned with R_r = 1 prunes exactly the runtime-pruned set
-            return k_r
-        if self.static_free:  # only runtime-pruned channels: the floor(R_r·(C - k_r)) of lowest u_r go
-            return c - math.floor(self.tradeoff * (c - k_r) + RATIO_EPS)
-        return None
+        rho = self.tradeoff
+        # the first k of a stable descending sort are the channels of rank_desc(u_r) < k
+        u_sorted, order = torch.sort(u_r, descending=True, stable=True)
+        if rho == 1.0 or not d["_any_static"]:
+            # R_r = 1 prunes exactly the runtime-pruned set; with no static set the trade-off pruner removes
+            # the floor(R_r·(c - k_r)) runtime-pruned channels of lowest u_r
+            n = k_r if rho == 1.0 else c - math.floor(rho * (c - k_r) + RATIO_EPS)
+            return order[:n], u_sorted[:n], n
+        # tradeoff_pruned on channel lists: M_r = order[k_r:], M_s = the fixed static set
+        static, srank = d["_static_pruned"], d["_static_rank"]
+        ranked = order.tolist()
+        head, tail = ranked[:k_r], ranked[k_r:]
+        only_s = [i for i in head if static[i]]  # static-only: pruned by u_s rank
+        only_r = [i for i in tail if not static[i]]  # runtime-only: pruned by u_r rank (their order in tail)
+        c_r = math.floor(rho * len(only_r) + RATIO_EPS)
+        c_s = math.floor((1.0 - rho) * len(only_s) + RATIO_EPS)
+        dropped = set(sorted(only_s, key=srank.__getitem__)[len(only_s) - c_s :]) if c_s else set()
+        kept = [i for i in head if i not in dropped] + only_r[: len(only_r) - c_r]
+        idx = torch.tensor(kept, dtype=torch.long, device=u_r.device)
+        return idx, u_r.index_select(0, idx), len(kept)
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W·a, [β; (b - mean)·a])`` with ``a = u_s / sqrt(var + eps)``: the unit without ``u_r``."""
         conv, bn = self.conv, self.bn
         # dict look-ups instead of nn.Module.__getattr__: this runs once per unit and sample
-        parts = (conv._parameters["weight"], conv._parameters.get("bias"), bn._buffers["running_mean"],
-                 bn._buffers["running_var"], self._parameters["beta"], self._parameters.get("static_importance"))
+        parts = (
+            conv._parameters["weight"],
+            conv._parameters.get("bias"),
+            bn._buffers["running_mean"],
+            bn._buffers["running_var"],
+            self._parameters["beta"],
+            self._parameters.get("static_importance"),
+        )
         key: tuple[tuple[int, int] | None, ...] | None = None
         if not torch.is_grad_enabled():
             try:  # in-place updates bump _version; .to() / .half() swap .data, which changes data_ptr
@@ -315,46 +396,36 @@ class _CompactUnit(GatedConv):
         return folded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        d = self.__dict__
         src = self.source
         in_idx = None if src is None else src.last_idx
-        if x.shape[0] != 1 or (in_idx is None and src is not None):
-            self.last_idx = None
-            self.__dict__["last_count"] = None
+        runtime = self.runtime
+        if (
+            x.shape[0] != 1
+            or (in_idx is None and src is not None)
+            or (isinstance(runtime, torch.Tensor) and runtime.numel() != 1)
+        ):  # the batched (masked) path; it also reports per-sample ratios given for another batch size
+            d["last_idx"], d["last_count"] = None, None
             return super().forward(x)
         gap = x.mean(dim=(2, 3))
         pred = self.predictor
         if pred is not None:
             w = pred.weight if in_idx is None else pred.weight.index_select(1, in_idx)
-            u_r = F.linear(gap, w, pred.bias)[0]  # linear, not addmv: FlopCounterMode counts it (accounting tests)
+            u_r = F.linear(gap, w, pred.bias)  # linear, not addmv: FlopCounterMode counts it (accounting tests)
         else:
             assert self.gamma is not None
-            u_r = self.gamma
-        conv = self.conv
-        c = conv.out_channels
-        n = self._keep_count()
-        if n is not None:
-            # the first n of a stable descending sort are the channels of rank_desc(u_r) < n
-            u_sorted, order = torch.sort(u_r, descending=True, stable=True)
-            out_idx, u = order[:n], u_sorted[:n]
-            keep = torch.zeros(1, c, dtype=torch.bool, device=x.device).index_fill_(1, out_idx, True)
-        else:
-            if in_idx is not None and callable(self.runtime):  # the stored-width GAP (source_view widens it)
-                gap = gap.new_zeros(1, conv.in_channels).index_copy(1, in_idx, gap)
-            mask = self.keep_mask(gap, u_r.unsqueeze(0))
-            keep = torch.ones(1, c, dtype=torch.bool, device=x.device) if mask is None else mask.expand(1, c)
-            out_idx = keep[0].nonzero().squeeze(1)
-            u = u_r.index_select(0, out_idx)
+            u_r = self.gamma.unsqueeze(0)
+        out_idx, u, n = self._kept(self._ratio(gap, u_r, in_idx), u_r[0])
         # plain attributes, set without nn.Module.__setattr__'s checks (per unit and sample)
-        self.__dict__["last_keep"], self.__dict__["last_idx"] = keep, out_idx
-        self.__dict__["last_count"] = out_idx.numel()
+        d["last_idx"], d["last_count"], d["_last_keep"] = out_idx, n, None
         # relu(BN(conv(x))·u_r·u_s + β) = relu(conv_{W·a·u_r}(x) + β + (b - mean)·a·u_r), a = u_s / sqrt(var + eps)
         w, affine = self._folded()
         w, affine = w.index_select(0, out_idx), affine.index_select(1, out_idx)
         if in_idx is not None:
             w = w.index_select(1, in_idx)
-        z = F.conv2d(x, w * u[:, None, None, None], torch.addcmul(affine[0], affine[1], u), conv.stride,
-                     conv.padding, conv.dilation)
-        return F.relu(z)
+        conv = self.conv
+        bias = torch.addcmul(affine[0], affine[1], u)
+        return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation).relu_()
 
 
 class _CompactConsumer(nn.Module):
@@ -385,7 +456,11 @@ class DynamicModel(nn.Module):
             runtime off (all stored channels computed).
 
     At batch 1 each unit computes only its kept channels; its consumer reads only those. The logits equal those
-    of the masked model with the same static plan, R_r and runtime ratios.
+    of the masked model with the same static plan, R_r and runtime ratios. A runtime source may also offer
+    ``single(unit_index, gap (1, C_in), u_r (1, C_out)) -> float``, the ratio of a batch of one as a Python
+    float: the batch-1 path calls it instead (``agents.fused.FusedRuntimeSource`` does; it saves building
+    and reading a tensor per unit). Kept counts are then Python integers (:func:`last_kept_count`) and keep
+    masks are built only when read (``last_keep``, :meth:`kept_channels`).
     """
 
     def __init__(
@@ -406,9 +481,7 @@ class DynamicModel(nn.Module):
             g.__class__ = _CompactUnit
             assert isinstance(g, _CompactUnit)
             object.__setattr__(g, "source", None)
-            g.last_idx = None
-            frozen = g.frozen_static
-            g.static_free = frozen is not None and not bool(frozen[1].any())
+            g._prepare()
             compact.append(g)
         for u in units:
             g = compact[u.index]

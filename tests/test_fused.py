@@ -190,7 +190,8 @@ def test_load_run_fuses_the_runtime_agent(tmp_path: Path, gated, venv) -> None:
     agent = _agent("ppo", "BudgetResidualPolicy", venv)
     agent.save(str(tmp_path / "runtime_agent.zip"))
     save_model(tmp_path / "model.pt", gated, arch="tiny_cnn", num_classes=10, gated=True, predictor=True)
-    save_exported(tmp_path / "exported.pt", export_static(gated, PruningPlan()), arch="tiny_cnn", num_classes=10)
+    exported = export_static(gated, PruningPlan(tradeoff=1.0))  # runtime only: R_r = 1
+    save_exported(tmp_path / "exported.pt", exported, arch="tiny_cnn", num_classes=10)
     (tmp_path / "config.json").write_text(json.dumps({"agents": {"runtime": {"algo": "ppo"}}}))
     (tmp_path / "results.json").write_text(json.dumps({"budget": 0.5, "static_keep": None, "tradeoff": 1.0}))
     dyn, _ = load_run(tmp_path)

@@ -1,0 +1,124 @@
+"""DynamicModel's batch-1 path: the masked model's keep sets, counts as integers, masks only when read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _nets import images, randomize_, randomize_gates_
+
+from envs.runtime import action_to_ratio
+from pruning.export import DynamicModel, export_static, last_kept_count
+from pruning.gating import applied_masks, clear_plan, gate_model, set_plan, stored_masks
+from pruning.models import get_model
+from pruning.plan import PruningPlan
+
+
+def _gated(name: str, seed: int = 4) -> torch.nn.Module:
+    return randomize_gates_(gate_model(randomize_(get_model(name), seed=seed)), seed=seed).eval()
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize(
+    ("static", "tradeoff"), [(None, 1.0), (None, 0.5), ([0.5, 0.25, 0.75], 1.0), ([0.5, 0.25, 0.75], 0.3)]
+)
+def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tradeoff: float) -> None:
+    """Every branch of the keep-set computation (prefix of the u_r order, or the trade-off pruner on lists)."""
+    gated = _gated(name)
+    n_units = len(stored_masks(gated))
+    static_keep = None if static is None else (static * n_units)[:n_units]
+    g = torch.Generator().manual_seed(1)
+    ratios = torch.rand(6, n_units, generator=g, dtype=torch.float64)
+    ratios[0] = 1.0
+    ratios[1] = 0.0
+    set_plan(gated, PruningPlan(static_keep=static_keep, runtime_keep=ratios, tradeoff=tradeoff))
+    x = images(6, seed=2)
+    with torch.no_grad():
+        masked = gated(x)
+    masks, stored = applied_masks(gated), stored_masks(gated)
+    exported = export_static(gated)
+    clear_plan(gated)
+    for i in range(len(x)):
+        dyn = DynamicModel(exported, ratios[i].tolist())
+        with torch.no_grad():
+            torch.testing.assert_close(dyn(x[i : i + 1]), masked[i : i + 1], rtol=1e-4, atol=1e-5)
+        for unit, mask, st in zip(dyn.units, masks, stored, strict=True):
+            assert last_kept_count(unit) == int(mask[i].sum()) and isinstance(last_kept_count(unit), int)
+            assert torch.equal(unit.last_keep[0], mask[i][st])
+
+
+def test_masks_are_built_only_when_read() -> None:
+    dyn = DynamicModel(export_static(_gated("tiny_cnn"), PruningPlan(tradeoff=1.0)), 0.5)
+    with torch.no_grad():
+        dyn(images(1))
+    unit = dyn.units[0]
+    assert unit.__dict__["_last_keep"] is None and unit.last_count == 4  # ceil(0.5 * 8)
+    keep = unit.last_keep
+    assert keep.shape == (1, 8) and int(keep.sum()) == 4 and unit.last_keep is keep  # built once
+    with torch.no_grad():
+        dyn(images(3))  # batched: the masked path sets full masks and no count
+    assert unit.last_count is None and unit.last_keep.shape == (3, 8)
+    assert torch.equal(last_kept_count(unit), unit.last_keep.sum(-1))
+
+
+class _SingleSource:
+    """A runtime source with the batch-1 shortcut ``single`` (a Python float)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        self.calls.append("call")
+        return torch.full((gap.shape[0],), 0.3 + 0.2 * unit, dtype=torch.float64)
+
+    def single(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:
+        self.calls.append("single")
+        assert gap.shape == (1, (3, 8, 16)[unit]) and u_r.shape == (1, (8, 16, 16)[unit])  # original widths
+        return 0.3 + 0.2 * unit
+
+
+def test_single_shortcut_is_used_at_batch_1_only() -> None:
+    gated = _gated("tiny_cnn")
+    source = _SingleSource()
+    dyn = DynamicModel(export_static(gated, PruningPlan(static_keep=[0.75, 0.5, 1.0], tradeoff=0.5)), source)
+    x = images(2, seed=3)
+    with torch.no_grad():
+        one = dyn(x[:1])
+        assert source.calls == ["single"] * 3
+        both = dyn(x)
+        assert source.calls[3:] == ["call"] * 3
+    torch.testing.assert_close(one, both[:1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "error"),
+    [
+        (lambda u, g, r: torch.tensor([0.5, 0.5]), "given for 2 samples, batch has 1"),
+        (lambda u, g, r: torch.tensor([float("nan")]), "finite and in"),
+        (lambda u, g, r: torch.tensor([1.5]), "finite and in"),
+    ],
+)
+def test_bad_ratios_at_batch_1_raise(ratio, error: str) -> None:
+    dyn = DynamicModel(export_static(_gated("tiny_cnn")), ratio)
+    with torch.no_grad(), pytest.raises(ValueError, match=error):
+        dyn(images(1))
+
+
+def test_python_ratio_mapping_is_numpy_bit_for_bit() -> None:
+    """FusedRuntimeSource maps a batch-1 action in Python floats; it must equal action_to_ratio exactly."""
+    from agents.fused import FusedRuntimeSource
+
+    g = np.random.default_rng(0)
+    actions = np.concatenate(
+        [
+            g.uniform(-1.2, 1.2, 20_000).astype(np.float32),
+            (np.arange(-1000, 1001) / 1000).astype(np.float32),  # round-number ratios and their float32 noise
+            np.array([-1.0, 1.0, 0.0, -0.0, 5.0, -5.0], dtype=np.float32),
+        ]
+    )
+    for min_keep, offset in ((0.1, 0.0), (0.2, -0.07), (0.05, 0.3)):
+        source = object.__new__(FusedRuntimeSource)  # only the mapping's attributes are needed
+        source.min_keep, source.action_offset = min_keep, offset
+        expected = action_to_ratio(actions.astype(np.float64) + offset, min_keep)
+        got = np.array([source._ratio_of(float(a)) for a in actions])
+        np.testing.assert_array_equal(got, expected)
