@@ -169,9 +169,10 @@ def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
         "model selection and budget bisection, and is scored on the test split. A row meets the budget B when its "
         f"mean per-image MAC fraction on the test images is at most B + {BUDGET_TOLERANCE:g}; rows that miss are "
         "listed under their table and never ranked. `best_hand` is the hand-designed row with the best mean test "
-        "top-1 over seeds among those meeting the budget. Learned rows: `agents.schedule.JointTrainer` (static, "
-        f"runtime, joint with R_r = 0.5; gate stage {GATE_SHARE:g}·E, the rest over 2 CNN phases) with its plan "
-        "brought to the budget on val; their RL time is apart.",
+        "top-1 over seeds among those meeting the budget. Learned rows: `agents.schedule.JointTrainer` with its "
+        "plan brought to the budget on val (`static_agent`: one static plan learned on the base model, then E "
+        f"epochs under it; `runtime_agent` and `joint` (R_r = 0.5): gate stage {GATE_SHARE:g}·E under the "
+        "budget's uniform cut, the rest over 2 rounds of {RL, CNN phase}); their RL time is apart.",
         "",
         f"Command: `{command}`" + (f" ({wall / 60:.1f} min)" if wall is not None else ""),
         "",
