@@ -9,6 +9,19 @@ Importing ``envs`` only registers the ids (string entry points): torch and the p
 environment is made. The version suffix is bumped whenever observations, actions or rewards change meaning.
 Importing this package again (or reloading it) does not register twice.
 
+Importing ``envs`` also makes fork-started workers safe (Gymnasium's ``AsyncVectorEnv``, ``multiprocessing``
+with the ``fork`` start method): an :func:`os.register_at_fork` hook sets ``torch.set_num_threads(1)`` in every
+forked child once torch is loaded. A child forked after the parent ran torch inherits a handle on OpenMP's
+thread pool but not its threads, and blocks forever in its first parallel region (a convolution); one thread
+never enters the pool. Building the environment lazily in the worker does not help (``AsyncVectorEnv`` builds
+it there already; the pool is the parent's). A forked worker must stay at one thread (measured: raising it
+again with ``torch.set_num_threads(2)`` blocks the same way); workers that need more threads must be spawned.
+
+Spawned and forkserver workers (SB3's ``SubprocVecEnv`` by default) start a fresh interpreter that knows the ids
+only once it imports ``envs``: a script that imports it at the top is re-imported by them; from a notebook or
+``python -c``, use the ``"module:id"`` form, e.g. ``make_vec_env("envs:prunegym/StaticPruning-v0", n_envs=4,
+vec_env_cls=SubprocVecEnv)``.
+
     >>> import gymnasium as gym
     >>> import envs
     >>> sorted(env_id for env_id in gym.registry if env_id.startswith("prunegym/"))
@@ -18,6 +31,8 @@ Importing this package again (or reloading it) does not register twice.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from gymnasium.envs.registration import register, registry
@@ -33,6 +48,19 @@ ENV_IDS: dict[str, str] = {
 for _env_id, _entry_point in ENV_IDS.items():
     if _env_id not in registry:
         register(id=_env_id, entry_point=_entry_point)
+
+
+def _torch_single_threaded_after_fork() -> None:
+    """In a forked child: one torch thread, so no OpenMP pool inherited from the parent is entered."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if "_FORK_HOOK" not in globals():  # once per process, even when the module is reloaded
+    _FORK_HOOK = _torch_single_threaded_after_fork
+    if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+        os.register_at_fork(after_in_child=_FORK_HOOK)
 
 _LAZY = {
     "StaticPruningEnv": "envs.static",

@@ -9,6 +9,7 @@ forward pass. The class docstring of :class:`RuntimePruningEnv` is the manual.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ from pruning.stepper import UnitStepper
 from pruning.train import dataset_for_model
 
 from .common import build_env_model, load_reward_split
+from .render import (
+    RENDER_FPS,
+    RENDER_MODES,
+    EpisodeFrame,
+    UnitFrame,
+    check_render_mode,
+    frame_to_rgb,
+    frame_to_text,
+    render_frame,
+)
 from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, MeanBudgetTerm, RunningLossScale
 
 __all__ = [
@@ -364,6 +375,7 @@ class _RuntimeCore:
         self._image_index: list[int] = [0] * b
         # kept channels per episode and unit, and MACs committed so far: small, kept on the CPU in numpy
         self._keep = np.zeros((b, self.num_units), dtype=np.int64)
+        self._ratio = np.zeros((b, self.num_units), dtype=np.float64)  # applied keep ratios (rendering)
         self._committed = np.zeros(b, dtype=np.int64)
         # (input, (GAP, u_r)) of the current unit, computed for the observation and reused by its forward
         self._importance: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -438,9 +450,31 @@ class _RuntimeCore:
             self._h = self.stepper.prefix(x)
         self._t = 0
         self._keep[:] = 0
+        self._ratio[:] = 0.0
         self._committed[:] = self._fixed_macs
         obs = self._observe(0)
         return obs, [{"image_index": i} for i in self._image_index]
+
+    def frame(self, index: int) -> EpisodeFrame:
+        """Episode ``index``'s pruning so far, for :mod:`envs.render`."""
+        t = max(self._t, 0)
+        units = []
+        for u in range(self.num_units):
+            c, stored = int(self._full[u]), int(self._stored[u])
+            static = self.static_keep[u] if self.static_keep is not None else stored / c
+            if u < t:
+                units.append(UnitFrame(c, stored, int(self._keep[index, u]), static, float(self._ratio[index, u])))
+            else:
+                units.append(UnitFrame(c, stored, None, static, None))
+        started = self._t >= 0
+        return EpisodeFrame(
+            title=f"RuntimePruning {self.dataset.name}/{self.dataset.split} image {self._image_index[index]}",
+            units=tuple(units),
+            macs_fraction=float(self._committed[index]) / self.base_macs if started else None,
+            budget=self._budget,
+            params_fraction=self.params_fraction,
+            macs_label="episode" if self._t >= self.num_units else "committed so far",
+        )
 
     def _observe(self, t: int) -> np.ndarray:
         """Observation of every episode at unit ``t`` (``t = num_units``: the terminal observation)."""
@@ -494,6 +528,7 @@ class _RuntimeCore:
         assert g.last_keep is not None
         kept = g.last_keep.sum(1).cpu().numpy()
         self._keep[:, t] = kept
+        self._ratio[:, t] = ratio
         p = self._producer[t]
         cin = self._keep[:, p] if p is not None else self._in_channels[t]
         self._committed += (self._unit_coef[t] * cin + self._consumer_coef[t]) * kept
@@ -607,6 +642,15 @@ class _SharedAttributes:
     def budget_index(self) -> int:
         """Position of the MAC budget in the observation (a policy can read its target from it)."""
         return self._core.obs_dim - 2
+
+    def episode_frame(self, index: int = 0) -> EpisodeFrame:
+        """What rendering draws for episode ``index`` (a VecEnv's sub-environment; 0 for the single env).
+
+        Every unit's static keep ratio and stored channels (fixed), and for the units already run the applied
+        runtime keep ratio and the channels computed; the MAC fraction committed so far (the episode's B after
+        the last unit) against the budget.
+        """
+        return self._core.frame(index)
 
     @property
     def model(self) -> nn.Module:
@@ -786,7 +830,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     | `loss_scale_warmup` | `200`         | batches averaged cumulatively before the EMA starts (fresh running mean)  |
     | `loss_scale_decay`  | `0.995`       | EMA weight of the old value (fresh running mean)                          |
     | `device`            | `"cpu"`       | where the model runs and the images live                                  |
-    | `render_mode`       | `None`        | nothing is rendered; must be `None`                                       |
+    | `render_mode`       | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                         |
 
     Details:
 
@@ -817,12 +861,35 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
 
     ```
 
+    ## Rendering
+
+    `render_mode="rgb_array"`: `render()` returns the episode so far as a `uint8` array of shape
+    `(360, 640, 3)` (`envs.render.RGB_SHAPE`): per unit the static keep ratio and stored channels (fixed) and,
+    for the units already run, the runtime keep ratio and the channels computed for this image (stored ones
+    pruned at runtime apart); beside it the MAC fraction committed so far (the episode's B after the last
+    unit) against the budget and the stored parameter fraction. `render_mode="ansi"` returns the same as a
+    text table. Drawn with matplotlib's Agg canvas (no display); `None` (the default) renders nothing.
+    `episode_frame()` gives the numbers behind both.
+
+    ## Processes and pickling
+
+    The env pickles (`pickle`, `cloudpickle`, `copy.deepcopy`; the forward-pass segments of
+    `pruning.stepper.UnitStepper` are rebuilt from the model on unpickling): a round trip continues the
+    episode. Worker processes started by fork (Gymnasium's `AsyncVectorEnv`, `multiprocessing`) are safe after
+    the parent has run torch: importing `envs` registers an `os.register_at_fork` hook that sets
+    `torch.set_num_threads(1)` in every forked child, because a child forked after torch's OpenMP thread pool
+    has run otherwise blocks forever in its first convolution (the pool's threads do not survive the fork).
+    Spawned and forkserver workers (SB3's `SubprocVecEnv` by default) start a fresh interpreter: no hook is
+    needed, but the id must be registered there. They re-import a script that imports `envs`; from a notebook
+    or `python -c`, pass the id as `"envs:prunegym/RuntimePruning-v0"` (Gymnasium imports the module first).
+
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. Render modes, pickling and fork-safe workers came later without a version bump
+      (observations, actions and rewards are unchanged).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
     def __init__(
         self,
@@ -848,9 +915,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
-        if render_mode is not None:
-            raise ValueError(f"RuntimePruningEnv renders nothing; render_mode must be None, got {render_mode!r}")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, "RuntimePruningEnv")
         self._core = _RuntimeCore(
             1, model=model, weights=weights, dataset=dataset, data_dir=data_dir, split=split,
             num_images=num_images, dataset_kwargs=dataset_kwargs, augment=augment, budget=budget,
@@ -895,9 +960,9 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         obs, rewards, terminated, infos = self._core.step(a)
         return obs[0], float(rewards[0]), terminated, False, infos[0]
 
-    def render(self) -> None:
-        """Nothing to render (``render_mode`` is always ``None``)."""
-        return None
+    def render(self) -> np.ndarray | str | None:
+        """The episode so far: an RGB array, a text table or ``None`` (see Rendering)."""
+        return render_frame(self._core.frame(0), self.render_mode)
 
 
 class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
@@ -948,15 +1013,13 @@ class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
     _BATCH_METHODS = frozenset({"reset", "step", "step_async", "step_wait", "close", "seed", "set_options"})
 
     def __init__(self, num_envs: int, **kwargs: Any) -> None:
-        render_mode = kwargs.pop("render_mode", None)
-        if render_mode is not None:
-            raise ValueError(f"RuntimePruningVecEnv renders nothing; render_mode must be None, got {render_mode!r}")
+        render_mode = check_render_mode(kwargs.pop("render_mode", None), "RuntimePruningVecEnv")
         defaults = _env_defaults()
         unknown = set(kwargs) - set(defaults)
         if unknown:
             raise TypeError(f"unknown argument(s) {sorted(unknown)}; RuntimePruningEnv takes {sorted(defaults)}")
         self._core = _RuntimeCore(num_envs, **{**defaults, **kwargs})
-        self.render_mode = None
+        self.render_mode = render_mode  # read by VecEnv.__init__ (get_attr), which declares metadata from it
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._actions: np.ndarray | None = None
         super().__init__(num_envs, self._core.observation_space, self._core.action_space)
@@ -1005,6 +1068,27 @@ class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
     def close(self) -> None:
         """Nothing to release."""
         return None
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """Each episode's picture (``render_mode="rgb_array"``; otherwise ``None`` each, with a warning, as SB3)."""
+        if self.render_mode != "rgb_array":
+            warnings.warn(
+                f"render_mode is {self.render_mode!r}; RuntimePruningVecEnv draws images with render_mode='rgb_array'",
+                stacklevel=2,
+            )
+            return [None] * self.num_envs
+        return [frame_to_rgb(self._core.frame(i)) for i in range(self.num_envs)]
+
+    def render(self, mode: str | None = None) -> np.ndarray | str | None:  # type: ignore[override]
+        """Render every episode in the construction's ``render_mode`` (SB3's ``VecEnv.render`` conventions).
+
+        ``"rgb_array"``: the episodes' pictures tiled into one image (SB3's ``tile_images``; ``mode="human"``
+        shows it with OpenCV). ``"ansi"``: the episodes' text tables, separated by blank lines (a string, as a
+        Gymnasium env's ``"ansi"`` mode). A ``mode`` other than the construction's warns and returns ``None``.
+        """
+        if self.render_mode == "ansi" and mode in (None, "ansi"):
+            return "\n\n".join(frame_to_text(self._core.frame(i)) for i in range(self.num_envs))
+        return super().render(mode)
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seed sub-environment ``i`` with ``seed + i`` at the next :meth:`reset` (SB3 semantics).

@@ -30,6 +30,7 @@ from pruning.train import recalibrate_bn
 from pruning.units import Unit
 
 from .common import build_env_model, load_reward_split
+from .render import RENDER_FPS, RENDER_MODES, EpisodeFrame, UnitFrame, check_render_mode, render_frame
 from .rewards import LOSS_CAP, BudgetTerm, EpisodeResult, RewardFn, RunningLossScale, get_reward
 
 __all__ = [
@@ -220,6 +221,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | `device`         | `"cpu"`       | where the model is scored                                                  |
     | `dataset_kwargs` | `None`        | extra keywords of `get_dataset` (e.g. `val_size`, `seed`)                  |
     | `bn_recalibration` | `0`         | images of the split (outside the scored subset) that re-estimate BN first  |
+    | `render_mode`    | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                          |
 
     Details:
 
@@ -267,12 +269,34 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ```
 
+    ## Rendering
+
+    `render_mode="rgb_array"`: `render()` returns the plan of the episode so far as a `uint8` array of shape
+    `(360, 640, 3)` (`envs.render.RGB_SHAPE`): per unit, the static keep ratio, the stored channels, and (with
+    a runtime policy in the loop) the most channels an image computes and the fixed runtime keep ratio; beside
+    it the MAC and parameter fractions against their budgets (of the decided units with the later ones
+    unpruned, the scored means once the episode is over). `render_mode="ansi"` returns the same as a text
+    table. Drawn with matplotlib's Agg canvas (no display); `None` (the default) renders nothing.
+    `episode_frame()` gives the numbers behind both.
+
+    ## Processes and pickling
+
+    The env pickles (`pickle`, `cloudpickle`, `copy.deepcopy`): a round trip gives an env that continues the
+    episode. Worker processes started by fork (Gymnasium's `AsyncVectorEnv`, `multiprocessing`) are safe after
+    the parent has run torch: importing `envs` registers an `os.register_at_fork` hook that sets
+    `torch.set_num_threads(1)` in every forked child, because a child forked after torch's OpenMP thread pool
+    has run otherwise blocks forever in its first convolution (the pool's threads do not survive the fork).
+    Spawned and forkserver workers (SB3's `SubprocVecEnv` by default) start a fresh interpreter: no hook is
+    needed, but the id must be registered there. They re-import a script that imports `envs`; from a notebook
+    or `python -c`, pass the id as `"envs:prunegym/StaticPruning-v0"` (Gymnasium imports the module first).
+
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. Render modes, pickling and fork-safe workers came later without a version bump
+      (observations, actions and rewards are unchanged).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
     def __init__(
         self,
@@ -302,9 +326,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         bn_recalibration: int = 0,
     ) -> None:
         super().__init__()
-        if render_mode is not None:
-            raise ValueError(f"StaticPruningEnv renders nothing; render_mode must be None, got {render_mode!r}")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, "StaticPruningEnv")
         if budget_mode not in ("clamp", "penalty"):
             raise ValueError(
                 f"budget_mode must be 'clamp' (AMC's action wall) or 'penalty' (paper 7), got {budget_mode!r}"
@@ -379,12 +401,15 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         # Runtime keep counts of a fixed runtime policy, taken through the same path as the forward pass
         # (PruningPlan.runtime_for_unit, then GatedConv's float64 keep_count), so the wall's bound follows it.
         self._runtime_counts: list[int | None] = []
+        self._runtime_ratios: list[float | None] = []  # a fixed runtime policy's ratio per unit (rendering)
         for t, c in enumerate(self.channels):
             ratio = probe.runtime_for_unit(t, self.num_units)
             if ratio is None or callable(ratio):
                 self._runtime_counts.append(None)
+                self._runtime_ratios.append(None)
             else:
                 self._runtime_counts.append(int(keep_count(torch.as_tensor(ratio, dtype=torch.float64), int(c))))
+                self._runtime_ratios.append(float(ratio))
 
         # -- reward ------------------------------------------------------------------------------------------
         if isinstance(reward, str):
@@ -541,6 +566,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self._tradeoffs: list[float] = []
         self._eff = np.zeros(self.num_units, dtype=np.int64)
         self._stored = np.zeros(self.num_units, dtype=np.int64)
+        self._scored: tuple[float, float] | None = None  # (MAC, params fraction) of the scored episode
 
     def _plan_counts(self, t: int, undecided: str) -> tuple[np.ndarray, np.ndarray]:
         """Counts of units ``< t`` as decided and ``>= t`` at ``undecided`` (``"full"`` or ``"witness"``)."""
@@ -689,9 +715,34 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             reward = self._finish(info)
         return self._observation(), reward, terminated, False, info
 
-    def render(self) -> None:
-        """Nothing to render (``render_modes`` is empty)."""
-        return None
+    def render(self) -> np.ndarray | str | None:
+        """The plan of the episode so far: an RGB array, a text table or ``None`` (see Rendering)."""
+        return render_frame(self.episode_frame(), self.render_mode)
+
+    def episode_frame(self) -> EpisodeFrame:
+        """What :meth:`render` draws: every unit's decided ratios and counts, the costs against the budgets.
+
+        Costs are those of the decided units with the later ones unpruned (per-image upper bounds with a
+        runtime policy in the loop, as in the observation) until the last step; then the scored means.
+        """
+        t = max(self._t, 0)
+        if self._scored is not None:
+            macs, params = self._scored
+        else:
+            eff, stored = self._plan_counts(t, "full")
+            cost = self.cost_model.from_counts(torch.from_numpy(eff)[None], torch.from_numpy(stored))
+            macs, params = float(cost.macs_fraction[0]), float(cost.params_fraction)
+        units = [
+            UnitFrame(int(c), int(self._stored[u]), int(self._eff[u]), self._applied[u], self._runtime_ratios[u])
+            if u < t
+            else UnitFrame(int(c))
+            for u, c in enumerate(self.channels)
+        ]
+        label = "scored" if self._scored is not None else "decided units, later ones unpruned"
+        return EpisodeFrame(
+            title=f"StaticPruning {self.model_name}", units=tuple(units), macs_fraction=macs, budget=self.budget,
+            params_fraction=params, param_budget=self.param_budget, macs_label=label,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------
     # scoring
@@ -801,6 +852,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(
                 f"reward function {self.reward_name!r} returned {reward} for {result}; rewards must be finite"
             )
+        self._scored = (float(result.macs_fraction), float(result.params_fraction))
         info.update(
             macs_fraction=result.macs_fraction,
             macs_fraction_max=float(macs_per_image.max()) / cost.base_macs,

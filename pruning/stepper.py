@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +167,9 @@ class UnitStepper:
             ``forward`` differs from its registered base class's.
         input_size: ``(C, H, W)`` of one input, for the unit trace and the check.
 
+    A stepper pickles (and deep-copies) with its model: the segments are rebuilt from the unpickled model by
+    its registered segmenter.
+
     Raises:
         TypeError: no segmenter is registered for the model's class.
         ValueError: the segments do not start at the model's units, or do not reproduce its forward pass.
@@ -184,6 +188,18 @@ class UnitStepper:
         self._steps = seg.steps
         if check:
             self._check(input_size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the segments are closures over the model's submodules (they do not pickle): rebuilt on unpickling
+        state = self.__dict__.copy()
+        del state["_prefix"], state["_steps"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        seg = _segmenter_for(self.model)(self.model)
+        self._prefix = seg.prefix
+        self._steps = seg.steps
 
     @property
     def num_units(self) -> int:
