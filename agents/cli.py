@@ -294,6 +294,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         )
     if cfg.get("test_images") is not None and cfg["test_images"] < 1:
         raise UsageError("--test-images must be positive")
+    if cfg.get("n_envs") is not None and cfg["n_envs"] < 1:
+        raise UsageError(
+            f"--n-envs must be >= 1 (images per runtime-env batch), got {cfg['n_envs']}; "
+            "leave it out to use the hyperparameter file's n_envs (else 64)"
+        )
     try:
         schedule = config_from_dict({**cfg, "gate_epochs": cfg["gate_epochs"], "n_envs": cfg.get("n_envs") or 64})
     except ValueError as err:
@@ -363,6 +368,8 @@ def _load_data(cfg: dict[str, Any]) -> dict[str, ImageDataset]:
     except FileNotFoundError as err:
         hint = "" if cfg.get("download") else " (or pass --download)"
         raise UsageError(f"{err}{hint}") from err
+    except ValueError as err:  # a malformed .npz: the message names the file and the expected format
+        raise UsageError(str(err)) from err
 
 
 def _load_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
@@ -449,8 +456,11 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     model = _load_model(cfg, num_classes).to(cfg["device"])
     data = {split: dataset_for_model(ds, model) for split, ds in data.items()}
     hp_envs = specs["runtime"].hyperparams.get("n_envs") if specs["runtime"] is not None else None
-    n_envs = int(cfg.get("n_envs") or hp_envs or 64)
-    schedule = config_from_dict({**cfg, "n_envs": n_envs})
+    n_envs = next((int(v) for v in (cfg.get("n_envs"), hp_envs) if v is not None), 64)
+    try:
+        schedule = config_from_dict({**cfg, "n_envs": n_envs})
+    except ValueError as err:  # e.g. runtime.n_envs=0 from --hyperparams
+        raise UsageError(str(err)) from err
     run_dir.mkdir(parents=True, exist_ok=True)
 
     record = command_record(run_dir, cfg, ["python", "train_agent.py"], argv, resume=resume)

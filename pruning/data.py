@@ -736,10 +736,20 @@ def _build_cifar(
 
     tv_dir = base / folder
     looked.append(str(tv_dir))
+    note = f"; {'; '.join(notes)}" if notes else ""
+    where = f"{title} under {base} ({origin}; looked for {', '.join(looked)}{note})"
     if tv_dir.is_dir() or download:
         if not tv_dir.is_dir():
             logger.info("downloading %s into %s", title, base)
-        images, labels, classes = _load_torchvision(name, str(base), split != "test", download)
+        try:
+            images, labels, classes = _load_torchvision(name, str(base), split != "test", download)
+        except (OSError, RuntimeError) as err:  # urllib's URLError (no network), a full disk, a broken folder
+            action = "downloading it" if download else f"reading {tv_dir}"
+            raise FileNotFoundError(
+                f"no usable {where}: {action} failed ({err}). Fixes: pass --data-dir DIR with train.npz and "
+                f"test.npz in it (or DIR/{name}/; {_NPZ_FORMAT}), set {DATA_ENV_VAR}=DIR, or run with --download "
+                "on a machine with network access"
+            ) from err
         if split != "test":
             train_idx, val_idx = _stratified_split(labels, val_size, seed)
             idx = train_idx if split == "train" else val_idx
@@ -747,11 +757,7 @@ def _build_cifar(
         logger.info("%s %s: %d images from %s", title, split, labels.shape[0], tv_dir)
         return ImageDataset(images, labels, classes=classes, mean=mean, std=std, name=name, split=split)
 
-    note = f"; {'; '.join(notes)}" if notes else ""
-    raise FileNotFoundError(
-        f"no {title} under {base} ({origin}; looked for {', '.join(looked)}{note}); "
-        f"pass --data-dir or set {DATA_ENV_VAR}, or allow --download"
-    )
+    raise FileNotFoundError(f"no {where}; pass --data-dir or set {DATA_ENV_VAR}, or allow --download")
 
 
 @register_dataset("cifar10")

@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "CONFIG_FILE",
     "UsageError",
+    "check_device",
     "command_record",
     "common_settings",
     "resume_config",
@@ -50,7 +51,10 @@ def common_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     ``--resume`` is dropped (it is not a setting); ``--weights`` ``"none"`` (any case) becomes ``None`` and
     ``"default"`` becomes ``"DEFAULT"``; ``--device auto`` (or unset) becomes ``cuda`` when available, else
-    ``cpu``.
+    ``cpu``; any other ``--device`` is checked by :func:`check_device`.
+
+    Raises:
+        UsageError: ``--device`` names a device this machine does not have.
     """
     cfg = dict(vars(args))
     cfg.pop("resume", None)
@@ -62,7 +66,40 @@ def common_settings(args: argparse.Namespace) -> dict[str, Any]:
     cfg["weights"] = weights
     if cfg.get("device") in (None, "auto"):
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    elif "device" in cfg:
+        cfg["device"] = check_device(str(cfg["device"]))
     return cfg
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a torch device this machine has, else a :class:`UsageError` naming what it has.
+
+    Args:
+        name: A torch device string: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ...
+
+    Raises:
+        UsageError: not a device string, a backend that is not available, or a CUDA index past the last GPU.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--device {name!r} is not a torch device ({err}); use cpu, cuda, cuda:N or auto") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+            raise UsageError(
+                f"--device {name}: this machine has no usable CUDA GPU (torch {torch.__version__}, {built}); "
+                "use --device cpu, or auto to pick cuda when there is one"
+            )
+        if device.index is not None and device.index >= count:
+            raise UsageError(
+                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; pick one of "
+                "them, or pass --device cuda or auto"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    return name
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
