@@ -159,11 +159,13 @@ def frame_to_rgb(frame: EpisodeFrame) -> np.ndarray:
     stored = np.array([u.stored if u.stored is not None else u.channels for u in frame.units]) / full
     computed = np.array([u.computed if u.computed is not None else 0 for u in frame.units]) / full
     w = 0.7
-    left.bar(xs[done], computed[done], width=w, color="tab:blue", label="computed")
-    left.bar(xs[done], (stored - computed)[done], bottom=computed[done], width=w, color="tab:blue", alpha=0.3,
-             label="runtime-pruned")  # fmt: skip
+    if done.any():  # (an empty bar call would still add a legend entry)
+        left.bar(xs[done], computed[done], width=w, color="tab:blue", label="computed")
+        left.bar(xs[done], (stored - computed)[done], bottom=computed[done], width=w, color="tab:blue", alpha=0.3,
+                 label="runtime-pruned")  # fmt: skip
     left.bar(xs, 1.0 - stored, bottom=stored, width=w, color="0.85", label="removed (stored model)")
-    left.bar(xs[~done], stored[~done], width=w, fill=False, edgecolor="0.5", linestyle="--", label="undecided")
+    if not done.all():
+        left.bar(xs[~done], stored[~done], width=w, fill=False, edgecolor="0.5", linestyle="--", label="undecided")
     statics = [(x, u.static_keep) for x, u in zip(xs, frame.units, strict=True) if u.decided and u.static_keep]
     if statics:
         sx, sy = zip(*statics, strict=True)

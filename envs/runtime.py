@@ -467,8 +467,9 @@ class _RuntimeCore:
             else:
                 units.append(UnitFrame(c, stored, None, static, None))
         started = self._t >= 0
+        image = f"image {self._image_index[index]}" if started else "before reset()"
         return EpisodeFrame(
-            title=f"RuntimePruning {self.dataset.name}/{self.dataset.split} image {self._image_index[index]}",
+            title=f"RuntimePruning {self.dataset.name}/{self.dataset.split} {image}",
             units=tuple(units),
             macs_fraction=float(self._committed[index]) / self.base_macs if started else None,
             budget=self._budget,
