@@ -54,8 +54,8 @@ from torch import nn
 from pruning.accounting import CostModel
 from pruning.data import ImageDataset, iterate_batches
 from pruning.gating import applied_masks, clear_plan, gated_units, set_plan, stored_masks
-from pruning.models import input_normalization
 from pruning.plan import PruningPlan, RuntimeSource
+from pruning.train import check_normalization
 
 __all__ = [
     "EASY_HARD_MEASURES",
@@ -224,13 +224,7 @@ def per_image_results(
         raise ValueError(f"dataset {dataset.name}/{dataset.split} is empty; nothing to analyse")
     if cost_model is not None:
         gated_units(model)  # raises with the fix when the model is not gated
-    mean, std = input_normalization(model)
-    if not (np.allclose(dataset.mean, mean, atol=1e-6) and np.allclose(dataset.std, std, atol=1e-6)):
-        log.warning(
-            "dataset %s/%s normalises with mean %s std %s, but the model expects mean %s std %s; "
-            "wrap the dataset with pruning.train.dataset_for_model(dataset, model)",
-            dataset.name, dataset.split, tuple(dataset.mean), tuple(dataset.std), tuple(mean), tuple(std),
-        )  # fmt: skip
+    check_normalization(dataset, model)
     was_training = model.training
     model.eval()
     losses: list[torch.Tensor] = []

@@ -120,7 +120,8 @@ def dataset_for_model(dataset: ImageDataset, model: nn.Module) -> ImageDataset:
     return view
 
 
-def _check_normalization(dataset: ImageDataset, model: nn.Module) -> None:
+def check_normalization(dataset: ImageDataset, model: nn.Module) -> None:
+    """Log a warning when ``dataset`` is not normalised the way ``model``'s weights expect (the fix included)."""
     mean, std = input_normalization(model)
     if not (np.allclose(dataset.mean, mean, atol=1e-6) and np.allclose(dataset.std, std, atol=1e-6)):
         log.warning(
@@ -185,7 +186,7 @@ def evaluate(
         raise ValueError("cost_model= costs the masks of a gated model; gate it (pruning.gating.gate_model) first")
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name}/{dataset.split} is empty; nothing to evaluate")
-    _check_normalization(dataset, model)
+    check_normalization(dataset, model)
     dev = _model_device(model) if device is None else torch.device(device)
     model.to(dev)
     was_training = model.training
@@ -577,7 +578,7 @@ def train(
         raise ValueError(f"start_epoch must be in [0, {config.epochs}], got {start_epoch}")
     if len(train_set) == 0:
         raise ValueError(f"training set {train_set.name}/{train_set.split} is empty")
-    _check_normalization(train_set, model)
+    check_normalization(train_set, model)
     device = torch.device(config.device)
     model.to(device)
     selected = _select(model, params)
