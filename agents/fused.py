@@ -62,7 +62,15 @@ from envs.runtime import OBS_BOUND, RATIO_DECIMALS, PolicyRuntimeSource
 from pruning.export import last_kept_count
 from pruning.gating import gated_units
 
-__all__ = ["FusedActor", "FusedAgent", "FusedRuntimeSource", "NotFusableError", "fuse_policy", "runtime_source"]
+__all__ = [
+    "FusedActor",
+    "FusedAgent",
+    "FusedRuntimeSource",
+    "NotFusableError",
+    "action_ratio",
+    "fuse_policy",
+    "runtime_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -446,9 +454,8 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         if not deterministic:
             raise NotFusableError("a fused agent acts deterministically; use PolicyRuntimeSource to sample actions")
         # fused first: a policy that does not convert fails before the cost model is traced
-        self.agent = fuse_policy(
-            policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset, script=script
-        )
+        self.fused = fuse_policy(policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset)
+        self.agent = _script(self.fused) if script else self.fused
         super().__init__(policy, model, budget=budget, min_keep=min_keep, action_offset=action_offset)
         self._device = torch.device("cpu")
         self._lstm = (int(self.agent.lstm_layers), int(self.agent.lstm_hidden))
@@ -462,12 +469,17 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         return z, z
 
     def _ratio_of(self, action: float) -> float:
-        """:func:`envs.runtime.action_to_ratio` of one action, in Python floats (the same float64 operations)."""
-        a = min(max(action + self.action_offset, -1.0), 1.0)
-        r = self.min_keep + (a + 1.0) * 0.5 * (1.0 - self.min_keep)
-        scale = 10.0**RATIO_DECIMALS
-        r = round(r * scale) / scale if math.isfinite(r) else r  # numpy's round: scale, rint (half to even), unscale
-        return min(max(r, self.min_keep), 1.0)
+        """:func:`envs.runtime.action_to_ratio` of one (finite) action, in Python floats."""
+        return action_ratio(action, self.action_offset, self.min_keep, RATIO_DECIMALS)
+
+    def scriptable(self) -> nn.Module:
+        """This source as a TorchScript-compatible module, for :func:`pruning.deploy.dynamic_deployable`.
+
+        The module has ``ratio(unit, gap, u_r) -> float`` (batch 1) and ``record(unit, kept)`` (the kept count
+        of each unit, which the committed MACs are charged with); the bookkeeping state lives in tensors that
+        every unit's copy shares.
+        """
+        return _ScriptedSource(self)
 
     def _advance(self, t: int, n: int, device: torch.device) -> Any:
         """MACs committed before unit ``t`` of a batch of ``n``: an int, or int64 ``(n,)`` for batched counts.
@@ -530,6 +542,79 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         if not bool(torch.isfinite(ratios).all()):
             raise _non_finite(t)
         return ratios  # type: ignore[no-any-return]
+
+
+def action_ratio(action: float, offset: float, min_keep: float, decimals: int) -> float:
+    """:func:`envs.runtime.action_to_ratio` of one finite action in Python floats (TorchScript-compatible).
+
+    The same float64 operations as numpy's: clip, affine map, ``np.round`` (scale by ``10**decimals``, round
+    half to even, unscale), clip.
+    """
+    a = min(max(action + offset, -1.0), 1.0)
+    r = min_keep + (a + 1.0) * 0.5 * (1.0 - min_keep)
+    scale = 10.0**decimals
+    y = r * scale
+    f = math.floor(y)
+    d = y - f  # exact: y and its floor are within 1 of each other
+    if d > 0.5 or (d == 0.5 and f % 2 == 1):
+        f += 1
+    return min(max(f / scale, min_keep), 1.0)
+
+
+class _ScriptedSource(nn.Module):
+    """:class:`FusedRuntimeSource` as a TorchScript-compatible module (one image; state in shared tensors)."""
+
+    if TYPE_CHECKING:
+        agent: Any
+        counts: torch.Tensor
+        committed: torch.Tensor
+        h: torch.Tensor
+        c: torch.Tensor
+
+    def __init__(self, source: FusedRuntimeSource) -> None:
+        super().__init__()
+        self.agent = copy.deepcopy(source.fused).cpu()
+        num_units = len(source.units)
+        self.fixed = int(source._fixed)
+        self.base_macs = int(source.base_macs)
+        self.unit_coef = [int(v) for v in source._unit_coef]
+        self.consumer_coef = [int(v) for v in source._consumer_coef]
+        self.producer = [-1 if p is None else int(p) for p in source._producer]
+        self.in_channels = [int(v) for v in source._in_channels]
+        self.offset = float(source.action_offset)
+        self.min_keep = float(source.min_keep)
+        self.decimals = int(RATIO_DECIMALS)
+        layers, hidden = source._lstm
+        self.register_buffer("counts", torch.zeros(num_units, dtype=torch.long), persistent=False)
+        self.register_buffer("committed", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.register_buffer("h", torch.zeros(layers, 1, hidden), persistent=False)
+        self.register_buffer("c", torch.zeros(layers, 1, hidden), persistent=False)
+
+    @torch.jit.export
+    def ratio(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:
+        """The keep ratio of ``unit`` for one image (GAP and ``u_r`` at their original widths)."""
+        if unit == 0:
+            self.committed.fill_(self.fixed)
+            self.h.zero_()
+            self.c.zero_()
+        committed = float(self.committed[0]) / self.base_macs
+        a, h, c = self.agent.action_one(unit, gap, u_r, committed, self.h, self.c)
+        self.h.copy_(h)
+        self.c.copy_(c)
+        if a != a:
+            raise RuntimeError("the model produced non-finite activations at the input of a unit; check its weights")
+        return action_ratio(a, self.offset, self.min_keep, self.decimals)
+
+    @torch.jit.export
+    def record(self, unit: int, kept: int) -> None:
+        """Charge ``unit`` with its ``kept`` output channels (times its kept inputs)."""
+        self.counts[unit] = kept
+        p = self.producer[unit]
+        cin = int(self.counts[p]) if p >= 0 else self.in_channels[unit]
+        self.committed.add_((self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept)
+
+    def forward(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:  # noqa: D102
+        return self.ratio(unit, gap, u_r)
 
 
 def _non_finite(t: int) -> RuntimeError:

@@ -17,6 +17,11 @@ count:
                          (``PolicyRuntimeSource``): with the before and with the lean ``DynamicModel``
 ``agent, fused``         the same agent fused into PyTorch (``agents.fused.FusedRuntimeSource``), eager and
                          TorchScript (the default), on the lean ``DynamicModel``
+``..., TorchScript``     dense, static, dynamic lean and dynamic with the fused agent inside compiled whole
+                         (:mod:`pruning.deploy`, ``torch.jit.script`` + ``freeze``), as ``prunegym export``
+                         writes them
+``..., ONNX Runtime``    dense and static exported to ONNX and run in ONNX Runtime (CPU provider; when
+                         ``onnxruntime`` is installed)
 =======================  ==============================================================================
 
 Each row prints its time, its speed-up over ``dense``, its MAC reduction (backbone + predictors + the agent's
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 import types
 import warnings
@@ -48,6 +54,7 @@ from agents.algos import make_model
 from agents.fused import FusedRuntimeSource, fuse_policy
 from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
 from pruning.accounting import CostModel
+from pruning.deploy import dynamic_deployable, save_onnx, to_torchscript
 from pruning.export import DynamicModel, export_static, last_kept_count
 from pruning.gating import gate_model, set_plan
 from pruning.models import get_model
@@ -188,25 +195,73 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"kept counts, fused agent vs predict: {'equal' if same else 'DIFFERENT'} on {len(images)} images")
 
+    # -- compiled: TorchScript (frozen), ONNX Runtime --------------------------------------------------------
+    compiled: dict[str, tuple[Callable[[torch.Tensor], object], str]] = {
+        "dense, TorchScript": (to_torchscript(base), "dense"),
+        "static, TorchScript": (to_torchscript(static), "static"),
+        "dynamic lean, TorchScript": (
+            to_torchscript(dynamic_deployable(contenders["dynamic lean"]), optimize_numerics=False),
+            "dynamic lean",
+        ),
+        "agent, fused, TorchScript": (
+            to_torchscript(dynamic_deployable(contenders["agent, fused script, lean"]), optimize_numerics=False),
+            "agent, fused script, lean",
+        ),
+    }
+    with torch.inference_mode():
+        ts_diff = max(
+            float(
+                (compiled["agent, fused, TorchScript"][0](x) - contenders["agent, fused script, lean"](x)).abs().max()
+            )
+            for x in images
+        )
+    print(f"logits, TorchScript dynamic model with the agent inside vs eager: max abs diff {ts_diff:.3g}")
+    for name, (_, like) in compiled.items():
+        reduction[name] = reduction[like]
+    onnx_files: dict[str, Path] = {}
+    try:
+        import onnxruntime as ort
+
+        folder = Path(tempfile.mkdtemp())
+        onnx_files = {
+            "dense, ONNX Runtime": save_onnx(base, folder / "dense.onnx", torch.cat(images[:2])),
+            "static, ONNX Runtime": save_onnx(static, folder / "static.onnx", torch.cat(images[:2])),
+        }
+        reduction["dense, ONNX Runtime"], reduction["static, ONNX Runtime"] = 1.0, reduction["static"]
+    except ImportError:
+        print("onnxruntime is not installed (pip install -e '.[export]'): no ONNX Runtime row")
+
     # -- timings -----------------------------------------------------------------------------------------------
     results: dict[int, dict[str, float]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        t = fastest(contenders, images, args.repeats, f"{threads} thread(s)")  # type: ignore[arg-type]
+        fns: dict[str, Callable[[torch.Tensor], object]] = {**contenders, **{k: v[0] for k, v in compiled.items()}}
+        for name, file in onnx_files.items():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            # idle ONNX Runtime threads spin by default and starve the PyTorch contenders timed beside them
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            fns[name] = lambda x, s=session: s.run(None, {"images": x.numpy()})
+        t = fastest(fns, images, args.repeats, f"{threads} thread(s)")
         results[threads] = t
         print(f"\n{threads} thread(s), fastest of {args.repeats} forwards each (alternating):")
-        print(f"  {'contender':<28}{'ms':>8}{'speed-up':>10}{'MAC red.':>10}{'sp/MAC red.':>13}")
+        print(f"  {'contender':<30}{'ms':>8}{'speed-up':>10}{'MAC red.':>10}{'sp/MAC red.':>13}")
         for name, sec in t.items():
             sp = t["dense"] / sec
-            print(f"  {name:<28}{1e3 * sec:>8.3f}{sp:>9.2f}x{reduction[name]:>9.2f}x{sp / reduction[name]:>13.2f}")
+            print(f"  {name:<30}{1e3 * sec:>8.3f}{sp:>9.2f}x{reduction[name]:>9.2f}x{sp / reduction[name]:>13.2f}")
     t = results[args.threads[0]]
     keys = {
         "static": "static", "dynamic_before": "dynamic before", "dynamic_lean": "dynamic lean",
         "agent_predict_before": "agent, predict, before", "agent_fused": "agent, fused script, lean",
+        "static_ts": "static, TorchScript", "dynamic_lean_ts": "dynamic lean, TorchScript",
+        "agent_fused_ts": "agent, fused, TorchScript", "static_onnxruntime": "static, ONNX Runtime",
+        "dense_onnxruntime": "dense, ONNX Runtime",
     }  # fmt: skip
     pairs = [f"threads={args.threads[0]}", f"dense_ms={1e3 * t['dense']:.3f}"]
+    pairs.append(f"dense_ts_ms={1e3 * t['dense, TorchScript']:.3f}")
     pairs += [f"r20_{k}_b1_ratio={t['dense'] / t[v]:.3f}" for k, v in keys.items() if v in t]
-    pairs.append(f"lean_max_abs_diff={diff:.3g}")
+    pairs.append(f"lean_max_abs_diff={diff:.3g} ts_agent_max_abs_diff={ts_diff:.3g}")
     print(" ".join(pairs))
 
 

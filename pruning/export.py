@@ -41,7 +41,7 @@ from .models.weights import input_normalization, load_checkpoint_file
 from .plan import RATIO_EPS, PruningPlan, RuntimeSource
 from .units import get_units
 
-__all__ = ["DynamicModel", "export_static", "last_kept_count", "load_exported", "save_exported"]
+__all__ = ["DynamicModel", "export_static", "folded_unit", "last_kept_count", "load_exported", "save_exported"]
 
 
 def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> nn.Conv2d:
@@ -426,6 +426,17 @@ class _CompactUnit(GatedConv):
         conv = self.conv
         bias = torch.addcmul(affine[0], affine[1], u)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation).relu_()
+
+
+def folded_unit(unit: GatedConv) -> tuple[torch.Tensor, torch.Tensor]:
+    """A unit's conv with BN and ``u_s`` folded in: ``(W·a, [β; (b - mean)·a])``, ``a = u_s / sqrt(var + eps)``.
+
+    The unit computes ``relu(conv_{W·a}(x)·u_r + β + (b - mean)·a·u_r)`` on its kept channels. Detached
+    tensors (:mod:`pruning.deploy` stores them).
+    """
+    with torch.no_grad():
+        w, affine = _CompactUnit._folded(unit)  # type: ignore[arg-type]
+    return w.detach(), affine.detach()
 
 
 class _CompactConsumer(nn.Module):

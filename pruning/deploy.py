@@ -1,0 +1,470 @@
+"""Deployable exports of pruned models: TorchScript and ONNX, static and (TorchScript) dynamic.
+
+Three conversions, each to plain, scriptable PyTorch modules (no PruneGym object is needed to run the files):
+
+* :func:`static_deployable` — an :func:`pruning.export.export_static` model with runtime pruning off (every
+  stored channel computed): a plain export is used as it is; in a gated export each unit becomes
+  ``relu((conv_{W·a}(x) + (b - mean)·a) · u_r(x) + β)`` with ``a = u_s / sqrt(var + eps)`` (BN and ``u_s``
+  folded; ``u_r`` still scales the channels per image). Any batch size; traceable, so it exports to ONNX too.
+* :func:`dynamic_deployable` — a :class:`pruning.export.DynamicModel` as TorchScript-compatible modules that
+  compute, per image, only the kept channels, exactly as the eager batch-1 path does (same keep sets; logits
+  within float rounding). Units tell their consumers (and the next unit of a plain net) which channels they
+  kept through small shared index tensors, written in place: TorchScript copies submodules but shares
+  tensors. The runtime ratios are constants or come from a source that can be compiled: one with a
+  ``scriptable()`` method returning a module with ``ratio(unit, gap, u_r) -> float`` and ``record(unit, kept)``
+  (``agents.fused.FusedRuntimeSource``: the agent inside the file). Inputs of more than one image run one
+  image at a time. The kept channel counts change tensor shapes from image to image, which ONNX exporters
+  cannot trace, so this one is TorchScript only.
+* :func:`to_torchscript`, :func:`save_torchscript`, :func:`save_onnx` — compile, freeze, write atomically
+  and check the file against the PyTorch module before it replaces anything.
+
+Measured in ``bench/runtime_latency.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .export import DynamicModel, _CompactConsumer, _CompactUnit, _set, folded_unit
+from .gating import GatedConv, gated_units, is_gated
+from .plan import RATIO_EPS
+from .units import get_units
+
+__all__ = [
+    "dynamic_deployable",
+    "save_onnx",
+    "save_torchscript",
+    "static_deployable",
+    "to_torchscript",
+]
+
+log = logging.getLogger(__name__)
+
+
+class _StaticUnit(nn.Module):
+    """An exported gated unit with runtime pruning off: BN and ``u_s`` folded, ``u_r`` from the predictor."""
+
+    if TYPE_CHECKING:
+        weight: torch.Tensor
+        shift: torch.Tensor
+        beta: torch.Tensor
+        pred_weight: torch.Tensor
+        pred_bias: torch.Tensor
+
+    def __init__(self, unit: GatedConv) -> None:
+        super().__init__()
+        w, affine = folded_unit(unit)
+        self.register_buffer("weight", w)
+        self.register_buffer("beta", affine[0].clone())
+        self.register_buffer("shift", affine[1].clone())
+        _register_predictor(self, unit)
+        self.stride, self.padding, self.dilation = _geometry(unit.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        u = F.linear(x.mean(dim=(2, 3)), self.pred_weight, self.pred_bias)[:, :, None, None]
+        z = F.conv2d(x, self.weight, self.shift, self.stride, self.padding, self.dilation)
+        return torch.addcmul(self.beta[None, :, None, None], z, u).relu()
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int]]:
+    """``(stride, padding, dilation)`` of a conv as int lists (what TorchScript's ``F.conv2d`` takes)."""
+    if isinstance(conv.padding, str):
+        raise ValueError(f"padding={conv.padding!r} convs cannot be folded; use explicit padding")
+    return [int(v) for v in conv.stride], [int(v) for v in conv.padding], [int(v) for v in conv.dilation]
+
+
+def _register_predictor(module: nn.Module, unit: GatedConv) -> None:
+    """``pred_weight``, ``pred_bias``: the unit's predictor, or zeros and γ (``u_r = γ``) without one."""
+    if unit.predictor is not None:
+        weight, bias = unit.predictor.weight.detach(), unit.predictor.bias.detach()
+    else:
+        assert unit.gamma is not None
+        bias = unit.gamma.detach()
+        weight = bias.new_zeros(bias.shape[0], unit.conv.in_channels)
+    module.register_buffer("pred_weight", weight.clone())
+    module.register_buffer("pred_bias", bias.clone())
+
+
+def static_deployable(exported: nn.Module) -> nn.Module:
+    """The exported model with runtime pruning off, as plain modules that script, trace and export to ONNX.
+
+    Args:
+        exported: An :func:`pruning.export.export_static` model (plain, or gated with fixed static structure).
+
+    Returns:
+        A new model in eval mode: a deep copy of a plain export, or the gated export with its units folded
+        (every stored channel computed, scaled by its ``u_r``). Its logits equal the exported model's with no
+        runtime ratio set, within float rounding.
+
+    Raises:
+        ValueError: ``exported`` is gated but not exported (its static plan is not fixed yet).
+    """
+    model = copy.deepcopy(exported).eval()
+    if not is_gated(model):
+        return model
+    units = gated_units(model)
+    if any(g.frozen_static is None for g in units):
+        raise ValueError("static_deployable takes an exported model (pruning.export.export_static(model))")
+    with torch.no_grad():
+        for u in get_units(model):
+            _set(model, u.conv, _StaticUnit(model.get_submodule(u.conv)))  # type: ignore[arg-type]
+    return model.eval()
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the dynamic model
+# -----------------------------------------------------------------------------------------------------------
+
+
+class _Record(nn.Module):
+    """Which channels a unit kept for the current image: ``idx[:count]`` (tensors shared with its readers)."""
+
+    if TYPE_CHECKING:
+        idx: torch.Tensor
+        count: torch.Tensor
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("idx", torch.zeros(channels, dtype=torch.long), persistent=False)
+        self.register_buffer("count", torch.zeros(1, dtype=torch.long), persistent=False)
+
+    def shared(self) -> _Record:
+        """Another record module holding the same tensors (what a reader keeps)."""
+        other = _Record(0)
+        other.idx, other.count = self.idx, self.count
+        return other
+
+    def forward(self) -> torch.Tensor:  # noqa: D102
+        return self.idx[: int(self.count[0])]
+
+
+class _DynamicUnit(nn.Module):
+    """A :class:`pruning.export.DynamicModel` unit at batch 1, TorchScript-compatible (same keep sets)."""
+
+    if TYPE_CHECKING:
+        weight: torch.Tensor
+        shift: torch.Tensor
+        beta: torch.Tensor
+        pred_weight: torch.Tensor
+        pred_bias: torch.Tensor
+        static_pruned: torch.Tensor
+        static_rank: torch.Tensor
+        positions: torch.Tensor
+        out_index: torch.Tensor
+        in_index: torch.Tensor
+        no_index: torch.Tensor
+        source: Any
+
+    def __init__(self, unit: _CompactUnit, record: _Record, source_record: _Record | None, ratio: float,
+                 source: nn.Module | None) -> None:  # fmt: skip
+        super().__init__()
+        w, affine = folded_unit(unit)
+        self.register_buffer("weight", w)
+        self.register_buffer("beta", affine[0].clone())
+        self.register_buffer("shift", affine[1].clone())
+        _register_predictor(self, unit)
+        frozen = unit.frozen_static
+        assert frozen is not None
+        c = unit.conv.out_channels
+        self.register_buffer("static_pruned", frozen[1].clone())
+        self.register_buffer("static_rank", frozen[2].clone())
+        self.register_buffer("positions", torch.arange(c))
+        out_index = getattr(unit, "frozen_out_index", None)
+        in_index = getattr(unit, "frozen_in_index", None)
+        self.register_buffer("out_index", torch.arange(c) if out_index is None else out_index.clone())
+        n_in = unit.conv.in_channels
+        self.register_buffer("in_index", torch.arange(n_in) if in_index is None else in_index.clone())
+        self.register_buffer("no_index", torch.zeros(0, dtype=torch.long))
+        self.any_static = bool(frozen[1].any())
+        self.tradeoff = float(unit.tradeoff)
+        self.channels = c
+        self.full_channels = int(unit.full_channels)
+        self.full_in_channels = int(unit.full_in_channels)
+        self.widen_out = c != unit.full_channels
+        self.widen_in = in_index is not None
+        self.unit_index = int(unit.unit_index)
+        self.ratio = float(ratio)  # NaN: runtime pruning off (or a source decides)
+        self.eps = RATIO_EPS
+        self.record = record
+        self.source_record = source_record
+        self.source = source
+        self.stride, self.padding, self.dilation = _geometry(unit.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        gap = x.mean(dim=(2, 3))
+        pred_weight = self.pred_weight
+        in_idx = self.no_index
+        source_record = self.source_record
+        if source_record is not None:
+            in_idx = source_record.forward()
+            pred_weight = pred_weight.index_select(1, in_idx)
+        u_r = F.linear(gap, pred_weight, self.pred_bias)
+        r = self.ratio
+        source = self.source
+        if source is not None:  # the source sees GAP and u_r at the original widths
+            g_full = gap
+            if source_record is not None:
+                g_full = gap.new_zeros(1, self.full_in_channels).index_copy(
+                    1, self.in_index.index_select(0, in_idx), gap
+                )
+            elif self.widen_in:
+                g_full = gap.new_zeros(1, self.full_in_channels).index_copy(1, self.in_index, gap)
+            u_full = u_r
+            if self.widen_out:
+                u_full = u_r.new_zeros(1, self.full_channels).index_copy(1, self.out_index, u_r)
+            r = source.ratio(self.unit_index, g_full, u_full)
+            if not (r >= 0.0 and r <= 1.0):
+                raise ValueError(f"unit {self.unit_index}: runtime keep ratios must be finite and in [0, 1]")
+        idx, u = self._kept(r, u_r[0])
+        n = idx.shape[0]
+        self.record.idx[:n].copy_(idx)
+        self.record.count.fill_(n)
+        if source is not None:
+            source.record(self.unit_index, n)
+        w = self.weight.index_select(0, idx)
+        if source_record is not None:
+            w = w.index_select(1, in_idx)
+        bias = torch.addcmul(self.beta.index_select(0, idx), self.shift.index_select(0, idx), u)
+        return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, self.stride, self.padding, self.dilation).relu_()
+
+    def _kept(self, r: float, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_CompactUnit._kept`` with tensor ops (the trade-off pruner as masks in ``u_r`` order)."""
+        c = self.channels
+        if r != r:  # runtime off: every stored channel
+            return self.positions, u_r
+        k_r = min(max(math.ceil(r * self.full_channels - self.eps), 1), self.full_channels, c)
+        rho = self.tradeoff
+        u_sorted, order = torch.sort(u_r, descending=True, stable=True)
+        if rho == 1.0 or not self.any_static:
+            n = k_r if rho == 1.0 else c - math.floor(rho * (c - k_r) + self.eps)
+            return order[:n], u_sorted[:n]
+        static = self.static_pruned.index_select(0, order)
+        head = self.positions < k_r
+        only_s = head & static  # static-only: pruned by u_s rank
+        only_r = ~head & ~static  # runtime-only: pruned by u_r rank (their position)
+        n_s, n_r = int(only_s.sum()), int(only_r.sum())
+        c_r = math.floor(rho * n_r + self.eps)
+        c_s = math.floor((1.0 - rho) * n_s + self.eps)
+        keep = (head & ~static) | (only_r & (only_r.cumsum(0) <= n_r - c_r))
+        if n_s > c_s:  # of the static-only channels keep the n_s - c_s of smallest static rank
+            key = torch.where(only_s, self.static_rank.index_select(0, order), c)
+            keep = keep.index_fill(0, torch.topk(key, n_s - c_s, largest=False).indices, True)
+        idx = order[keep]
+        return idx, u_r.index_select(0, idx)
+
+
+class _DynamicConsumer(nn.Module):
+    """A conv reading a unit's output: only the unit's kept input channels (TorchScript-compatible)."""
+
+    def __init__(self, conv: nn.Conv2d, record: _Record) -> None:
+        super().__init__()
+        self.conv = conv
+        self.record = record
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        c = self.conv
+        return F.conv2d(x, c.weight.index_select(1, self.record.forward()), c.bias, c.stride, c.padding,
+                        c.dilation, c.groups)  # fmt: skip
+
+
+class _OneByOne(nn.Module):
+    """Runs the batch-1 dynamic model on every image of a batch in turn."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[0] == 1:
+            return self.model(x)
+        return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def dynamic_deployable(dyn: DynamicModel) -> nn.Module:
+    """A :class:`pruning.export.DynamicModel` as TorchScript-compatible modules (one image at a time).
+
+    Args:
+        dyn: The dynamic model. Its runtime ratios must be constants per unit (one float, or one per unit)
+            or a source with ``scriptable()`` (``agents.fused.FusedRuntimeSource``), bound to ``dyn``.
+
+    Returns:
+        A new module in eval mode; its logits equal ``dyn``'s at batch 1 (per image for larger batches) within
+        float rounding, with the same kept channels. Script it with :func:`to_torchscript`.
+
+    Raises:
+        TypeError: a runtime source that cannot be compiled (a Python callable, SB3's ``predict``).
+        ValueError: per-sample ratios (a runtime plan of shape ``(N, L)``).
+    """
+    model = copy.deepcopy(dyn.model).eval()
+    units = get_units(model)
+    by_index = sorted((m for m in model.modules() if isinstance(m, _CompactUnit)), key=lambda g: g.unit_index)
+    source_module: nn.Module | None = None
+    runtime = dyn.units[0].runtime
+    if callable(runtime) and not isinstance(runtime, torch.Tensor):
+        scriptable: Callable[[], nn.Module] | None = getattr(runtime, "scriptable", None)
+        if scriptable is None or any(g.runtime is not runtime for g in dyn.units):
+            raise TypeError(
+                f"the runtime source {type(runtime).__name__} cannot be compiled into the model: use constant "
+                "ratios or a source with scriptable() (agents.fused.FusedRuntimeSource, for a fused agent)"
+            )
+        source_module = scriptable()
+    records = [_Record(g.conv.out_channels) for g in by_index]
+    with torch.no_grad():
+        for u in units:
+            g = by_index[u.index]
+            ratio = math.nan
+            if source_module is None and g.runtime is not None:
+                t = torch.as_tensor(g.runtime, dtype=torch.float64)
+                if t.numel() != 1:
+                    raise ValueError("per-sample runtime ratios cannot be compiled into the model; give one per unit")
+                ratio = float(t)
+            reader = None if u.producer is None else records[u.producer].shared()
+            _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source_module))
+            consumer = model.get_submodule(u.consumer)
+            if isinstance(consumer, _CompactConsumer):
+                _set(model, u.consumer, _DynamicConsumer(consumer.conv, records[u.index].shared()))
+    return _OneByOne(model).eval()
+
+
+# -----------------------------------------------------------------------------------------------------------
+# files
+# -----------------------------------------------------------------------------------------------------------
+
+
+def to_torchscript(module: nn.Module, *, freeze: bool = True, optimize_numerics: bool = True) -> torch.jit.ScriptModule:
+    """Compile ``module`` with ``torch.jit.script`` (eval mode), frozen by default (constants inlined).
+
+    Args:
+        module: A scriptable module (:func:`static_deployable`, :func:`dynamic_deployable`, plain models).
+        freeze: ``torch.jit.freeze`` the result (parameters become constants: faster at batch 1). A module that
+            cannot be frozen (an LSTM's weights are views of one buffer) is returned unfrozen.
+        optimize_numerics: Let freezing fold BN into convs and the like (results change by float rounding);
+            ``False`` keeps every operation, so a dynamic model keeps exactly the eager model's channels.
+
+    ``torch.jit`` is deprecated in recent PyTorch but still the way to a file that runs without Python code
+    (``torch.jit.load``, or LibTorch in C++); its deprecation warnings are silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        scripted = torch.jit.script(module.eval())
+        if not freeze:
+            return scripted
+        try:
+            return torch.jit.freeze(scripted, optimize_numerics=optimize_numerics)
+        except RuntimeError as err:  # e.g. "module contains attributes values that overlaps" (nn.LSTM)
+            log.info("TorchScript module left unfrozen: %s", str(err).splitlines()[0])
+            return scripted
+
+
+def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Run ``write(tmp)`` beside ``path`` and rename the result over ``path`` (nothing left on failure)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _check(what: str, got: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    diff = float((got - expected).abs().max())
+    if not diff <= atol:
+        raise RuntimeError(f"the {what} file's logits differ from PyTorch's by {diff:.3g} (> {atol}); nothing written")
+
+
+def save_torchscript(
+    module: nn.Module, path: str | Path, example: torch.Tensor, *, atol: float = 1e-4, optimize_numerics: bool = True
+) -> Path:
+    """Compile ``module`` (:func:`to_torchscript`), check it on ``example`` and write it atomically.
+
+    Args:
+        module: A scriptable module (:func:`static_deployable`, :func:`dynamic_deployable`).
+        path: Destination (``torch.jit.load`` reads it).
+        example: Inputs the reloaded file must map to ``module``'s logits.
+        atol: Largest absolute logit difference accepted.
+        optimize_numerics: See :func:`to_torchscript` (``False`` for dynamic models).
+
+    Raises:
+        RuntimeError: the reloaded file disagrees with ``module`` (nothing is written).
+    """
+    with torch.no_grad():
+        expected = module.eval()(example)
+    scripted = to_torchscript(module, optimize_numerics=optimize_numerics)
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.jit.save(scripted, tmp)
+            reloaded = torch.jit.load(tmp)
+        with torch.no_grad():
+            _check("TorchScript", reloaded(example), expected, atol)
+
+    return _atomic(path, write)
+
+
+def save_onnx(module: nn.Module, path: str | Path, example: torch.Tensor, *, atol: float = 1e-4) -> Path:
+    """Export ``module`` to ONNX (any batch size), check it in ONNX Runtime on ``example``, write it atomically.
+
+    Args:
+        module: A traceable module (:func:`static_deployable`).
+        path: Destination ``.onnx`` file (weights inside it). Input ``images`` ``(N, 3, H, W)``, output
+            ``logits``.
+        example: Inputs ONNX Runtime must map to ``module``'s logits (also the export's example input).
+        atol: Largest absolute logit difference accepted.
+
+    Raises:
+        ImportError: ``onnx``, ``onnxscript`` or ``onnxruntime`` is missing (``pip install "prunegym[export]"``).
+        RuntimeError: ONNX Runtime's logits disagree with ``module`` (nothing is written).
+    """
+    ort = _onnxruntime()
+    with torch.no_grad():
+        expected = module.eval()(example)
+
+    def write(tmp: str) -> None:
+        batch = torch.export.Dim("batch", min=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example,), tmp, dynamo=True, input_names=["images"], output_names=["logits"],
+                dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            )  # fmt: skip
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": example.detach().cpu().numpy()})[0]
+        _check("ONNX", torch.from_numpy(got), expected.cpu(), atol)
+
+    return _atomic(path, write)
+
+
+def _onnxruntime() -> Any:
+    """``onnxruntime``, after checking that the ONNX exporter's packages are there too."""
+    missing = []
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(
+            f'ONNX export needs {", ".join(missing)}: install the export extra (pip install "prunegym[export]")'
+        )
+    import onnxruntime
+
+    return onnxruntime

@@ -1,0 +1,188 @@
+"""pruning.deploy and prunegym export: TorchScript / ONNX files that compute what the PyTorch models compute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _nets import images, randomize_, randomize_gates_
+
+from agents.export_cli import export_run, main
+from agents.fused import FusedRuntimeSource
+from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
+from pruning.deploy import dynamic_deployable, save_onnx, save_torchscript, static_deployable, to_torchscript
+from pruning.export import DynamicModel, export_static
+from pruning.gating import gate_model, set_plan
+from pruning.models import get_model
+from pruning.plan import PruningPlan
+from pruning.units import get_units
+
+#: torch.jit is deprecated (FutureWarning) but is what TorchScript files are read with
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+
+PLANS = [(None, 1.0), (0.5, 0.5), (0.6, 0.3)]  # (static keep of every unit, R_r): every keep-set branch
+
+
+def _gated(name: str, seed: int = 1) -> torch.nn.Module:
+    return randomize_gates_(gate_model(randomize_(get_model(name), seed=seed)), seed=seed).eval()
+
+
+def _exported(gated: torch.nn.Module, static: float | None, tradeoff: float) -> torch.nn.Module:
+    n = len(get_units(gated))
+    set_plan(gated, PruningPlan(static_keep=None if static is None else [static] * n, tradeoff=tradeoff))
+    return export_static(gated)
+
+
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize(("static", "tradeoff"), PLANS)
+def test_dynamic_torchscript_keeps_the_eager_channels(name: str, static: float | None, tradeoff: float) -> None:
+    exported = _exported(_gated(name), static, tradeoff)
+    n = len(get_units(exported))
+    dyn = DynamicModel(exported, [0.2 + 0.6 * t / n for t in range(n)])
+    x = images(4, seed=3)
+    expected = torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))])
+    module = dynamic_deployable(dyn)
+    for compiled in (module, to_torchscript(module, optimize_numerics=False)):
+        # the same operations on the same channels: equal logits, not just close ones
+        assert torch.equal(_logits(compiled, x), expected)
+        assert torch.equal(_logits(compiled, x[1:2]), expected[1:2])
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain"])
+def test_static_deployable_equals_export(name: str, gated: bool) -> None:
+    model = _gated(name) if gated else randomize_(get_model(name), seed=2)
+    n = len(get_units(model))
+    plan = PruningPlan(static_keep=[0.6] * n, tradeoff=0.5 if gated else None)
+    exported = export_static(model, plan)
+    x = images(3, seed=4)
+    expected = _logits(exported, x)
+    module = static_deployable(exported)
+    torch.testing.assert_close(_logits(module, x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_logits(to_torchscript(module), x), expected, rtol=1e-4, atol=1e-5)
+
+
+def _agent_dynamic(algo: str, policy: str):
+    from test_fused import _agent, _inputs
+
+    gated = _gated("tiny_cnn", seed=3)
+    venv = RuntimePruningVecEnv(2, model=gated, budget=0.5, num_images=8)
+    agent = _agent(algo, policy, venv)
+    dyn = DynamicModel(_exported(gated, 0.75, 0.5), None)
+    dyn.set_runtime(FusedRuntimeSource(agent, gated, budget=0.5, action_offset=0.05).bind(dyn))
+    return dyn, agent, gated, _inputs(5)
+
+
+@pytest.mark.parametrize(("algo", "policy"), [("ppo", "BudgetResidualPolicy"), ("recurrent_ppo", "MlpLstmPolicy")])
+def test_dynamic_torchscript_with_the_agent_inside(algo: str, policy: str, tmp_path: Path) -> None:
+    dyn, agent, gated, x = _agent_dynamic(algo, policy)
+    expected = torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))])
+    path = save_torchscript(dynamic_deployable(dyn), tmp_path / "dyn.pt", x[:2], optimize_numerics=False)
+    loaded = torch.jit.load(str(path))
+    assert torch.equal(_logits(loaded, x), expected)
+    # and the agent decides as SB3's predict does
+    dyn.set_runtime(PolicyRuntimeSource(agent, gated, budget=0.5, action_offset=0.05).bind(dyn))
+    assert torch.equal(torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))]), expected)
+
+
+def test_dynamic_deployable_refuses_what_cannot_be_compiled() -> None:
+    exported = _exported(_gated("tiny_cnn"), None, 1.0)
+    with pytest.raises(TypeError, match="cannot be compiled"):
+        dynamic_deployable(DynamicModel(exported, lambda unit, gap, u_r: torch.full((gap.shape[0],), 0.5)))
+    with pytest.raises(ValueError, match="per-sample"):
+        dynamic_deployable(DynamicModel(exported, torch.rand(2, 3)))
+
+
+def test_onnx_runs_in_onnx_runtime(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    module = static_deployable(_exported(_gated("resnet8"), 0.5, 0.5))
+    x = images(3, seed=5)
+    path = save_onnx(module, tmp_path / "m.onnx", x[:2])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])  # another batch size than the example
+    torch.testing.assert_close(got, _logits(module, x), rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prunegym export
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _run_dir(tmp_path: Path, *, agent: bool = True) -> Path:
+    """A finished run's files (as train_agent.py writes them) for a tiny model."""
+    from pruning.checkpoint import save_model
+    from pruning.export import save_exported
+
+    dyn, policy, gated, _ = _agent_dynamic("ppo", "BudgetResidualPolicy")
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    if agent:
+        policy.save(str(run / "runtime_agent.zip"))
+    save_model(run / "model.pt", gated, arch="tiny_cnn", num_classes=10, gated=True, predictor=True)
+    save_exported(run / "exported.pt", export_static(gated), arch="tiny_cnn", num_classes=10)
+    (run / "config.json").write_text(json.dumps({"agents": {"runtime": {"algo": "ppo"} if agent else None}}))
+    results = {"budget": 0.5, "static_keep": [0.75] * 3, "tradeoff": 0.5, "action_offset": 0.05}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_export_command_writes_the_dynamic_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agents.cli import load_run
+
+    run = _run_dir(tmp_path)
+    assert main([str(run)]) == 0
+    assert "model_dynamic.torchscript.pt" in capsys.readouterr().out
+    loaded = torch.jit.load(str(run / "model_dynamic.torchscript.pt"))
+    dyn, _ = load_run(run)
+    x = images(3, seed=8)
+    assert torch.equal(_logits(loaded, x), torch.cat([_logits(dyn, x[i : i + 1]) for i in range(3)]))
+
+
+def test_export_command_static_onnx(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run = _run_dir(tmp_path)
+    path, kind = export_run(run, fmt="onnx")
+    assert kind == "static" and path == run / "model_static.onnx" and path.is_file()
+    path, kind = export_run(run, fmt="torchscript", kind="static", out=tmp_path / "s.pt")
+    assert kind == "static" and path.is_file()
+
+
+def test_export_errors_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _run_dir(tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+
+    def error(args: list[str]) -> str:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("prunegym export: error:")
+        return err
+
+    assert "ONNX" in error([str(run), "--format", "onnx", "--kind", "dynamic"])
+    (run / "results.json").rename(run / "results.bak")
+    assert "did not finish" in error([str(run)])
+    (run / "results.bak").rename(run / "results.json")
+
+    import pruning.deploy
+
+    def missing() -> None:
+        raise ImportError('ONNX export needs onnxruntime: install the export extra (pip install "prunegym[export]")')
+
+    monkeypatch.setattr(pruning.deploy, "_onnxruntime", missing)
+    assert "prunegym[export]" in error([str(run), "--format", "onnx"])
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing half-written
+
+    no_agent = _run_dir(tmp_path / "b", agent=False)
+    assert "no runtime agent" in error([str(no_agent), "--kind", "dynamic"])
