@@ -512,6 +512,8 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
         plan = PruningPlan(
             static_keep=trainer.static_keep, tradeoff=trainer.tradeoff, static_scores=trainer.frozen_scores()
         )
+    elif trainer.runtime_model is not None:  # runtime only: the exported units prune at R_r = 1, as in training
+        plan = PruningPlan(tradeoff=1.0)
     exported = export_static(trainer.model, plan)
     save_exported(
         run_dir / EXPORTED_FILE, exported, arch=cfg["model"], num_classes=num_classes,

@@ -273,3 +273,16 @@ def test_saved_agents_join_compare(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="resnet20"):
         compare([str(run_dir)], [0.5], model="resnet20", weights=None, dataset="synthetic",
                 out_dir=tmp_path / "y", latency=False, progress=False)  # fmt: skip
+
+
+def test_runtime_run_deploys_the_pruning_it_was_scored_with(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main([*QUICK, "--mode", "runtime", "--out", str(out)]) == 0
+    dynamic, results = load_run(out, dynamic=True)
+    masked, _ = load_run(out, dynamic=False)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = masked(x)
+        got = torch.cat([dynamic(x[i : i + 1]) for i in range(len(x))])  # the deployable model runs at batch 1
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert results["pruned"]["test"]["macs_fraction"] < 0.9  # the agent prunes at runtime
