@@ -68,6 +68,7 @@ from .schedule import (
     ScheduleConfig,
     config_from_dict,
     config_to_dict,
+    schedule_defaults,
 )
 
 __all__ = ["build_parser", "load_run", "main", "resolve_config", "run"]
@@ -149,9 +150,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("pruning")
     g.add_argument(
         "--mode",
-        default=d("joint"),
+        default=d("static"),
         choices=["runtime", "static", "joint"],
-        help="train the runtime agent, the static agent, or both (paper 7)",
+        help="train the static agent (one plan; the default: it wins the fair table at one epoch), the runtime "
+        "agent, or both (Chen, Chen & Pan's joint mode)",
     )
     g.add_argument("--budget", type=_fraction, default=d(0.5), help="MAC budget: fraction of the base MACs per image")
     g.add_argument(
@@ -185,7 +187,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--n-envs", type=int, default=d(None), help="images per runtime-env batch (default: the YAML's n_envs, else 64)"
     )
     g = p.add_argument_group("schedule")
-    g.add_argument("--rounds", type=int, default=d(ScheduleConfig.rounds), help="repeats of {RL phase, CNN phase}")
+    g.add_argument(
+        "--rounds", type=int, default=d(None),
+        help=f"repeats of {{RL phase, CNN phase}} (default {ScheduleConfig.rounds}; static mode 1)",
+    )  # fmt: skip
     g.add_argument(
         "--total-timesteps",
         type=int,
@@ -198,13 +203,14 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--gate-epochs",
         type=float,
         nargs=2,
-        default=d(list(ScheduleConfig.gate_epochs)),
+        default=d(None),
         metavar=("A", "B"),
-        help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed",
+        help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed "
+        f"(default {' '.join(f'{e:g}' for e in ScheduleConfig.gate_epochs)}; static mode 0 0)",
     )
     g.add_argument(
-        "--cnn-epochs", type=float, default=d(ScheduleConfig.cnn_epochs),
-        help="passes over the training set per CNN phase",
+        "--cnn-epochs", type=float, default=d(None),
+        help=f"passes over the training set per CNN phase (default {ScheduleConfig.cnn_epochs:g}; static mode 1)",
     )  # fmt: skip
     g.add_argument(
         "--cnn-lr", type=float, default=d(0.01),
@@ -267,6 +273,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if cfg.get("static_algo") is None:
         cfg["static_algo"] = cfg["algo"]
     mode = cfg["mode"]
+    for key, value in schedule_defaults(mode).items():  # one epoch of CNN training in every mode
+        if cfg.get(key) is None:
+            cfg[key] = list(value) if isinstance(value, tuple) else value
     rounds = int(cfg["rounds"])
     if rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {rounds}")

@@ -74,8 +74,10 @@ __all__ = [
     "AgentSpec",
     "JointTrainer",
     "Phase",
+    "MODE_DEFAULTS",
     "ScheduleConfig",
     "run_episode",
+    "schedule_defaults",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,6 +244,22 @@ class ScheduleConfig:
             if self.cnn_epochs > 0:
                 out.append(Phase("cnn", r, self.cnn_epochs))
         return out
+
+
+#: Schedule settings that differ by mode from :class:`ScheduleConfig`'s defaults (what ``train_agent.py`` uses when
+#: they are not given). ``static`` learns one plan on the base model and trains the CNN under it for the whole
+#: epoch: no gate stage (nothing is predicted per input) and one round (a second RL phase would only re-learn
+#: the plan on a CNN already fitted to the first one).
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {"static": {"gate_epochs": (0.0, 0.0), "rounds": 1, "cnn_epochs": 1.0}}
+
+
+def schedule_defaults(mode: str) -> dict[str, Any]:
+    """``gate_epochs``, ``rounds`` and ``cnn_epochs`` for ``mode``: :data:`MODE_DEFAULTS` over the dataclass's."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    out = {k: getattr(ScheduleConfig, k) for k in ("gate_epochs", "rounds", "cnn_epochs")}
+    out.update(MODE_DEFAULTS.get(mode, {}))
+    return out
 
 
 @dataclass

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: A whole joint run on the tiny model and synthetic data in a few seconds.
 BASE = [
-    "--model", "tiny_cnn", "--dataset", "synthetic", "--weights", "None", "--rounds", "1",
+    "--model", "tiny_cnn", "--dataset", "synthetic", "--weights", "None", "--mode", "joint", "--rounds", "1",
     "--gate-epochs", "1", "0", "--cnn-epochs", "1", "--runtime-steps", "128", "--static-steps", "24",
     "--n-envs", "8", "--num-val", "32", "--no-reference", "-q",
 ]  # fmt: skip
@@ -286,3 +286,15 @@ def test_runtime_run_deploys_the_pruning_it_was_scored_with(tmp_path: Path) -> N
         got = torch.cat([dynamic(x[i : i + 1]) for i in range(len(x))])  # the deployable model runs at batch 1
     assert torch.allclose(got, expected, atol=1e-4)
     assert results["pruned"]["test"]["macs_fraction"] < 0.9  # the agent prunes at runtime
+
+
+def test_static_mode_defaults_spend_one_epoch_on_one_plan() -> None:
+    from agents.cli import build_parser, resolve_config
+    from agents.schedule import config_from_dict
+
+    cfg = resolve_config(build_parser().parse_args(["--model", "tiny_cnn", "--dataset", "synthetic"]))
+    assert cfg["mode"] == "static"
+    schedule = config_from_dict({**cfg, "n_envs": 8})  # run() fills n_envs from the YAML
+    assert [p.name for p in schedule.phases()] == ["rl_static_0", "cnn_0"] and schedule.cnn_budget_epochs == 1.0
+    joint = config_from_dict({**resolve_config(build_parser().parse_args(["--mode", "joint"])), "n_envs": 8})
+    assert joint.cnn_budget_epochs == 1.0 and joint.rounds == 2 and joint.gate_epochs[0] > 0
