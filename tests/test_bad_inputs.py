@@ -18,8 +18,9 @@ from agents.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "train_agent.py: error:"
 #: A run that would take seconds if it started: tiny model, synthetic data, no reference rows.
-TINY = ["--model", "tiny_cnn", "--weights", "None", "--rounds", "1", "--gate-epochs", "0", "0", "--cnn-epochs", "0",
-        "--runtime-steps", "16", "--static-steps", "3", "--num-val", "16", "--no-reference", "-q"]  # fmt: skip
+TINY = ["--model", "tiny_cnn", "--weights", "None", "--mode", "joint", "--rounds", "1", "--gate-epochs", "0", "0",
+        "--cnn-epochs", "0", "--runtime-steps", "16", "--static-steps", "3", "--num-val", "16", "--no-reference",
+        "-q"]  # fmt: skip
 
 
 def _one_line(err: str) -> str:
