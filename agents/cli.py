@@ -54,7 +54,7 @@ from pruning.data import ImageDataset, get_dataset, list_datasets
 from pruning.export import DynamicModel, export_static, load_exported, save_exported
 from pruning.gating import gate_model, is_gated, set_plan
 from pruning.models import get_model, list_models, load_checkpoint_file
-from pruning.plan import PruningPlan
+from pruning.plan import RUNTIME_ORDERS, PruningPlan
 from pruning.runs import CONFIG_FILE, UsageError, command_record, common_settings, run_command, write_json
 from pruning.train import dataset_for_model, evaluate, seed_everything
 
@@ -228,6 +228,15 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--runtime-budget", default=d(ScheduleConfig.runtime_budget), choices=["image", "mean"],
         help="runtime reward's budget: a cap per image (paper) or a Lagrangian on the batch-mean MAC fraction",
+    )  # fmt: skip
+    g.add_argument(
+        "--static-min-keep", type=float, default=d(None),
+        help="smallest keep ratio of the static agent's action (the static env's min_keep; default min(0.2, B/2))",
+    )  # fmt: skip
+    g.add_argument(
+        "--runtime-order", default=d(ScheduleConfig.runtime_order), choices=list(RUNTIME_ORDERS),
+        help="which channels a runtime keep count keeps: u_r (each image's top-k) or prefix (the first k of the "
+        "static ranking: contiguous slices after export)",
     )  # fmt: skip
     g.add_argument(
         "--static-criterion", default=d(ScheduleConfig.static_criterion),
@@ -519,10 +528,11 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     plan = None
     if trainer.static_keep:
         plan = PruningPlan(
-            static_keep=trainer.static_keep, tradeoff=trainer.tradeoff, static_scores=trainer.frozen_scores()
-        )
+            static_keep=trainer.static_keep, tradeoff=trainer.tradeoff, static_scores=trainer.order_scores(),
+            runtime_order=schedule.runtime_order,
+        )  # fmt: skip
     elif trainer.runtime_model is not None:  # runtime only: the exported units prune at R_r = 1, as in training
-        plan = PruningPlan(tradeoff=1.0)
+        plan = PruningPlan(tradeoff=1.0, static_scores=trainer.order_scores(), runtime_order=schedule.runtime_order)
     exported = export_static(trainer.model, plan)
     save_exported(
         run_dir / EXPORTED_FILE, exported, arch=cfg["model"], num_classes=num_classes,
@@ -648,13 +658,16 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
     static = results["static_keep"]
     tradeoff = float(results["tradeoff"])
     raw_scores = results.get("static_scores")
-    scores = None if not static or raw_scores is None else [torch.tensor(v, dtype=torch.float32) for v in raw_scores]
+    order = str(config.get("schedule", {}).get("runtime_order", "u_r"))
+    ranked = bool(static) or (order == "prefix" and source is not None)  # what the scores rank
+    scores = None if not ranked or raw_scores is None else [torch.tensor(v, dtype=torch.float32) for v in raw_scores]
     if source is None:
         plan = PruningPlan(static_keep=static, static_scores=scores) if static else PruningPlan()
     else:
         plan = PruningPlan(
-            static_keep=static, runtime_keep=source, tradeoff=tradeoff if static else 1.0, static_scores=scores
-        )
+            static_keep=static, runtime_keep=source, tradeoff=tradeoff if static else 1.0, static_scores=scores,
+            runtime_order=order,
+        )  # fmt: skip
     set_plan(cnn, plan)
     return cnn.eval(), results
 

@@ -35,7 +35,9 @@ Rows (:func:`list_rows`; add one with :func:`register_row`, a function ``row(ctx
                        and after training), CNN and predictors trained ``E`` epochs under that ratio
 ``static_agent``       the learned rows: :class:`agents.schedule.JointTrainer` in ``static``, ``runtime``
 ``runtime_agent``      and ``joint`` (R_r = 0.5) mode, its gate stage + rounds × CNN phases summing to ``E``,
-``joint``              its plan brought to the budget on ``val`` (``guard_budget``) before the test score
+``joint``              its plan brought to the budget on ``val`` (``guard_budget``) before the test score;
+``runtime_prefix``     ``runtime_prefix`` is ``runtime_agent`` with the prefix runtime order (each image keeps
+                       the first k channels of one fixed order: contiguous slices after export)
 =====================  ===================================================================================
 
 **Results** go to ``<out_dir>/<cell>/<row>.json`` (cell names like ``resnet20_e1_b050_s0``; ``:`` in a row
@@ -139,7 +141,10 @@ RUNTIME_MIN_KEEP = 0.1
 #: The static hand-designed baselines of the ``hand:<name>`` rows.
 HAND_POLICIES = ("l1", "l2", "l2_gm", "neuron_merging", "pfp", "random")
 #: The learned rows and the schedule mode each runs.
-LEARNED_ROWS = {"static_agent": "static", "runtime_agent": "runtime", "joint": "joint"}
+LEARNED_ROWS = {"static_agent": "static", "runtime_agent": "runtime", "runtime_prefix": "runtime", "joint": "joint"}
+#: Learned rows whose runtime keep counts take a prefix of a fixed channel order instead of each image's top-k by
+#: ``u_r`` (:attr:`agents.schedule.ScheduleConfig.runtime_order`): the same agent, sliceable after export.
+PREFIX_ROWS = frozenset({"runtime_prefix"})
 #: Every row, in table order (what :func:`run_protocol` runs when ``rows`` is not given).
 DEFAULT_ROWS = ("l1", *(f"hand:{name}" for name in HAND_POLICIES), "fbs", *LEARNED_ROWS)
 ROW_FORMAT = "prunegym.protocol.row.v1"
@@ -211,8 +216,15 @@ class LearnedSettings:
     """Images per runtime-env batch."""
     num_val: int = 256
     """Validation images the static env scores per episode."""
+    static_min_keep: float | None = None
+    """The static agent's keep floor (:attr:`agents.schedule.ScheduleConfig.static_min_keep`; ``None``:
+    ``min(0.2, B / 2)``)."""
 
     def __post_init__(self) -> None:
+        if self.static_min_keep is not None and not (
+            math.isfinite(self.static_min_keep) and 0.0 < self.static_min_keep <= 1.0
+        ):
+            raise ValueError(f"static_min_keep must be a keep ratio in (0, 1], got {self.static_min_keep}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         for key in ("runtime_steps", "static_steps"):
@@ -717,7 +729,7 @@ def _schedule_training(trainer: Any, train_set: ImageDataset, batch_size: int) -
     }  # fmt: skip
 
 
-def learned_row(ctx: RowContext, mode: str) -> RowResult:
+def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowResult:
     """A learned row: the joint schedule (:class:`agents.schedule.JointTrainer`) in ``mode``, ``E`` epochs of CNN.
 
     The base model is gated with fresh predictors; the gate stage and the ``rounds`` CNN phases share ``E``
@@ -729,6 +741,7 @@ def learned_row(ctx: RowContext, mode: str) -> RowResult:
     Args:
         ctx: The row context.
         mode: ``"static"``, ``"runtime"`` or ``"joint"`` (R_r = :data:`JOINT_TRADEOFF`).
+        runtime_order: ``"u_r"`` or ``"prefix"`` (:attr:`agents.schedule.ScheduleConfig.runtime_order`).
     """
     from agents.cli import agent_specs
     from agents.schedule import JointTrainer, config_from_dict, config_to_dict
@@ -747,7 +760,7 @@ def learned_row(ctx: RowContext, mode: str) -> RowResult:
         "gate_epochs": (gate, 0.0), "cnn_epochs": cnn, "cnn_lr": ctx.recipe.lr, "weight_decay": 1e-4,
         "grad_clip": None, "batch_size": ctx.recipe.batch_size, "runtime_steps": s.runtime_steps,
         "static_steps": s.static_steps, "n_envs": s.n_envs, "num_val": s.num_val, "seed": cell.seed,
-        "device": ctx.device,
+        "static_min_keep": s.static_min_keep, "runtime_order": runtime_order, "device": ctx.device,
     })  # fmt: skip
     trainer = JointTrainer(
         model, arch=cell.model, num_classes=data["train"].num_classes, data=data, config=schedule,
@@ -760,7 +773,8 @@ def learned_row(ctx: RowContext, mode: str) -> RowResult:
     recipe = {**ctx.recipe.as_dict(), "schedule": "one cosine over the gate stage and the CNN phases",
               "grad_clip": schedule.grad_clip}  # fmt: skip
     return ctx.result(
-        policy=f"{mode} {s.algo} R_r={trainer.tradeoff:g}", test=test,
+        policy=f"{mode} {s.algo} R_r={trainer.tradeoff:g}" + (" prefix" if runtime_order == "prefix" else ""),
+        test=test,
         params_fraction=test["params_fraction"], training=training, rl_seconds=training["rl_seconds"],
         recipe=recipe,
         extra={"budget_guard": guard, "static_keep": trainer.static_keep, "schedule": config_to_dict(schedule)},
@@ -775,7 +789,8 @@ def _register_defaults() -> None:
         _ROWS.add(row, RowSpec(row, fn, hand=True, same_as="l1" if name == "l1" else None))
     _ROWS.add("fbs", RowSpec("fbs", fbs_row, kind="runtime"))
     for row, mode in LEARNED_ROWS.items():
-        _ROWS.add(row, RowSpec(row, functools.partial(learned_row, mode=mode), kind="learned"))
+        order = "prefix" if row in PREFIX_ROWS else "u_r"
+        _ROWS.add(row, RowSpec(row, functools.partial(learned_row, mode=mode, runtime_order=order), kind="learned"))
 
 
 _register_defaults()
@@ -1194,6 +1209,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    L = LearnedSettings()  # one place for the learned rows' defaults
     p = _Parser(
         prog="prunegym protocol",
         description="The fair protocol: learned vs hand-designed channel pruning on one base model at equal MAC "
@@ -1212,16 +1228,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the recipe (every row)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step of the recipe (every row)")
     p.add_argument("--test-images", type=int, default=None, help="score N evenly strided test images (default all)")
-    p.add_argument("--num-val", type=int, default=512, help="validation images of the static env")
+    p.add_argument("--num-val", type=int, default=None,
+                   help=f"validation images of PFP's calibration (default 512) and of the static env ({L.num_val})")
     p.add_argument("--out", default="runs/protocol", help="result folder")
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
     g = p.add_argument_group("learned rows")
     g.add_argument("--algo", default="ppo", help="algorithm of the agents")
-    g.add_argument("--rounds", type=int, default=2, help="rounds of {RL phase, CNN phase}")
-    g.add_argument("--runtime-steps", type=int, default=40_000, help="runtime-agent timesteps per round")
-    g.add_argument("--static-steps", type=int, default=540, help="static-agent timesteps per round")
-    g.add_argument("--n-envs", type=int, default=64, help="images per runtime-env batch")
+    g.add_argument("--rounds", type=int, default=L.rounds, help="rounds of {RL phase, CNN phase}")
+    g.add_argument("--runtime-steps", type=int, default=L.runtime_steps, help="runtime-agent timesteps per round")
+    g.add_argument("--static-steps", type=int, default=L.static_steps, help="static-agent timesteps per round")
+    g.add_argument("--n-envs", type=int, default=L.n_envs, help="images per runtime-env batch")
+    g.add_argument("--static-min-keep", type=float, default=L.static_min_keep,
+                   help="the static agent's keep floor (default min(0.2, B/2))")
     g.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     return p
@@ -1242,12 +1261,13 @@ def main(argv: list[str] | None = None) -> int:
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         learned = LearnedSettings(
             algo=args.algo, rounds=args.rounds, runtime_steps=args.runtime_steps, static_steps=args.static_steps,
-            n_envs=args.n_envs, num_val=args.num_val, hyperparams=tuple(args.hyperparams),
+            n_envs=args.n_envs, num_val=args.num_val or LearnedSettings.num_val, hyperparams=tuple(args.hyperparams),
+            static_min_keep=args.static_min_keep,
         )  # fmt: skip
         rows = run_protocol(
             model=args.model, weights=weights, dataset=args.dataset, data_dir=args.data_dir, budgets=args.budgets,
             epochs=args.epochs, seeds=args.seeds, rows=args.rows, recipe=Recipe(lr=args.lr, batch_size=args.batch_size),
-            learned=learned, test_images=args.test_images, num_val=args.num_val, out_dir=args.out,
+            learned=learned, test_images=args.test_images, num_val=args.num_val or 512, out_dir=args.out,
             rerun=args.rerun, device=device, progress=not args.quiet,
         )  # fmt: skip
     except (UsageError, ValueError, FileNotFoundError) as err:

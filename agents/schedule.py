@@ -53,7 +53,7 @@ from pruning.criteria import get_criterion
 from pruning.data import ImageDataset
 from pruning.gating import clear_plan, set_plan
 from pruning.models import load_checkpoint_file
-from pruning.plan import PruningPlan
+from pruning.plan import RUNTIME_ORDERS, PruningPlan
 from pruning.train import (
     TrainConfig,
     evaluate,
@@ -91,7 +91,7 @@ CHECKPOINT_FORMAT = "prunegym.agents.checkpoint.v1"
 RUNTIME_MIN_KEEP = 0.1
 #: Images of the validation split scored after each phase (``pruning/val_top1``); the full split at the end.
 PHASE_EVAL_IMAGES = 1000
-#: Smallest static keep ratio of the guard and of the static reference (the static env's default floor).
+#: Default smallest static keep ratio (:attr:`ScheduleConfig.static_min_keep`; the static env's default floor).
 STATIC_MIN_KEEP = 0.2
 #: Validation images the budget guard measures the mean MAC fraction on.
 GUARD_IMAGES = 1000
@@ -160,6 +160,16 @@ class ScheduleConfig:
     """How the runtime agent's reward holds the MAC budget: ``"image"`` (paper 7's steep penalty above the cap,
     per image) or ``"mean"`` (:class:`envs.rewards.MeanBudgetTerm`: a Lagrange multiplier on the batch-mean MAC
     fraction, so hard images may spend more and easy ones less; the budget guard then meets the mean)."""
+    static_min_keep: float | None = None
+    """Smallest keep ratio the static agent's action maps to (the static env's ``min_keep``), also the floor of
+    the budget guard's static offset and of the static uniform reference. ``None``: ``min(0.2, budget / 2)``
+    (:attr:`static_floor`): AMC's 0.2 where the budget leaves room around it, else half the budget, so the
+    agent can always halve a unit's uniform share (at B = 0.25 a ResNet-20 unit's uniform ratio is ~0.24)."""
+    runtime_order: str = "u_r"
+    """Which channels a runtime keep count keeps (:attr:`pruning.plan.PruningPlan.runtime_order`): ``"u_r"``
+    (paper 7: each image its top-k by ``u_r``) or ``"prefix"`` (the first k of one fixed order per unit, the
+    static ranking, or :attr:`static_criterion`'s scores of the base model where there is no static plan yet:
+    per image only the width changes, and the export computes it as a slice of the weights)."""
     static_criterion: str = "l1"
     """Which channels a static keep ratio keeps (a :mod:`pruning.criteria` name): ``"l1"`` (filter norm) or
     ``"u_s"`` (the paper's learned static importance). The ranking is frozen when the static agent is scored."""
@@ -207,6 +217,12 @@ class ScheduleConfig:
             raise ValueError(f"bn_recalibration must be >= 0 images, got {self.bn_recalibration}")
         if self.runtime_budget not in ("image", "mean"):
             raise ValueError(f"runtime_budget must be 'image' or 'mean', got {self.runtime_budget!r}")
+        if self.static_min_keep is not None and not (
+            math.isfinite(self.static_min_keep) and 0.0 < self.static_min_keep <= 1.0
+        ):
+            raise ValueError(f"static_min_keep must be a keep ratio in (0, 1], got {self.static_min_keep}")
+        if self.runtime_order not in RUNTIME_ORDERS:
+            raise ValueError(f"runtime_order must be one of {RUNTIME_ORDERS}, got {self.runtime_order!r}")
         get_criterion(self.static_criterion)  # unknown names: ValueError naming the close matches
         for key in ("n_envs", "num_val", "checkpoint_every", "batch_size"):
             if getattr(self, key) < 1:
@@ -216,6 +232,13 @@ class ScheduleConfig:
     def cnn_budget_epochs(self) -> float:
         """Epochs of CNN training the run spends (every weight-changing step): gate stage + all CNN phases."""
         return float(sum(self.gate_epochs)) + self.rounds * float(self.cnn_epochs)
+
+    @property
+    def static_floor(self) -> float:
+        """The static keep floor in force: :attr:`static_min_keep`, or ``min(0.2, budget / 2)`` when it is ``None``."""
+        if self.static_min_keep is not None:
+            return float(self.static_min_keep)
+        return min(STATIC_MIN_KEEP, 0.5 * self.budget)
 
     @property
     def trains_runtime(self) -> bool:
@@ -507,6 +530,18 @@ class JointTrainer:
             return None
         return [torch.tensor(v, dtype=torch.float32) for v in self.static_scores]
 
+    def order_scores(self) -> list[torch.Tensor] | None:
+        """The channel scores the plans rank by: the frozen static ranking, or ``None`` (``u_r`` order, no static plan).
+
+        With the prefix runtime order they also order the runtime choice; where no static agent has chosen a
+        ranking yet, :attr:`ScheduleConfig.static_criterion`'s scores of the model are frozen the first time.
+        """
+        if self.config.runtime_order != "prefix":
+            return self.frozen_scores() if self.static_keep is not None else None
+        if self.static_scores is None:
+            self.static_scores = [[float(v) for v in sc] for sc in self._criterion_scores()]
+        return self.frozen_scores()
+
     def plan(self, *, deterministic: bool = True) -> PruningPlan:
         """The agents' current plan (static keep ratios, runtime source, R_r) for the CNN.
 
@@ -520,11 +555,14 @@ class JointTrainer:
         static = self.static_keep
         if runtime is None and static is None:
             return PruningPlan()
+        order = self.config.runtime_order
         if static is None:
-            return PruningPlan(runtime_keep=runtime, tradeoff=1.0)
+            return PruningPlan(
+                runtime_keep=runtime, tradeoff=1.0, static_scores=self.order_scores(), runtime_order=order
+            )
         return PruningPlan(
             static_keep=static, runtime_keep=runtime, tradeoff=self.tradeoff if runtime else None,
-            static_scores=self.frozen_scores(),
+            static_scores=self.order_scores(), runtime_order=order,
         )  # fmt: skip
 
     def uniform_plan(self, ratio: float) -> PruningPlan:
@@ -535,11 +573,12 @@ class JointTrainer:
         """
         if self.config.mode == "static":
             return PruningPlan(static_keep=[ratio] * len(self.cost_model.units), static_scores=self._criterion_scores())
+        order = self.config.runtime_order
         if self.static_keep is None:
-            return PruningPlan(runtime_keep=ratio, tradeoff=1.0)
+            return PruningPlan(runtime_keep=ratio, tradeoff=1.0, static_scores=self.order_scores(), runtime_order=order)
         return PruningPlan(
             static_keep=self.static_keep, runtime_keep=ratio, tradeoff=self.tradeoff,
-            static_scores=self.frozen_scores(),
+            static_scores=self.order_scores(), runtime_order=order,
         )  # fmt: skip
 
     def _criterion_scores(self) -> list[torch.Tensor]:
@@ -561,7 +600,7 @@ class JointTrainer:
         Bisection on ``[min_keep, 1]`` (the MAC fraction grows with the ratio); keep counts are a step function
         of the ratio, so ``halvings`` = 12 resolves every step of a unit of up to 4 096 channels.
         """
-        lo = RUNTIME_MIN_KEEP if self.config.mode != "static" else STATIC_MIN_KEEP
+        lo = RUNTIME_MIN_KEEP if self.config.mode != "static" else self.config.static_floor
         hi = 1.0
         if self.measure_plan(self.uniform_plan(hi), dataset)["macs_fraction"] <= target:
             return hi
@@ -607,7 +646,7 @@ class JointTrainer:
         The learned plan is shifted as a whole, by one number found by bisection: with a runtime agent, an
         additive offset on every runtime action (:attr:`action_offset`, in ``[-2, 2]``: -2 sends every action
         to the floor); in ``static`` mode, an additive offset on every static keep ratio (clipped to
-        ``[STATIC_MIN_KEEP, 1]``). The offset is the largest whose mean MAC fraction on ``dataset`` (default:
+        ``[static_floor, 1]``). The offset is the largest whose mean MAC fraction on ``dataset`` (default:
         ``max_images`` evenly spaced validation images) is at most the budget, so a plan under its budget
         spends what is left and one over it is cut back. The agents' relative allocation is kept.
 
@@ -622,13 +661,14 @@ class JointTrainer:
         kind = "runtime" if self.runtime_model is not None else "static"
         base_keep = list(self.static_keep) if self.static_keep is not None else None
         start = self.action_offset
+        floor = self.config.static_floor
 
         def macs(offset: float) -> float:
             if kind == "runtime":
                 self.action_offset = offset  # absolute: the guard replaces an earlier guard's shift
             else:
                 assert base_keep is not None
-                self.static_keep = [min(1.0, max(STATIC_MIN_KEEP, k + offset)) for k in base_keep]
+                self.static_keep = [min(1.0, max(floor, k + offset)) for k in base_keep]
             return float(self.evaluate_plan(data)["macs_fraction"])
 
         before = macs(start if kind == "runtime" else 0.0)
@@ -660,7 +700,7 @@ class JointTrainer:
         env = RuntimePruningVecEnv(
             cfg.n_envs, model=self.model, dataset=self.data["val"], budget=cfg.budget,
             static_keep=static, tradeoff=self.tradeoff if static is not None else None, min_keep=RUNTIME_MIN_KEEP,
-            static_scores=self.static_scores if static is not None else None, device=cfg.device,
+            static_scores=self.order_scores(), runtime_order=cfg.runtime_order, device=cfg.device,
             budget_term=MeanBudgetTerm() if cfg.runtime_budget == "mean" else None,
         )  # fmt: skip
         env.seed(cfg.seed + 1000 * self._round)
@@ -676,7 +716,8 @@ class JointTrainer:
             model=self.model, dataset=self.data["val"], num_val=num_val,
             val_seed=cfg.seed, budget=cfg.budget, param_budget=cfg.param_budget, runtime=runtime,
             tradeoff=self.tradeoff if runtime is not None else None, device=cfg.device,
-            criterion=cfg.static_criterion, bn_recalibration=min(cfg.bn_recalibration, len(self.data["val"]) - num_val),
+            criterion=cfg.static_criterion, min_keep=cfg.static_floor, runtime_order=cfg.runtime_order,
+            bn_recalibration=min(cfg.bn_recalibration, len(self.data["val"]) - num_val),
         )  # fmt: skip
         try:
             env = StaticPruningEnv(budget_mode="clamp", **kwargs)

@@ -45,6 +45,7 @@ from agents.protocol import (
     DEFAULT_ROWS,
     GATE_SHARE,
     Cell,
+    LearnedSettings,
     Recipe,
     RowResult,
     format_table,
@@ -86,6 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-images", type=int, default=None, help="score N test images, evenly strided (default all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "protocol_cifar10", help="row files (reused)")
+    p.add_argument("--static-min-keep", type=float, default=None,
+                   help="the static agent's keep floor (default min(0.2, B/2); a learned row's setting)")
     p.add_argument("--report-only", action="store_true", help="run nothing: report what --out holds")
     p.add_argument("--results-md", type=Path, default=REPO / "docs" / "results.md", help="where the tables go")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "protocol_pareto.png", help="the Pareto figure")
@@ -207,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model=cell.model, weights=weights_of(args.models_dir, cell.model), dataset="cifar10",
                 data_dir=args.data_dir / "cifar10", budgets=[cell.budget], epochs=[cell.epochs], seeds=seeds,
                 rows=args.rows, recipe=Recipe(lr=args.lr), test_images=args.test_images, out_dir=args.out,
+                learned=LearnedSettings(static_min_keep=args.static_min_keep),
                 rerun=args.rerun, device=args.device, progress=True,
             )  # fmt: skip
         wall = time.perf_counter() - start

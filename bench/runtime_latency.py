@@ -12,6 +12,8 @@ count:
 ``dynamic before``       ``DynamicModel`` as it was before the lean path (``pruning/export.py`` at git
                          revision ``BEFORE``; skipped without git)
 ``dynamic lean``         ``DynamicModel`` of this tree
+``dynamic prefix``       ``DynamicModel`` with the prefix runtime order (channels stored by γ: a keep count is a
+                         slice of the weights, no gather), eager and TorchScript
 ``agent, predict``       a randomly initialised runtime agent (PPO + ``BudgetResidualPolicy``, 64-64 tanh, as
                          ``agents/hyperparams/ppo.yml``) in charge through SB3's ``predict``
                          (``PolicyRuntimeSource``): with the before and with the lean ``DynamicModel``
@@ -129,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     units = get_units(base)
     gammas = [base.get_submodule(u.bn).weight.detach() for u in units]
     static = export_static(base, PruningPlan(static_keep=[0.5] * len(units), static_scores=gammas))
+    prefix_plan = PruningPlan(runtime_keep=0.5, tradeoff=1.0, static_scores=gammas, runtime_order="prefix")
+    set_plan(gated, prefix_plan)
+    exported_prefix = export_static(gated)
+    with torch.inference_mode():
+        masked_prefix = gated(torch.cat([torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+                                         for i in range(8)]))  # fmt: skip
+    set_plan(gated, PruningPlan(runtime_keep=0.5, tradeoff=1.0))
     old = before_module()
 
     def with_source(cls: type, make: Callable[[nn.Module], object]) -> nn.Module:
@@ -141,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if old is not None:
         contenders["dynamic before"] = old.DynamicModel(exported, 0.5).eval()
     contenders["dynamic lean"] = DynamicModel(exported, 0.5).eval()
+    contenders["dynamic prefix"] = DynamicModel(exported_prefix, 0.5).eval()
     if old is not None:
         contenders["agent, predict, before"] = with_source(
             old.DynamicModel, lambda d: PolicyRuntimeSource(agent, gated, budget=0.5).bind(d)
@@ -165,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         masked = gated(torch.cat(images))
         diff = max(float((contenders["dynamic lean"](x) - masked[i : i + 1]).abs().max()) for i, x in enumerate(images))
     print(f"logits, lean DynamicModel vs masked gated model: max abs diff {diff:.3g} over {len(images)} images")
+    with torch.inference_mode():
+        prefix_diff = max(
+            float((contenders["dynamic prefix"](torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)))
+                   - masked_prefix[i : i + 1]).abs().max())
+            for i in range(len(masked_prefix))
+        )  # fmt: skip
+    print(f"logits, prefix DynamicModel vs masked gated model (prefix order): max abs diff {prefix_diff:.3g}")
     stored = cm.channels
     reduction: dict[str, float] = {}
     ratio_seen: dict[str, list[torch.Tensor]] = {}
@@ -202,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dynamic lean, TorchScript": (
             to_torchscript(dynamic_deployable(contenders["dynamic lean"]), optimize_numerics=False),
             "dynamic lean",
+        ),
+        "dynamic prefix, TorchScript": (
+            to_torchscript(dynamic_deployable(contenders["dynamic prefix"]), optimize_numerics=False),
+            "dynamic prefix",
         ),
         "agent, fused, TorchScript": (
             to_torchscript(dynamic_deployable(contenders["agent, fused script, lean"]), optimize_numerics=False),
@@ -253,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t = results[args.threads[0]]
     keys = {
         "static": "static", "dynamic_before": "dynamic before", "dynamic_lean": "dynamic lean",
+        "prefix": "dynamic prefix", "prefix_ts": "dynamic prefix, TorchScript",
         "agent_predict_before": "agent, predict, before", "agent_fused": "agent, fused script, lean",
         "static_ts": "static, TorchScript", "dynamic_lean_ts": "dynamic lean, TorchScript",
         "agent_fused_ts": "agent, fused, TorchScript", "static_onnxruntime": "static, ONNX Runtime",
@@ -261,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     pairs = [f"threads={args.threads[0]}", f"dense_ms={1e3 * t['dense']:.3f}"]
     pairs.append(f"dense_ts_ms={1e3 * t['dense, TorchScript']:.3f}")
     pairs += [f"r20_{k}_b1_ratio={t['dense'] / t[v]:.3f}" for k, v in keys.items() if v in t]
-    pairs.append(f"lean_max_abs_diff={diff:.3g} ts_agent_max_abs_diff={ts_diff:.3g}")
+    pairs.append(f"lean_max_abs_diff={diff:.3g} prefix_max_abs_diff={prefix_diff:.3g}")
+    pairs.append(f"ts_agent_max_abs_diff={ts_diff:.3g}")
     print(" ".join(pairs))
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from pruning.accounting import Cost, CostModel
 from pruning.data import ImageDataset, crop_flip
 from pruning.gating import GatedConv, gated_units, set_plan, stored_masks
-from pruning.plan import PruningPlan
+from pruning.plan import RUNTIME_ORDERS, PruningPlan
 from pruning.stepper import UnitStepper
 from pruning.train import dataset_for_model
 
@@ -273,6 +273,7 @@ class _RuntimeCore:
         min_keep: float,
         budget_term: BudgetTerm | MeanBudgetTerm | None,
         static_scores: Sequence[Any] | None,
+        runtime_order: str,
         loss_scale: RunningLossScale | float | None,
         loss_scale_warmup: int,
         loss_scale_decay: float,
@@ -282,6 +283,8 @@ class _RuntimeCore:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         if not (math.isfinite(min_keep) and 0.0 < min_keep <= 1.0):
             raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
+        if runtime_order not in RUNTIME_ORDERS:
+            raise ValueError(f"runtime_order must be one of {RUNTIME_ORDERS}, got {runtime_order!r}")
         self.num_envs = int(num_envs)
         self.min_keep = float(min_keep)
         self.device = torch.device(device)
@@ -333,14 +336,24 @@ class _RuntimeCore:
                 raise ValueError(
                     "a static plan needs tradeoff=R_r in [0, 1] (paper 7 uses 0.5; 1 = runtime only, 0 = static only)"
                 )
-            if static_scores is not None and static_keep is None:
-                raise ValueError("static_scores rank the channels of a static plan: pass static_keep too")
+            if static_scores is not None and static_keep is None and runtime_order != "prefix":
+                raise ValueError(
+                    "static_scores rank the channels of a static plan (or the prefix runtime order): pass static_keep "
+                    "or runtime_order='prefix' too"
+                )
             r = 1.0 if tradeoff is None else float(tradeoff)
             scores = None if static_scores is None else [torch.as_tensor(v, dtype=torch.float32) for v in static_scores]
-            plan = PruningPlan(static_keep=static_keep, runtime_keep=None, tradeoff=r, static_scores=scores)
+            plan = PruningPlan(
+                static_keep=static_keep, tradeoff=r, static_scores=scores, runtime_order=runtime_order
+            )
             set_plan(self.model, plan)
+        if exported and runtime_order != self.units[0].runtime_order:
+            raise ValueError(
+                f"this model was exported with runtime_order={self.units[0].runtime_order!r}; pass that order"
+            )
         self.static_keep = None if static_keep is None else [float(s) for s in static_keep]
         self.tradeoff = self.units[0].tradeoff
+        self.runtime_order = self.units[0].runtime_order
         self.stepper = UnitStepper(self.model)
 
         # -- accounting constants (per unit, computed once) -------------------------------------------------
@@ -824,6 +837,8 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     | `static_keep`       | `None`        | fixed static keep ratio per unit (`None`: no static pruning)              |
     | `tradeoff`          | `None`        | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`  |
     | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)          |
+    | `runtime_order`     | `"u_r"`       | which channels a keep count keeps: each image's top-k by `u_r`, or        |
+    |                     |               | `"prefix"`: the first k of the static ranking (contiguous after export)   |
     | `min_keep`          | `0.1`         | keep ratio of action -1 (paper 7's runtime floor)                         |
     | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)         |
     |                     |               | or `MeanBudgetTerm()`: a Lagrangian on the batch-mean MAC fraction        |
@@ -909,6 +924,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         min_keep: float = 0.1,
         budget_term: BudgetTerm | MeanBudgetTerm | None = None,
         static_scores: Sequence[Any] | None = None,
+        runtime_order: str = "u_r",
         loss_scale: RunningLossScale | float | None = None,
         loss_scale_warmup: int = 200,
         loss_scale_decay: float = 0.995,
@@ -921,7 +937,8 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
             1, model=model, weights=weights, dataset=dataset, data_dir=data_dir, split=split,
             num_images=num_images, dataset_kwargs=dataset_kwargs, augment=augment, budget=budget,
             static_keep=static_keep, tradeoff=tradeoff, min_keep=min_keep, budget_term=budget_term,
-            static_scores=static_scores, loss_scale=loss_scale, loss_scale_warmup=loss_scale_warmup,
+            static_scores=static_scores, runtime_order=runtime_order, loss_scale=loss_scale,
+            loss_scale_warmup=loss_scale_warmup,
             loss_scale_decay=loss_scale_decay,
             device=device,
         )  # fmt: skip

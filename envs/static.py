@@ -216,6 +216,8 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | `runtime`        | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
     | `tradeoff`       | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (paper 7)           |
     | `learn_split`    | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
+    | `runtime_order`  | `"u_r"`       | the runtime policy's channel choice: top-k by `u_r`, or `"prefix"` of the  |
+    |                  |               | static ranking (`pruning.plan.PruningPlan.runtime_order`)                  |
     | `budget_term`    | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)          |
     | `loss_scale`     | `None`        | β_b: `None` (a fresh running mean), a shared `RunningLossScale`, a float   |
     | `device`         | `"cpu"`       | where the model is scored                                                  |
@@ -318,6 +320,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None = None,
         tradeoff: float | None = None,
         learn_split: bool = False,
+        runtime_order: str = "u_r",
         budget_term: BudgetTerm | None = None,
         loss_scale: RunningLossScale | float | None = None,
         device: str | torch.device = "cpu",
@@ -391,11 +394,12 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
                 "policy in the loop (runtime=<ratio, per-unit ratios or a RuntimeSource>)"
             )
         self.tradeoff = float(tradeoff) if tradeoff is not None else (0.0 if self.runtime is None else 0.5)
+        self.runtime_order = runtime_order
         if not (math.isfinite(self.tradeoff) and 0.0 <= self.tradeoff <= 1.0):
             raise ValueError(f"tradeoff R_r must be in [0, 1], got {tradeoff}")
         probe = PruningPlan(
             static_keep=[1.0] * self.num_units, runtime_keep=self.runtime, tradeoff=self.tradeoff,
-            static_scores=self.static_scores,
+            static_scores=self.static_scores, runtime_order=runtime_order,
         )  # fmt: skip
         probe.validate(self.num_units, [int(c) for c in self.channels])
         # Runtime keep counts of a fixed runtime policy, taken through the same path as the forward pass
@@ -775,6 +779,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             runtime_keep=self.runtime,
             tradeoff=self.tradeoff if self.runtime is not None else None,
             static_scores=self.static_scores,
+            runtime_order=self.runtime_order,
         )
 
     def apply_plan(self, model: nn.Module | None = None) -> nn.Module:

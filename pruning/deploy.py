@@ -135,14 +135,17 @@ class _Record(nn.Module):
         idx: torch.Tensor
         count: torch.Tensor
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, prefix: bool = False) -> None:
         super().__init__()
-        self.register_buffer("idx", torch.zeros(channels, dtype=torch.long), persistent=False)
+        # a prefix-order unit keeps idx = 0, 1, ...: its first count channels
+        self.register_buffer("idx", torch.arange(channels) if prefix else torch.zeros(channels, dtype=torch.long),
+                             persistent=False)  # fmt: skip
         self.register_buffer("count", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.prefix = prefix
 
     def shared(self) -> _Record:
         """Another record module holding the same tensors (what a reader keeps)."""
-        other = _Record(0)
+        other = _Record(0, self.prefix)
         other.idx, other.count = self.idx, self.count
         return other
 
@@ -188,6 +191,9 @@ class _DynamicUnit(nn.Module):
         self.register_buffer("in_index", torch.arange(n_in) if in_index is None else in_index.clone())
         self.register_buffer("no_index", torch.zeros(0, dtype=torch.long))
         self.any_static = bool(frozen[1].any())
+        self.prefix = unit.runtime_order == "prefix"  # kept channels are the first n (export order)
+        self.active = int((~frozen[1]).sum())
+        self.source_prefix = source_record is not None and bool(source_record.prefix)
         self.tradeoff = float(unit.tradeoff)
         self.channels = c
         self.full_channels = int(unit.full_channels)
@@ -209,7 +215,10 @@ class _DynamicUnit(nn.Module):
         source_record = self.source_record
         if source_record is not None:
             in_idx = source_record.forward()
-            pred_weight = pred_weight.index_select(1, in_idx)
+            if self.source_prefix:
+                pred_weight = pred_weight[:, : in_idx.shape[0]]
+            else:
+                pred_weight = pred_weight.index_select(1, in_idx)
         u_r = F.linear(gap, pred_weight, self.pred_bias)
         r = self.ratio
         source = self.source
@@ -227,17 +236,35 @@ class _DynamicUnit(nn.Module):
             r = source.ratio(self.unit_index, g_full, u_full)
             if not (r >= 0.0 and r <= 1.0):
                 raise ValueError(f"unit {self.unit_index}: runtime keep ratios must be finite and in [0, 1]")
-        idx, u = self._kept(r, u_r[0])
-        n = idx.shape[0]
-        self.record.idx[:n].copy_(idx)
-        self.record.count.fill_(n)
+        if self.prefix:
+            n = self._prefix_count(r)
+            self.record.count.fill_(n)
+            u = u_r[0, :n]
+            w = self.weight[:n]
+            bias = torch.addcmul(self.beta[:n], self.shift[:n], u)
+        else:
+            idx, u = self._kept(r, u_r[0])
+            n = idx.shape[0]
+            self.record.idx[:n].copy_(idx)
+            self.record.count.fill_(n)
+            w = self.weight.index_select(0, idx)
+            bias = torch.addcmul(self.beta.index_select(0, idx), self.shift.index_select(0, idx), u)
         if source is not None:
             source.record(self.unit_index, n)
-        w = self.weight.index_select(0, idx)
         if source_record is not None:
-            w = w.index_select(1, in_idx)
-        bias = torch.addcmul(self.beta.index_select(0, idx), self.shift.index_select(0, idx), u)
+            w = w[:, : in_idx.shape[0]] if self.source_prefix else w.index_select(1, in_idx)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, self.stride, self.padding, self.dilation).relu_()
+
+    def _prefix_count(self, r: float) -> int:
+        """``_CompactUnit._prefix_count``: how many of the first channels ratio ``r`` keeps."""
+        c = self.channels
+        if r != r:
+            return c
+        k_r = min(max(math.ceil(r * self.full_channels - self.eps), 1), self.full_channels, c)
+        a, rho = self.active, self.tradeoff
+        if k_r < a:
+            return a - math.floor(rho * (a - k_r) + self.eps)
+        return k_r - math.floor((1.0 - rho) * (k_r - a) + self.eps)
 
     def _kept(self, r: float, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``_CompactUnit._kept`` with tensor ops (the trade-off pruner as masks in ``u_r`` order)."""
@@ -272,11 +299,15 @@ class _DynamicConsumer(nn.Module):
         super().__init__()
         self.conv = conv
         self.record = record
+        self.prefix = record.prefix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         c = self.conv
-        return F.conv2d(x, c.weight.index_select(1, self.record.forward()), c.bias, c.stride, c.padding,
-                        c.dilation, c.groups)  # fmt: skip
+        if self.prefix:
+            w = c.weight[:, : int(self.record.count[0])]
+        else:
+            w = c.weight.index_select(1, self.record.forward())
+        return F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
 class _OneByOne(nn.Module):
@@ -320,7 +351,7 @@ def dynamic_deployable(dyn: DynamicModel) -> nn.Module:
                 "ratios or a source with scriptable() (agents.fused.FusedRuntimeSource, for a fused agent)"
             )
         source_module = scriptable()
-    records = [_Record(g.conv.out_channels) for g in by_index]
+    records = [_Record(g.conv.out_channels, g.runtime_order == "prefix") for g in by_index]
     with torch.no_grad():
         for u in units:
             g = by_index[u.index]

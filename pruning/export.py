@@ -158,8 +158,12 @@ def export_static(model: nn.Module, plan: PruningPlan | None = None) -> nn.Modul
     if plan is not None:
         set_plan(work, plan)
     idx = [m.nonzero().squeeze(1).to(next(work.parameters()).device) for m in stored_masks(work)]
-    for g in gated_units(work):
+    for t, g in enumerate(gated_units(work)):
         g.last_keep = None
+        if g.runtime_order == "prefix" and g.frozen_static is None:
+            # store the channels in the static order: a runtime keep count is then the first k (a slice)
+            rank = g.static_rank().to(idx[t].device)
+            idx[t] = idx[t][torch.argsort(rank.index_select(0, idx[t]), stable=True)]
     out = _slice_units(work, idx, plain=plain_out)
     if plain_out:
         for g in [m for m in out.modules() if isinstance(m, GatedConv)]:
@@ -194,6 +198,7 @@ def save_exported(path: str | Path, model: nn.Module, *, arch: str, num_classes:
         meta["full_channels"] = [g.full_channels for g in gus]
         meta["full_in_channels"] = [g.full_in_channels for g in gus]
         meta["tradeoff"] = [g.tradeoff for g in gus]
+        meta["runtime_order"] = [g.runtime_order for g in gus]
     obj = {"state_dict": model.state_dict(), **meta}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +225,10 @@ def load_exported(path: str | Path) -> nn.Module:
     if obj["gated"]:
         base = gate_model(base, predictor=obj["predictor"], inplace=True)
         widths = zip(obj["full_channels"], obj["full_in_channels"], obj["tradeoff"], strict=True)
-        for g, (full, full_in, r) in zip(gated_units(base), widths, strict=True):
+        orders = obj.get("runtime_order") or ["u_r"] * len(obj["full_channels"])
+        for g, (full, full_in, r), order in zip(gated_units(base), widths, orders, strict=True):
             g.full_channels, g.full_in_channels, g.tradeoff = int(full), int(full_in), float(r)
+            g.runtime_order = str(order)
     else:
         base = gate_model(base, predictor=False, inplace=True)
     idx = [torch.arange(c) for c in obj["channels"]]
@@ -271,12 +278,17 @@ class _CompactUnit(GatedConv):
       eps)`` is cached while no parameter or statistic changes (and only without autograd, so gradients still
       reach the parameters).
 
-    No keep mask is built: ``last_idx`` (the kept channels) and ``last_count`` are recorded, and ``last_keep``
-    turns them into a mask only when read.
+    With the prefix runtime order (exported in that order: :func:`export_static`) the kept channels are the first
+    ``n``, where ``n`` follows from the ratio alone, and every gather becomes a slice: ``W[:n]``, the folded BN
+    shift ``[:n]``, the consumer's ``W[:, :n]``.
+
+    No keep mask is built: ``last_idx`` (the kept channels) or ``last_prefix`` (their number, prefix order) and
+    ``last_count`` are recorded, and ``last_keep`` turns them into a mask only when read.
     """
 
     source: _CompactUnit | None
     last_idx: torch.Tensor | None  # kept channels of the last batch-1 forward (any order)
+    last_prefix: int | None  # or, in prefix order: the kept channels are the first last_prefix
     last_count: int | None  # their number (None after a batched forward: count last_keep)
 
     def _prepare(self) -> None:
@@ -289,17 +301,29 @@ class _CompactUnit(GatedConv):
         d["_static_rank"] = frozen[2].tolist()
         d["_any_static"] = any(pruned)
         d["_widen_out"] = self.conv.out_channels != self.full_channels
+        d["_prefix"] = self.runtime_order == "prefix"
+        d["_active"] = len(pruned) - sum(pruned)  # stored channels the static side keeps
+        in_order = pruned == sorted(pruned) and frozen[2].tolist() == list(range(len(pruned)))
+        if d["_prefix"] and not in_order:
+            raise ValueError(
+                f"unit {self.unit_index}: a prefix-order unit must store its channels in the static order; "
+                "export it with pruning.export.export_static under a plan with runtime_order='prefix'"
+            )
         d.pop("last_keep", None)  # GatedConv's instance attribute: the property below replaces it
-        d["_last_keep"], d["last_idx"], d["last_count"] = None, None, None
+        d["_last_keep"], d["last_idx"], d["last_prefix"], d["last_count"] = None, None, None, None
 
     @property  # type: ignore[override]
     def last_keep(self) -> torch.Tensor | None:  # noqa: D102 (GatedConv documents it)
         d = self.__dict__
         keep = d["_last_keep"]
-        idx = d["last_idx"]
+        idx, n = d["last_idx"], d["last_prefix"]
         if keep is None and idx is not None:
             keep = torch.zeros(1, self.conv.out_channels, dtype=torch.bool, device=idx.device)
             keep = keep.index_fill_(1, idx, True)
+            d["_last_keep"] = keep
+        elif keep is None and n is not None:
+            keep = torch.zeros(1, self.conv.out_channels, dtype=torch.bool, device=self.beta.device)
+            keep[:, :n] = True
             d["_last_keep"] = keep
         return keep  # type: ignore[no-any-return]
 
@@ -307,7 +331,9 @@ class _CompactUnit(GatedConv):
     def last_keep(self, value: torch.Tensor | None) -> None:
         self.__dict__["_last_keep"] = value
 
-    def _ratio(self, gap: torch.Tensor, u_r: torch.Tensor, in_idx: torch.Tensor | None) -> float | None:
+    def _ratio(
+        self, gap: torch.Tensor, u_r: torch.Tensor, in_idx: torch.Tensor | None, in_n: int | None = None
+    ) -> float | None:
         """This image's runtime keep ratio (validated), or ``None`` with runtime pruning off."""
         runtime = self.runtime
         if runtime is None:
@@ -317,7 +343,9 @@ class _CompactUnit(GatedConv):
         else:
             if in_idx is not None:  # the producer's kept channels at the stored input width
                 gap = gap.new_zeros(1, self.conv.in_channels).index_copy(1, in_idx, gap)
-            if in_idx is not None or self.__dict__["_widen_out"]:
+            elif in_n is not None:  # a prefix producer: its first in_n channels
+                gap = F.pad(gap, (0, self.conv.in_channels - in_n))
+            if in_idx is not None or in_n is not None or self.__dict__["_widen_out"]:
                 gap, u_r = self.source_view(gap, u_r)
             single = getattr(runtime, "single", None)  # a source's batch-1 shortcut: a Python float
             ratios = runtime(self.unit_index, gap, u_r) if single is None else single(self.unit_index, gap, u_r)
@@ -333,6 +361,19 @@ class _CompactUnit(GatedConv):
         if not 0.0 <= r <= 1.0:  # NaN too
             raise ValueError(f"unit {self.unit_index}: runtime keep ratios must be finite and in [0, 1]")
         return r
+
+    def _prefix_count(self, r: float | None) -> int:
+        """How many channels (the first, in prefix order) ratio ``r`` keeps: the masked model's count."""
+        c = self.conv.out_channels
+        if r is None:
+            return c
+        k_r = min(max(math.ceil(r * self.full_channels - RATIO_EPS), 1), self.full_channels, c)
+        a, rho = self.__dict__["_active"], self.tradeoff
+        # tradeoff_pruned with both rankings the stored order: of [k_r, a) the last floor(R_r·(a - k_r)) go;
+        # of [a, k_r) the last floor((1 - R_r)·(k_r - a))
+        if k_r < a:
+            return a - math.floor(rho * (a - k_r) + RATIO_EPS)
+        return k_r - math.floor((1.0 - rho) * (k_r - a) + RATIO_EPS)
 
     def _kept(self, r: float | None, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(kept channels, their u_r, count)`` for ratio ``r``: exactly the masked model's keep set."""
@@ -399,30 +440,44 @@ class _CompactUnit(GatedConv):
         d = self.__dict__
         src = self.source
         in_idx = None if src is None else src.last_idx
+        in_n = None if src is None else src.__dict__["last_prefix"]
         runtime = self.runtime
         if (
             x.shape[0] != 1
-            or (in_idx is None and src is not None)
+            or (in_idx is None and in_n is None and src is not None)
             or (isinstance(runtime, torch.Tensor) and runtime.numel() != 1)
         ):  # the batched (masked) path; it also reports per-sample ratios given for another batch size
-            d["last_idx"], d["last_count"] = None, None
+            d["last_idx"], d["last_prefix"], d["last_count"] = None, None, None
             return super().forward(x)
         gap = x.mean(dim=(2, 3))
         pred = self.predictor
         if pred is not None:
-            w = pred.weight if in_idx is None else pred.weight.index_select(1, in_idx)
+            w = pred.weight
+            if in_idx is not None:
+                w = w.index_select(1, in_idx)
+            elif in_n is not None:
+                w = w[:, :in_n]
             u_r = F.linear(gap, w, pred.bias)  # linear, not addmv: FlopCounterMode counts it (accounting tests)
         else:
             assert self.gamma is not None
             u_r = self.gamma.unsqueeze(0)
-        out_idx, u, n = self._kept(self._ratio(gap, u_r, in_idx), u_r[0])
-        # plain attributes, set without nn.Module.__setattr__'s checks (per unit and sample)
-        d["last_idx"], d["last_count"], d["_last_keep"] = out_idx, n, None
+        r = self._ratio(gap, u_r, in_idx, in_n)
         # relu(BN(conv(x))·u_r·u_s + β) = relu(conv_{W·a·u_r}(x) + β + (b - mean)·a·u_r), a = u_s / sqrt(var + eps)
         w, affine = self._folded()
-        w, affine = w.index_select(0, out_idx), affine.index_select(1, out_idx)
+        # plain attributes, set without nn.Module.__setattr__'s checks (per unit and sample)
+        if d["_prefix"]:
+            n = self._prefix_count(r)
+            u = u_r[0, :n]
+            d["last_idx"], d["last_prefix"], d["last_count"], d["_last_keep"] = None, n, n, None
+            w, affine = w[:n], affine[:, :n]
+        else:
+            out_idx, u, n = self._kept(r, u_r[0])
+            d["last_idx"], d["last_prefix"], d["last_count"], d["_last_keep"] = out_idx, None, n, None
+            w, affine = w.index_select(0, out_idx), affine.index_select(1, out_idx)
         if in_idx is not None:
             w = w.index_select(1, in_idx)
+        elif in_n is not None:
+            w = w[:, :in_n]
         conv = self.conv
         bias = torch.addcmul(affine[0], affine[1], u)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation).relu_()
@@ -448,11 +503,17 @@ class _CompactConsumer(nn.Module):
         object.__setattr__(self, "source", source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        idx: torch.Tensor | None = getattr(self.source, "last_idx", None)
-        if idx is None:
-            return self.conv(x)
+        src = self.source.__dict__
+        idx: torch.Tensor | None = src.get("last_idx")
+        n: int | None = src.get("last_prefix")
         c = self.conv
-        return F.conv2d(x, c.weight.index_select(1, idx), c.bias, c.stride, c.padding, c.dilation, c.groups)
+        if idx is not None:
+            w = c.weight.index_select(1, idx)
+        elif n is not None:
+            w = c.weight[:, :n]
+        else:
+            return c(x)
+        return F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
 class DynamicModel(nn.Module):

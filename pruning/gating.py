@@ -10,7 +10,9 @@ A gated unit computes ::
 * ``m`` — the combined keep mask: static (per layer) × runtime (per sample), from :func:`tradeoff_pruned`.
 
 Channel choice: a keep ratio ``a`` keeps ``k = clamp(ceil(a·C), 1, C)`` channels, the top-k by importance,
-ties broken by the lower channel index (:func:`rank_desc`).
+ties broken by the lower channel index (:func:`rank_desc`). The runtime importance is ``u_r(x)`` per image, or,
+with a plan's ``runtime_order="prefix"``, the unit's fixed static ranking (every image keeps a prefix of one
+order; the trade-off pruner then keeps a prefix too, since both of its rankings are that order).
 
 **Stored channels.** With static keep count ``k_s`` and rate R_r, the ``floor((1 - R_r)·(C - k_s))`` channels
 of lowest ``u_s`` are *stored-pruned*: they are ranked last for the runtime choice too (and the runtime keep
@@ -120,8 +122,9 @@ class GatedConv(nn.Module):
 
     Plan state (set through :func:`set_plan`): ``static_keep`` (ratio or None), ``tradeoff`` (R_r),
     ``runtime`` (None, scalar/(N,) tensor, or a :data:`~pruning.plan.RuntimeSource`), ``static_scores``
-    (criterion scores replacing ``u_s`` for the static ranking). After each forward ``last_keep`` holds the
-    applied keep mask, bool ``(N, C)``.
+    (criterion scores replacing ``u_s`` for the static ranking), ``runtime_order`` (``"u_r"`` or ``"prefix"``,
+    :attr:`pruning.plan.PruningPlan.runtime_order`; an exported unit keeps the order it was exported with).
+    After each forward ``last_keep`` holds the applied keep mask, bool ``(N, C)``.
     """
 
     predictor: nn.Linear | None
@@ -157,6 +160,7 @@ class GatedConv(nn.Module):
         self.tradeoff = 0.0
         self.runtime: torch.Tensor | RuntimeSource | None = None
         self.static_scores: torch.Tensor | None = None
+        self.runtime_order = "u_r"
         self.last_keep: torch.Tensor | None = None
 
     @property
@@ -216,6 +220,21 @@ class GatedConv(nn.Module):
         assert self.gamma is not None
         return gap, self.gamma.unsqueeze(0).expand(x.shape[0], -1)
 
+    def static_rank(self) -> torch.Tensor:
+        """Rank of each channel in the static order (0 = most important); the prefix runtime order too.
+
+        By ``static_scores`` if set, else by ``u_s`` (ties to the lower index); an exported unit's fixed ranks.
+        """
+        frozen = self.frozen_static
+        if frozen is not None:
+            return frozen[2]
+        if self.static_scores is not None:
+            scores = self.static_scores.to(self.beta.device)
+        else:
+            assert self.static_importance is not None
+            scores = self.static_importance.detach()
+        return rank_desc(scores)
+
     def static_sets(self) -> StaticSets | None:
         """``(stored, static_pruned, static_rank)`` under the current plan, or ``None`` without a static plan."""
         if self.frozen_static is not None:
@@ -223,12 +242,7 @@ class GatedConv(nn.Module):
         if self.static_keep is None:
             return None
         c = self.conv.out_channels
-        if self.static_scores is not None:
-            scores = self.static_scores.to(self.beta.device)
-        else:
-            assert self.static_importance is not None
-            scores = self.static_importance.detach()
-        rank = rank_desc(scores)
+        rank = self.static_rank()
         k_s = int(keep_count(self.static_keep, c))
         n_removed = math.floor((1.0 - self.tradeoff) * (c - k_s) + RATIO_EPS)
         return StaticSets((rank < c - n_removed, rank >= k_s, rank))
@@ -251,15 +265,19 @@ class GatedConv(nn.Module):
             )
         if not torch.isfinite(ratios).all() or (ratios < 0).any() or (ratios > 1).any():
             raise ValueError(f"unit {self.unit_index}: runtime keep ratios must be finite and in [0, 1]")
+        prefix = self.runtime_order == "prefix"
         if static is None:
             dev = u_r.device
             stored = torch.ones(c, dtype=torch.bool, device=dev)
             s_pruned = torch.zeros(c, dtype=torch.bool, device=dev)
-            s_rank = torch.arange(c, device=dev)
+            s_rank = self.static_rank() if prefix else torch.arange(c, device=dev)
         else:
             stored, s_pruned, s_rank = static
         k_r = keep_count(ratios, self.full_channels).to(u_r.device).clamp(max=int(stored.sum()))
-        r_rank = rank_desc(u_r.detach().masked_fill(~stored, float("-inf")))
+        if prefix:  # stored channels are the first of the static order, so a prefix of it is stored
+            r_rank = s_rank.expand(n, c)
+        else:
+            r_rank = rank_desc(u_r.detach().masked_fill(~stored, float("-inf")))
         r_pruned = r_rank >= k_r.expand(n).unsqueeze(1)
         return ~tradeoff_pruned(s_pruned, r_pruned, s_rank, r_rank, self.tradeoff)
 
@@ -349,18 +367,28 @@ def set_plan(model: nn.Module, plan: PruningPlan) -> None:
     r = plan.resolved_tradeoff()
     if any(g.frozen_static is not None for g in units) and plan.static_keep is not None:
         raise ValueError("this model is exported: its static plan is fixed; pass static_keep=None")
+    for g in units:
+        if g.frozen_static is not None and plan.runtime_keep is not None and plan.runtime_order != g.runtime_order:
+            raise ValueError(
+                f"this model was exported with runtime_order={g.runtime_order!r} (its channels are stored in that "
+                f"order); pass a plan with runtime_order={g.runtime_order!r}"
+            )
     static = None if plan.static_keep is None else torch.as_tensor(plan.static_keep, dtype=torch.float64)
     for i, g in enumerate(units):
         g.static_keep = None if static is None else float(static[i])
         g.tradeoff = r
         g.runtime = plan.runtime_for_unit(i, len(units))
         g.static_scores = None if plan.static_scores is None else plan.static_scores[i].detach().clone()
+        if g.frozen_static is None:
+            g.runtime_order = plan.runtime_order
 
 
 def clear_plan(model: nn.Module) -> None:
     """Remove any plan: every unit keeps all its (stored) channels."""
     for g in gated_units(model):
         g.static_keep, g.tradeoff, g.runtime, g.static_scores = None, 0.0, None, None
+        if g.frozen_static is None:
+            g.runtime_order = "u_r"
 
 
 def applied_masks(model: nn.Module) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PruningPlan", "RuntimeSource", "keep_count", "RATIO_EPS"]
+__all__ = ["PruningPlan", "RuntimeSource", "keep_count", "RATIO_EPS", "RUNTIME_ORDERS"]
 
 #: Tolerance used when turning ratios into counts, so ``0.7 * 10`` (= 7.000000000000001) keeps 7, not 8.
 RATIO_EPS = 1e-9
@@ -52,6 +52,10 @@ def _check_ratios(values: torch.Tensor, what: str) -> None:
         )
 
 
+#: How a runtime keep count picks channels (:attr:`PruningPlan.runtime_order`).
+RUNTIME_ORDERS = ("u_r", "prefix")
+
+
 @dataclass
 class PruningPlan:
     """Static ratios, runtime ratios and the trade-off rate for every unit of a model.
@@ -66,6 +70,12 @@ class PruningPlan:
             one side is absent: 0 for a static-only plan, 1 for a runtime-only plan.
         static_scores: Optional per-unit channel scores that replace ``u_s`` for the static ranking (a
             criterion such as L1 magnitude); higher = more important.
+        runtime_order: Which channels a runtime keep count keeps (:data:`RUNTIME_ORDERS`). ``"u_r"`` (default,
+            paper 7 and FBS): each image its own top-k by the runtime importance ``u_r(x)``. ``"prefix"``: every
+            image the first k of one fixed order per unit, the static ranking (``static_scores``, else ``u_s``;
+            ties to the lower index), as in slimmable and dynamic-slimmable networks. Only the count then
+            depends on the image, so an export that stores the channels in that order computes a runtime
+            keep count as a contiguous slice of the weights (:class:`pruning.export.DynamicModel`).
 
     Channels that the plan can never keep, whatever the input, are the ``floor((1 - R_r)·(C - k_s))`` with the
     lowest static importance (``k_s`` = static keep count). They are *stored-pruned*: removed by
@@ -76,6 +86,7 @@ class PruningPlan:
     runtime_keep: float | Sequence[float] | torch.Tensor | RuntimeSource | None = None
     tradeoff: float | None = None
     static_scores: Sequence[torch.Tensor] | None = None
+    runtime_order: str = "u_r"
 
     def resolved_tradeoff(self) -> float:
         """R_r after applying the defaults (see ``tradeoff``)."""
@@ -95,6 +106,8 @@ class PruningPlan:
             ValueError: a ratio is NaN, infinite or outside [0, 1]; a length or shape does not match the
                 number of units; R_r is outside [0, 1]; a score vector has the wrong size.
         """
+        if self.runtime_order not in RUNTIME_ORDERS:
+            raise ValueError(f"runtime_order must be one of {RUNTIME_ORDERS}, got {self.runtime_order!r}")
         r = self.resolved_tradeoff()
         if not (math.isfinite(r) and 0.0 <= r <= 1.0):
             raise ValueError(f"tradeoff R_r must be in [0, 1], got {r}")

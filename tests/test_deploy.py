@@ -29,9 +29,10 @@ def _gated(name: str, seed: int = 1) -> torch.nn.Module:
     return randomize_gates_(gate_model(randomize_(get_model(name), seed=seed)), seed=seed).eval()
 
 
-def _exported(gated: torch.nn.Module, static: float | None, tradeoff: float) -> torch.nn.Module:
+def _exported(gated: torch.nn.Module, static: float | None, tradeoff: float, order: str = "u_r") -> torch.nn.Module:
     n = len(get_units(gated))
-    set_plan(gated, PruningPlan(static_keep=None if static is None else [static] * n, tradeoff=tradeoff))
+    static_keep = None if static is None else [static] * n
+    set_plan(gated, PruningPlan(static_keep=static_keep, tradeoff=tradeoff, runtime_order=order))
     return export_static(gated)
 
 
@@ -40,10 +41,13 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
 @pytest.mark.parametrize(("static", "tradeoff"), PLANS)
-def test_dynamic_torchscript_keeps_the_eager_channels(name: str, static: float | None, tradeoff: float) -> None:
-    exported = _exported(_gated(name), static, tradeoff)
+def test_dynamic_torchscript_keeps_the_eager_channels(
+    name: str, static: float | None, tradeoff: float, order: str
+) -> None:
+    exported = _exported(_gated(name), static, tradeoff, order)
     n = len(get_units(exported))
     dyn = DynamicModel(exported, [0.2 + 0.6 * t / n for t in range(n)])
     x = images(4, seed=3)

@@ -9,7 +9,7 @@ from _nets import images, randomize_, randomize_gates_
 
 from envs.runtime import action_to_ratio
 from pruning.export import DynamicModel, export_static, last_kept_count
-from pruning.gating import applied_masks, clear_plan, gate_model, set_plan, stored_masks
+from pruning.gating import applied_masks, clear_plan, gate_model, gated_units, set_plan, stored_masks
 from pruning.models import get_model
 from pruning.plan import PruningPlan
 
@@ -18,12 +18,14 @@ def _gated(name: str, seed: int = 4) -> torch.nn.Module:
     return randomize_gates_(gate_model(randomize_(get_model(name), seed=seed)), seed=seed).eval()
 
 
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
 @pytest.mark.parametrize(
     ("static", "tradeoff"), [(None, 1.0), (None, 0.5), ([0.5, 0.25, 0.75], 1.0), ([0.5, 0.25, 0.75], 0.3)]
 )
-def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tradeoff: float) -> None:
-    """Every branch of the keep-set computation (prefix of the u_r order, or the trade-off pruner on lists)."""
+def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tradeoff: float, order: str) -> None:
+    """Every branch of the keep-set computation (prefix of the u_r order, or the trade-off pruner on lists), for
+    both runtime orders (prefix: slices of the export's channel order instead of gathers)."""
     gated = _gated(name)
     n_units = len(stored_masks(gated))
     static_keep = None if static is None else (static * n_units)[:n_units]
@@ -31,7 +33,8 @@ def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tr
     ratios = torch.rand(6, n_units, generator=g, dtype=torch.float64)
     ratios[0] = 1.0
     ratios[1] = 0.0
-    set_plan(gated, PruningPlan(static_keep=static_keep, runtime_keep=ratios, tradeoff=tradeoff))
+    plan = PruningPlan(static_keep=static_keep, runtime_keep=ratios, tradeoff=tradeoff, runtime_order=order)
+    set_plan(gated, plan)
     x = images(6, seed=2)
     with torch.no_grad():
         masked = gated(x)
@@ -44,7 +47,44 @@ def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tr
             torch.testing.assert_close(dyn(x[i : i + 1]), masked[i : i + 1], rtol=1e-4, atol=1e-5)
         for unit, mask, st in zip(dyn.units, masks, stored, strict=True):
             assert last_kept_count(unit) == int(mask[i].sum()) and isinstance(last_kept_count(unit), int)
-            assert torch.equal(unit.last_keep[0], mask[i][st])
+            # the export stores channel frozen_out_index[j] at j: ascending for u_r, the static order for prefix
+            assert sorted(unit.frozen_out_index.tolist()) == st.nonzero().squeeze(1).tolist()
+            assert torch.equal(unit.last_keep[0], mask[i][unit.frozen_out_index])
+
+
+def test_prefix_order_keeps_a_prefix_of_the_static_ranking() -> None:
+    """With runtime_order="prefix" an image's kept set depends only on its keep count: the top of the static
+    order (u_s here), whatever u_r says; the u_r order picks different channels for different images."""
+    gated = _gated("resnet8")
+    with torch.no_grad():  # predictors that rank channels differently per image
+        for unit in gated_units(gated):
+            unit.predictor.weight.mul_(100.0)
+    x = images(8, seed=5)
+    kept = {}
+    for order in ("u_r", "prefix"):
+        set_plan(gated, PruningPlan(runtime_keep=0.5, runtime_order=order))
+        with torch.no_grad():
+            gated(x)
+        kept[order] = applied_masks(gated)
+    for unit, mask in zip(gated_units(gated), kept["prefix"], strict=True):
+        k = int(mask[0].sum())
+        top = torch.zeros_like(mask[0])
+        top[torch.sort(unit.static_importance.detach(), descending=True, stable=True).indices[:k]] = True
+        assert all(torch.equal(m, top) for m in mask)
+    assert any(not torch.equal(m[0], m[i]) for m in kept["u_r"] for i in range(1, len(x)))
+
+
+def test_prefix_export_slices_instead_of_gathering() -> None:
+    """A prefix-order export stores each unit's channels in the static order: the batch-1 path records a
+    count (no index tensor), the file round-trips the order, and a plan of the other order is refused."""
+    gated = _gated("tiny_cnn")
+    exported = export_static(gated, PruningPlan(static_keep=[0.75, 0.5, 1.0], tradeoff=0.5, runtime_order="prefix"))
+    dyn = DynamicModel(exported, 0.4)
+    with torch.no_grad():
+        dyn(images(1))
+    assert all(u.last_idx is None and u.last_prefix == u.last_count for u in dyn.units)
+    with pytest.raises(ValueError, match="runtime_order='prefix'"):
+        set_plan(exported, PruningPlan(runtime_keep=0.5))
 
 
 def test_masks_are_built_only_when_read() -> None:

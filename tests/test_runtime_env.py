@@ -317,6 +317,27 @@ def test_static_plan_and_tradeoff() -> None:
         RuntimePruningEnv(model=net, static_keep=[0.5] * 3)
 
 
+def test_prefix_order_keeps_the_top_of_the_given_scores() -> None:
+    """runtime_order="prefix": every image keeps the first k channels of static_scores' order (no static plan
+    needed), whatever its u_r; the MAC accounting is the u_r order's (it depends on counts only)."""
+    net = _net("resnet8")
+    scores = [torch.randn(c, generator=torch.Generator().manual_seed(c)) for c in (16, 32, 64)]
+    infos = {}
+    for order in ("u_r", "prefix"):
+        env = RuntimePruningEnv(model=net, static_scores=scores if order == "prefix" else None, runtime_order=order)
+        env.reset(seed=0)
+        _, infos[order] = _run_constant(env, 0.4, 0)
+        if order == "prefix":
+            for mask, sc in zip(applied_masks(env.model), scores, strict=True):
+                k = int(mask[0].sum())
+                assert mask[0].nonzero().squeeze(1).tolist() == sorted(torch.argsort(sc, descending=True)[:k].tolist())
+    assert infos["prefix"]["macs_fraction"] == infos["u_r"]["macs_fraction"]
+    with pytest.raises(ValueError, match="runtime_order must be one of"):
+        RuntimePruningEnv(model=net, runtime_order="slice")
+    with pytest.raises(ValueError, match="runtime_order='prefix'"):
+        RuntimePruningEnv(model=net, static_scores=scores)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # actions: fuzzing and errors
 # ------------------------------------------------------------------------------------------------------------

@@ -275,11 +275,17 @@ def test_saved_agents_join_compare(tmp_path: Path) -> None:
                 out_dir=tmp_path / "y", latency=False, progress=False)  # fmt: skip
 
 
-def test_runtime_run_deploys_the_pruning_it_was_scored_with(tmp_path: Path) -> None:
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
+def test_runtime_run_deploys_the_pruning_it_was_scored_with(tmp_path: Path, order: str) -> None:
     out = tmp_path / "run"
-    assert main([*QUICK, "--mode", "runtime", "--out", str(out)]) == 0
+    assert main([*QUICK, "--mode", "runtime", "--runtime-order", order, "--out", str(out)]) == 0
     dynamic, results = load_run(out, dynamic=True)
     masked, _ = load_run(out, dynamic=False)
+    assert {u.runtime_order for u in dynamic.units} == {order}
+    if order == "prefix":  # the batch-1 path slices: it records counts, not channel indices
+        with torch.no_grad():
+            dynamic(torch.randn(1, 3, 32, 32))
+        assert all(u.last_idx is None and u.last_prefix is not None for u in dynamic.units)
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         expected = masked(x)
