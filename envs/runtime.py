@@ -653,6 +653,11 @@ class _SharedAttributes:
         return self._core.num_units
 
     @property
+    def runtime_order(self) -> str:
+        """Which channels a keep count keeps: ``"u_r"`` (each image's top-k) or ``"prefix"`` (a fixed order)."""
+        return self._core.runtime_order
+
+    @property
     def budget_index(self) -> int:
         """Position of the MAC budget in the observation (a policy can read its target from it)."""
         return self._core.obs_dim - 2

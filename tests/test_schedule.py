@@ -204,3 +204,34 @@ def test_fit_macs_curve() -> None:
     assert c2 == 0.0 and c1 > 0
     with pytest.raises(ValueError, match="grow"):
         fit_macs_curve(r.tolist(), (1.0 - r).tolist())
+
+
+@pytest.mark.parametrize(("budget", "floor"), [(0.5, 0.2), (0.25, 0.125), (0.15, 0.075)])
+def test_static_floor_leaves_room_below_small_budgets(tmp_path: Path, budget: float, floor: float) -> None:
+    """The static agent's floor is AMC's 0.2 unless the budget is small: then half the budget, so the agent can
+    still put a unit below the uniform share (at 0.2, B = 0.25 leaves a ResNet-20 almost nothing to move)."""
+    trainer = _trainer(tmp_path, "static", budget=budget)
+    assert trainer.config.static_floor == floor
+    env = trainer._static_env().envs[0].unwrapped
+    assert env.min_keep == floor
+    trainer.static_keep = [1.0, 1.0, 1.0]
+    trainer.guard_budget()
+    assert min(trainer.static_keep) >= floor
+    assert _trainer(tmp_path, "static", budget=0.25, static_min_keep=0.2).config.static_floor == 0.2
+    with pytest.raises(ValueError, match="static_min_keep"):
+        ScheduleConfig(static_min_keep=0.0)
+
+
+def test_prefix_order_trains_and_ranks_by_the_frozen_criterion(tmp_path: Path) -> None:
+    """runtime_order="prefix" without a static plan: the plans rank by the static criterion's scores frozen on
+    first use, and the runtime env keeps prefixes of that order."""
+    trainer = _trainer(tmp_path, "runtime", runtime_order="prefix")
+    trainer.build_agents()
+    scores = trainer.order_scores()
+    assert scores is not None and trainer.static_scores is not None
+    plan = trainer.plan()
+    assert plan.runtime_order == "prefix" and all(torch.equal(a, b) for a, b in zip(plan.static_scores, scores))
+    env = trainer._runtime_env()
+    assert env.get_attr("runtime_order")[0] == "prefix"
+    with pytest.raises(ValueError, match="runtime_order"):
+        ScheduleConfig(runtime_order="slices")
