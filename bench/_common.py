@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -16,3 +22,21 @@ def add_machine_args(p: argparse.ArgumentParser, *, data_file: str) -> None:
                    help="checkpoints directory (default ../shared/models relative to the repository)")
     p.add_argument("--data-dir", type=Path, default=SHARED / "data",
                    help=f"data root holding cifar10/{data_file} (default ../shared/data)")
+
+
+def fastest(
+    fns: dict[str, Callable[[torch.Tensor], object]], inputs: Sequence[torch.Tensor], repeats: int, desc: str
+) -> dict[str, float]:
+    """Fastest single-call seconds of each function; the functions alternate, each call timed alone."""
+    best = dict.fromkeys(fns, float("inf"))
+    with torch.inference_mode():
+        for i in range(10):
+            for f in fns.values():
+                f(inputs[i % len(inputs)])
+        for i in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
+            x = inputs[i % len(inputs)]
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f(x)
+                best[k] = min(best[k], time.perf_counter() - t0)
+    return best

@@ -39,18 +39,15 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
-import time
 import types
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from _common import REPO, SHARED
+from _common import REPO, SHARED, fastest
 from torch import nn
-from tqdm import tqdm
 
 from agents.algos import make_model
 from agents.fused import FusedRuntimeSource, fuse_policy
@@ -93,24 +90,6 @@ def before_module() -> types.ModuleType | None:
     module.__package__ = "pruning"
     exec(compile(src, f"pruning/export.py@{BEFORE}", "exec"), module.__dict__)
     return module
-
-
-def fastest(
-    fns: dict[str, Callable[[torch.Tensor], object]], inputs: Sequence[torch.Tensor], repeats: int, desc: str
-) -> dict[str, float]:
-    """Fastest single-call seconds of each function; the functions alternate, each call timed alone."""
-    best = dict.fromkeys(fns, float("inf"))
-    with torch.inference_mode():
-        for i in range(10):
-            for f in fns.values():
-                f(inputs[i % len(inputs)])
-        for i in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
-            x = inputs[i % len(inputs)]
-            for k, f in fns.items():
-                t0 = time.perf_counter()
-                f(x)
-                best[k] = min(best[k], time.perf_counter() - t0)
-    return best
 
 
 def main(argv: Sequence[str] | None = None) -> None:

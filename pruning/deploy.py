@@ -18,7 +18,8 @@ Three conversions, each to plain, scriptable PyTorch modules (no PruneGym object
 * :func:`to_torchscript`, :func:`save_torchscript`, :func:`save_onnx` — compile, freeze, write atomically
   and check the file against the PyTorch module before it replaces anything.
 
-Measured in ``bench/runtime_latency.py``.
+Measured in ``bench/runtime_latency.py`` (the per-unit candidates) and ``bench/deploy_latency.py`` (every deployable
+form of the fair protocol's trained rows, batch 1 and 128, with their test top-1).
 """
 
 from __future__ import annotations
