@@ -24,13 +24,18 @@ def add_machine_args(p: argparse.ArgumentParser, *, data_file: str) -> None:
                    help=f"data root holding cifar10/{data_file} (default ../shared/data)")
 
 
-def fastest(
-    fns: dict[str, Callable[[torch.Tensor], object]], inputs: Sequence[torch.Tensor], repeats: int, desc: str
-) -> dict[str, float]:
-    """Fastest single-call seconds of each function; the functions alternate, each call timed alone."""
-    best = dict.fromkeys(fns, float("inf"))
+def alternating_times(
+    fns: dict[str, Callable[[torch.Tensor], object]], inputs: Sequence[torch.Tensor], repeats: int, desc: str,
+    warmup: int = 10,
+) -> dict[str, list[float]]:
+    """Seconds of every call of each function; in every iteration each function runs once on the same input.
+
+    Alternating the functions inside one loop spreads slow drifts (frequency, other load) over all of them.
+    Iteration ``i`` uses ``inputs[i % len(inputs)]``; ``warmup`` untimed iterations come first.
+    """
+    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
-        for i in range(10):
+        for i in range(warmup):
             for f in fns.values():
                 f(inputs[i % len(inputs)])
         for i in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
@@ -38,5 +43,12 @@ def fastest(
             for k, f in fns.items():
                 t0 = time.perf_counter()
                 f(x)
-                best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def fastest(
+    fns: dict[str, Callable[[torch.Tensor], object]], inputs: Sequence[torch.Tensor], repeats: int, desc: str
+) -> dict[str, float]:
+    """Fastest single-call seconds of each function (:func:`alternating_times`)."""
+    return {k: min(v) for k, v in alternating_times(fns, inputs, repeats, desc).items()}

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from _common import add_machine_args
+from _common import add_machine_args, alternating_times
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
@@ -95,22 +95,8 @@ def time_alternating(
     warmup: int,
     desc: str,
 ) -> dict[str, float]:
-    """Median seconds per call of each function; in every iteration each function runs once on the same input.
-
-    Alternating the functions inside one loop spreads slow drifts (frequency, other load) over all of them.
-    Iteration ``i`` uses ``inputs[i % len(inputs)]``.
-    """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.inference_mode():
-        for i in range(warmup):
-            for f in fns.values():
-                f(inputs[i % len(inputs)])
-        for i in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
-            x = inputs[i % len(inputs)]
-            for k, f in fns.items():
-                t0 = time.perf_counter()
-                f(x)
-                times[k].append(time.perf_counter() - t0)
+    """Median seconds per call of each function, the functions alternating (:func:`_common.alternating_times`)."""
+    times = alternating_times(fns, inputs, repeats, desc, warmup)  # type: ignore[arg-type]
     return {k: statistics.median(v) for k, v in times.items()}
 
 
