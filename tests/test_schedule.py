@@ -230,7 +230,8 @@ def test_prefix_order_trains_and_ranks_by_the_frozen_criterion(tmp_path: Path) -
     scores = trainer.order_scores()
     assert scores is not None and trainer.static_scores is not None
     plan = trainer.plan()
-    assert plan.runtime_order == "prefix" and all(torch.equal(a, b) for a, b in zip(plan.static_scores, scores))
+    assert plan.runtime_order == "prefix" and plan.static_scores is not None
+    assert all(torch.equal(a, b) for a, b in zip(plan.static_scores, scores, strict=True))
     env = trainer._runtime_env()
     assert env.get_attr("runtime_order")[0] == "prefix"
     with pytest.raises(ValueError, match="runtime_order"):
