@@ -89,6 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "protocol_cifar10", help="row files (reused)")
     p.add_argument("--static-min-keep", type=float, default=None,
                    help="the static agent's keep floor (default min(0.2, B/2); a learned row's setting)")
+    p.add_argument("--static-num-val", type=int, default=LearnedSettings.num_val,
+                   help=f"validation images a static-env episode scores (default {LearnedSettings.num_val})")
     p.add_argument("--report-only", action="store_true", help="run nothing: report what --out holds")
     p.add_argument("--results-md", type=Path, default=REPO / "docs" / "results.md", help="where the tables go")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "protocol_pareto.png", help="the Pareto figure")
@@ -210,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model=cell.model, weights=weights_of(args.models_dir, cell.model), dataset="cifar10",
                 data_dir=args.data_dir / "cifar10", budgets=[cell.budget], epochs=[cell.epochs], seeds=seeds,
                 rows=args.rows, recipe=Recipe(lr=args.lr), test_images=args.test_images, out_dir=args.out,
-                learned=LearnedSettings(static_min_keep=args.static_min_keep),
+                learned=LearnedSettings(static_min_keep=args.static_min_keep, num_val=args.static_num_val),
                 rerun=args.rerun, device=args.device, progress=True,
             )  # fmt: skip
         wall = time.perf_counter() - start
