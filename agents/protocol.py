@@ -111,6 +111,7 @@ __all__ = [
     "fbs_row",
     "format_table",
     "learned_row",
+    "load_learned_row",
     "list_rows",
     "main",
     "pareto_plot",
@@ -779,6 +780,47 @@ def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowRe
         recipe=recipe,
         extra={"budget_guard": guard, "static_keep": trainer.static_keep, "schedule": config_to_dict(schedule)},
     )  # fmt: skip
+
+
+def load_learned_row(
+    out_dir: str | Path, cell: str, row: str, base: nn.Module, data: Mapping[str, ImageDataset]
+) -> Any | None:
+    """A finished learned row's schedule as it was scored: CNN, agents, frozen ranking and the final budget guard.
+
+    Args:
+        out_dir: The protocol's result folder (:func:`run_protocol`'s ``out_dir``).
+        cell: Cell folder name, e.g. ``resnet20_e1_b050_s0``.
+        row: A learned row (:data:`LEARNED_ROWS`).
+        base: The cell's base model (plain; it is gated here).
+        data: ``{"train", "val"}`` splits normalised for ``base``.
+
+    Returns:
+        An :class:`agents.schedule.JointTrainer` restored from the row's checkpoint with the guard's offset (runtime)
+        or guarded static keep ratios applied, or ``None`` when the row has not finished (or failed).
+    """
+    from agents.cli import agent_specs
+    from agents.schedule import JointTrainer, config_from_dict
+
+    result = {r.row: r for r in read_cell(out_dir, cell)}.get(row)
+    if result is None or result.error:
+        return None
+    schedule = config_from_dict(result.extra["schedule"])
+    learned = result.settings["learned"]
+    specs = agent_specs({"mode": schedule.mode, "algo": learned["algo"],
+                         "static_algo": learned["static_algo"] or learned["algo"],
+                         "hyperparams": list(learned["hyperparams"]), "preset": learned["preset"]})  # fmt: skip
+    run_dir = Path(out_dir) / cell / _RUNS_DIR / row.replace(":", "-")
+    trainer = JointTrainer(
+        gate_model(base), arch=result.model, num_classes=data["train"].num_classes, data=data, config=schedule,
+        runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=run_dir, progress=False,
+    )  # fmt: skip
+    trainer.load_checkpoint()
+    guard = result.extra.get("budget_guard") or {}
+    if guard.get("kind") == "runtime":
+        trainer.action_offset = float(guard["offset"])
+    if result.extra.get("static_keep"):
+        trainer.static_keep = [float(k) for k in result.extra["static_keep"]]
+    return trainer
 
 
 def _register_defaults() -> None:

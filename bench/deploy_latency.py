@@ -56,10 +56,9 @@ from torch import nn
 
 from agents.algos import make_model
 from agents.baselines.scop import uniform_keep_counts
-from agents.cli import agent_specs
 from agents.fused import FusedRuntimeSource
-from agents.protocol import read_cell
-from agents.schedule import RUNTIME_MIN_KEEP, JointTrainer, config_from_dict
+from agents.protocol import load_learned_row
+from agents.schedule import RUNTIME_MIN_KEEP
 from envs.runtime import RuntimePruningVecEnv
 from pruning.accounting import CostModel
 from pruning.criteria import get_criterion
@@ -115,30 +114,6 @@ def _strided(data: ImageDataset, n: int) -> ImageDataset:
     return data.subset(torch.from_numpy(np.linspace(0, len(data), num=n, endpoint=False).astype(np.int64)))
 
 
-def _trainer(out: Path, cell: str, row: str, base: nn.Module, data: dict[str, ImageDataset]) -> JointTrainer | None:
-    """A protocol learned row's trained schedule (CNN, agents, final budget guard), or ``None`` if not run."""
-    rows = {r.row: r for r in read_cell(out, cell)}
-    result = rows.get(row)
-    if result is None or result.error:
-        return None
-    schedule = config_from_dict(result.extra["schedule"])
-    learned = result.settings["learned"]
-    specs = agent_specs({"mode": schedule.mode, "algo": learned["algo"],
-                         "static_algo": learned["static_algo"] or learned["algo"],
-                         "hyperparams": list(learned["hyperparams"]), "preset": learned["preset"]})  # fmt: skip
-    trainer = JointTrainer(
-        gate_model(base), arch=result.model, num_classes=10, data=data, config=schedule,
-        runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=out / cell / "runs" / row, progress=False,
-    )  # fmt: skip
-    trainer.load_checkpoint()
-    guard = result.extra.get("budget_guard", {})
-    if guard.get("kind") == "runtime":
-        trainer.action_offset = float(guard["offset"])
-    if result.extra.get("static_keep"):
-        trainer.static_keep = [float(k) for k in result.extra["static_keep"]]
-    return trainer
-
-
 def _plain_export(gated: nn.Module, plan: PruningPlan) -> nn.Module:
     """A static-mode CNN (constant predictors, ``u_r = γ``) exported as a plain model (the predictors dropped)."""
     work = copy.deepcopy(gated)
@@ -170,7 +145,7 @@ def build(name: str, budget: float, args: argparse.Namespace) -> tuple[list[Cont
     units = CostModel(base).units
     l1 = [torch.as_tensor(get_criterion("l1")(base, u), dtype=torch.float32) for u in units]
 
-    static_trainer = _trainer(args.protocol_out, cell, "static_agent", base, train_val)
+    static_trainer = load_learned_row(args.protocol_out, cell, "static_agent", base, train_val)
     if static_trainer is not None:
         plan = PruningPlan(static_keep=static_trainer.static_keep, static_scores=static_trainer.frozen_scores())
         static = _plain_export(static_trainer.model, plan)
@@ -182,7 +157,7 @@ def build(name: str, budget: float, args: argparse.Namespace) -> tuple[list[Cont
         out.append(Contender("static", static, "untrained: uniform L1"))
 
     for order, row in (("gather", "runtime_agent"), ("prefix", "runtime_prefix")):
-        trainer = _trainer(args.protocol_out, cell, row, base, train_val)
+        trainer = load_learned_row(args.protocol_out, cell, row, base, train_val)
         runtime_order = "u_r" if order == "gather" else "prefix"
         if trainer is not None:
             gated, origin = trainer.model.eval(), f"{cell}/{row}"

@@ -26,11 +26,8 @@ import torch
 from _common import REPO, add_machine_args
 
 from agents.analysis import format_report, per_input_report, plot_report
-from agents.cli import agent_specs
-from agents.protocol import read_cell
-from agents.schedule import JointTrainer, config_from_dict
+from agents.protocol import load_learned_row, read_cell
 from pruning.data import get_dataset
-from pruning.gating import gate_model
 from pruning.models import get_model
 from pruning.train import dataset_for_model
 
@@ -40,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     add_machine_args(p, data_file="test.npz")
     p.add_argument("--out", type=Path, default=Path("runs") / "protocol", help="the protocol's row files")
     p.add_argument("--cell", required=True, help="cell folder name, e.g. resnet20_e1_b050_s0")
-    p.add_argument("--row", default="runtime_agent", choices=["runtime_agent", "joint"])
+    p.add_argument("--row", default="runtime_agent", choices=["runtime_agent", "runtime_prefix", "joint"])
     p.add_argument("--plot-dir", type=Path, default=REPO / "docs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -50,21 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out / args.cell} has no finished {args.row} row; run bench/protocol_cifar10.py first",
               file=sys.stderr)  # fmt: skip
         return 2
-    result = rows[args.row]
-    schedule = config_from_dict(result.extra["schedule"])
-    learned = result.settings["learned"]
-    specs = agent_specs({"mode": schedule.mode, "algo": learned["algo"],
-                         "static_algo": learned["static_algo"] or learned["algo"],
-                         "hyperparams": list(learned["hyperparams"]), "preset": learned["preset"]})  # fmt: skip
-    base = get_model(result.model, num_classes=10, weights=args.models_dir / f"{result.model}_cifar10jpeg.pt")
+    model = rows[args.row].model
+    base = get_model(model, num_classes=10, weights=args.models_dir / f"{model}_cifar10jpeg.pt")
     root = args.data_dir / "cifar10"
     data = {s: dataset_for_model(get_dataset("cifar10", split=s, root=root), base) for s in ("train", "val", "test")}
-    trainer = JointTrainer(
-        gate_model(base), arch=result.model, num_classes=10, data={"train": data["train"], "val": data["val"]},
-        config=schedule, runtime_agent=specs["runtime"], static_agent=specs["static"],
-        run_dir=args.out / args.cell / "runs" / args.row, progress=False,
-    )  # fmt: skip
-    trainer.load_checkpoint()
+    trainer = load_learned_row(args.out, args.cell, args.row, base, {"train": data["train"], "val": data["val"]})
     report = per_input_report(
         trainer.model, trainer.plan(), data["test"], cost_model=trainer.cost_model, base_model=base.eval()
     )

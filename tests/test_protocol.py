@@ -34,6 +34,7 @@ from agents.protocol import (
     best_learned,
     format_table,
     list_rows,
+    load_learned_row,
     main,
     read_cell,
     register_row,
@@ -44,6 +45,9 @@ from agents.protocol import (
     summary_line,
 )
 from pruning import cli
+from pruning.data import get_dataset
+from pruning.models import get_model
+from pruning.train import dataset_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -181,6 +185,16 @@ def test_learned_rows_train_E_epochs_and_meet_the_budget(tmp_path: Path) -> None
     assert by["static_agent"].mac_fraction_max == pytest.approx(by["static_agent"].mac_fraction)
     misses = sum(not r.meets_budget for r in rows)
     assert summary_line({"x": rows}).endswith(f"learned_budget_misses={misses}")
+    # a finished row rebuilds as it was scored (checkpoint + final guard): the same test score and MACs
+    base = get_model("tiny_cnn", num_classes=10)
+    splits = {s: dataset_for_model(get_dataset("synthetic", split=s), base) for s in ("train", "val", "test")}
+    for row in ("runtime_prefix", "static_agent"):
+        trainer = load_learned_row(tmp_path, by[row].cell, row, base, {"train": splits["train"], "val": splits["val"]})
+        again = trainer.evaluate_plan(splits["test"])
+        assert again["top1"] == pytest.approx(by[row].test_top1) and again["macs_fraction"] == pytest.approx(
+            by[row].mac_fraction
+        )
+    assert load_learned_row(tmp_path, by["static_agent"].cell, "no_such_row", base, splits) is None
 
 
 # ------------------------------------------------------------------------------------------------------------
