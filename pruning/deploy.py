@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import DynamicModel, _CompactConsumer, _CompactUnit, _set, folded_unit
+from .export import DynamicModel, _CompactConsumer, _CompactUnit, _set, folded_unit, prefix_count
 from .gating import GatedConv, gated_units, is_gated
 from .plan import RATIO_EPS
 from .units import get_units
@@ -258,14 +258,9 @@ class _DynamicUnit(nn.Module):
 
     def _prefix_count(self, r: float) -> int:
         """``_CompactUnit._prefix_count``: how many of the first channels ratio ``r`` keeps."""
-        c = self.channels
         if r != r:
-            return c
-        k_r = min(max(math.ceil(r * self.full_channels - self.eps), 1), self.full_channels, c)
-        a, rho = self.active, self.tradeoff
-        if k_r < a:
-            return a - math.floor(rho * (a - k_r) + self.eps)
-        return k_r - math.floor((1.0 - rho) * (k_r - a) + self.eps)
+            return self.channels
+        return prefix_count(r, self.full_channels, self.channels, self.active, self.tradeoff, self.eps)
 
     def _kept(self, r: float, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``_CompactUnit._kept`` with tensor ops (the trade-off pruner as masks in ``u_r`` order)."""

@@ -41,7 +41,15 @@ from .models.weights import input_normalization, load_checkpoint_file
 from .plan import RATIO_EPS, PruningPlan, RuntimeSource
 from .units import get_units
 
-__all__ = ["DynamicModel", "export_static", "folded_unit", "last_kept_count", "load_exported", "save_exported"]
+__all__ = [
+    "DynamicModel",
+    "export_static",
+    "folded_unit",
+    "last_kept_count",
+    "load_exported",
+    "prefix_count",
+    "save_exported",
+]
 
 
 def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> nn.Conv2d:
@@ -261,6 +269,20 @@ def last_kept_count(unit: GatedConv) -> int | torch.Tensor:
     return keep.sum(-1)
 
 
+def prefix_count(r: float, full: int, stored: int, active: int, tradeoff: float, eps: float) -> int:
+    """Channels a prefix-order unit keeps at runtime ratio ``r`` (the first ones of its stored order).
+
+    ``full``: the unit's original width; ``stored``: its stored channels; ``active``: those the static side keeps
+    (the first ``active`` of the stored order); ``tradeoff``: R_r. The trade-off pruner with both rankings the
+    stored order: of ``[k_r, active)`` the last ``floor(R_r·(active - k_r))`` go, of ``[active, k_r)`` the last
+    ``floor((1 - R_r)·(k_r - active))``. Plain Python, so TorchScript compiles it (:mod:`pruning.deploy`).
+    """
+    k_r = min(max(math.ceil(r * full - eps), 1), full, stored)
+    if k_r < active:
+        return active - math.floor(tradeoff * (active - k_r) + eps)
+    return k_r - math.floor((1.0 - tradeoff) * (k_r - active) + eps)
+
+
 class _CompactUnit(GatedConv):
     """A gated unit that, at batch 1, computes only its kept output channels from its producer's kept inputs.
 
@@ -367,13 +389,7 @@ class _CompactUnit(GatedConv):
         c = self.conv.out_channels
         if r is None:
             return c
-        k_r = min(max(math.ceil(r * self.full_channels - RATIO_EPS), 1), self.full_channels, c)
-        a, rho = self.__dict__["_active"], self.tradeoff
-        # tradeoff_pruned with both rankings the stored order: of [k_r, a) the last floor(R_r·(a - k_r)) go;
-        # of [a, k_r) the last floor((1 - R_r)·(k_r - a))
-        if k_r < a:
-            return a - math.floor(rho * (a - k_r) + RATIO_EPS)
-        return k_r - math.floor((1.0 - rho) * (k_r - a) + RATIO_EPS)
+        return prefix_count(r, self.full_channels, c, self.__dict__["_active"], self.tradeoff, RATIO_EPS)
 
     def _kept(self, r: float | None, u_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(kept channels, their u_r, count)`` for ratio ``r``: exactly the masked model's keep set."""
