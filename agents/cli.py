@@ -234,6 +234,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="smallest keep ratio of the static agent's action (the static env's min_keep; default min(0.2, B/2))",
     )  # fmt: skip
     g.add_argument(
+        "--static-select", type=int, default=d(ScheduleConfig.static_select),
+        help="best-rewarded static episodes re-scored on val against the deterministic one (0: deterministic)",
+    )  # fmt: skip
+    g.add_argument(
         "--runtime-order", default=d(ScheduleConfig.runtime_order), choices=list(RUNTIME_ORDERS),
         help="which channels a runtime keep count keeps: u_r (each image's top-k) or prefix (the first k of the "
         "static ranking: contiguous slices after export)",

@@ -84,6 +84,7 @@ from torch import nn
 from tqdm import tqdm
 
 from agents.compare import _Bench, _run_static, draw_pareto, finetune, parse_policy
+from agents.schedule import BUDGET_TOLERANCE
 from pruning.accounting import CostModel
 from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset
@@ -127,8 +128,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A row meets its budget when its mean per-image MAC fraction is at most ``B + BUDGET_TOLERANCE``.
-BUDGET_TOLERANCE = 0.005
 #: Share of a learned row's ``E`` given to the gate stage; the rest is split evenly over the CNN phases.
 GATE_SHARE = 0.2
 #: R_r of the ``joint`` row (Chen, Chen & Pan's setting).
@@ -217,6 +216,9 @@ class LearnedSettings:
     """Images per runtime-env batch."""
     num_val: int = 256
     """Validation images the static env scores per episode."""
+    static_select: int = 8
+    """Best-rewarded static episodes re-scored against the deterministic one for the static plan
+    (:attr:`agents.schedule.ScheduleConfig.static_select`; 0: the deterministic episode)."""
     static_min_keep: float | None = None
     """The static agent's keep floor (:attr:`agents.schedule.ScheduleConfig.static_min_keep`; ``None``:
     ``min(0.2, B / 2)``)."""
@@ -228,7 +230,7 @@ class LearnedSettings:
             raise ValueError(f"static_min_keep must be a keep ratio in (0, 1], got {self.static_min_keep}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        for key in ("runtime_steps", "static_steps"):
+        for key in ("runtime_steps", "static_steps", "static_select"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("n_envs", "num_val"):
@@ -761,7 +763,8 @@ def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowRe
         "gate_epochs": (gate, 0.0), "cnn_epochs": cnn, "cnn_lr": ctx.recipe.lr, "weight_decay": 1e-4,
         "grad_clip": None, "batch_size": ctx.recipe.batch_size, "runtime_steps": s.runtime_steps,
         "static_steps": s.static_steps, "n_envs": s.n_envs, "num_val": s.num_val, "seed": cell.seed,
-        "static_min_keep": s.static_min_keep, "runtime_order": runtime_order, "device": ctx.device,
+        "static_min_keep": s.static_min_keep, "static_select": s.static_select, "runtime_order": runtime_order,
+        "device": ctx.device,
     })  # fmt: skip
     trainer = JointTrainer(
         model, arch=cell.model, num_classes=data["train"].num_classes, data=data, config=schedule,
@@ -771,6 +774,7 @@ def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowRe
     guard = trainer.guard_budget(data["val"])
     test = trainer.evaluate_plan(ctx.test_set(trainer.model))
     training = _schedule_training(trainer, data["train"], schedule.batch_size)
+    static_phases = [p for p in trainer.phases if p.kind == "rl_static"]
     recipe = {**ctx.recipe.as_dict(), "schedule": "one cosine over the gate stage and the CNN phases",
               "grad_clip": schedule.grad_clip}  # fmt: skip
     return ctx.result(
@@ -778,7 +782,10 @@ def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowRe
         test=test,
         params_fraction=test["params_fraction"], training=training, rl_seconds=training["rl_seconds"],
         recipe=recipe,
-        extra={"budget_guard": guard, "static_keep": trainer.static_keep, "schedule": config_to_dict(schedule)},
+        extra={
+            "budget_guard": guard, "static_keep": trainer.static_keep, "schedule": config_to_dict(schedule),
+            "static_selection": [trainer.history[p.name].get("selection") for p in static_phases],
+        },
     )  # fmt: skip
 
 
@@ -1283,6 +1290,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n-envs", type=int, default=L.n_envs, help="images per runtime-env batch")
     g.add_argument("--static-min-keep", type=float, default=L.static_min_keep,
                    help="the static agent's keep floor (default min(0.2, B/2))")
+    g.add_argument("--static-select", type=int, default=L.static_select,
+                   help="best-rewarded static episodes re-scored against the deterministic one (0: deterministic)")
     g.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     return p
@@ -1304,7 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
         learned = LearnedSettings(
             algo=args.algo, rounds=args.rounds, runtime_steps=args.runtime_steps, static_steps=args.static_steps,
             n_envs=args.n_envs, num_val=args.num_val or LearnedSettings.num_val, hyperparams=tuple(args.hyperparams),
-            static_min_keep=args.static_min_keep,
+            static_min_keep=args.static_min_keep, static_select=args.static_select,
         )  # fmt: skip
         rows = run_protocol(
             model=args.model, weights=weights, dataset=args.dataset, data_dir=args.data_dir, budgets=args.budgets,

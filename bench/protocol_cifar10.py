@@ -89,6 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "protocol_cifar10", help="row files (reused)")
     p.add_argument("--static-min-keep", type=float, default=None,
                    help="the static agent's keep floor (default min(0.2, B/2); a learned row's setting)")
+    p.add_argument("--static-select", type=int, default=LearnedSettings.static_select,
+                   help="best static episodes re-scored against the deterministic one (a learned row's setting)")
     p.add_argument("--static-num-val", type=int, default=LearnedSettings.num_val,
                    help=f"validation images a static-env episode scores (default {LearnedSettings.num_val})")
     p.add_argument("--report-only", action="store_true", help="run nothing: report what --out holds")
@@ -212,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model=cell.model, weights=weights_of(args.models_dir, cell.model), dataset="cifar10",
                 data_dir=args.data_dir / "cifar10", budgets=[cell.budget], epochs=[cell.epochs], seeds=seeds,
                 rows=args.rows, recipe=Recipe(lr=args.lr), test_images=args.test_images, out_dir=args.out,
-                learned=LearnedSettings(static_min_keep=args.static_min_keep, num_val=args.static_num_val),
+                learned=LearnedSettings(
+                    static_min_keep=args.static_min_keep, num_val=args.static_num_val, static_select=args.static_select
+                ),
                 rerun=args.rerun, device=args.device, progress=True,
             )  # fmt: skip
         wall = time.perf_counter() - start

@@ -236,3 +236,48 @@ def test_prefix_order_trains_and_ranks_by_the_frozen_criterion(tmp_path: Path) -
     assert env.get_attr("runtime_order")[0] == "prefix"
     with pytest.raises(ValueError, match="runtime_order"):
         ScheduleConfig(runtime_order="slices")
+
+
+def test_static_plan_is_the_best_explored_episode_that_meets_the_budget(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, "static", budget=0.5, static_select=4)
+    trainer.build_agents()
+    trainer.static_scores = [[float(v) for v in sc] for sc in trainer._criterion_scores()]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    floor = trainer.config.static_floor
+    episodes = [
+        {"keep": [1.0, 1.0, 1.0], "reward": 5.0},  # the unpruned model: lowest loss, but twice the budget
+        {"keep": [0.5, 0.5, 0.5], "reward": 1.0},
+        {"keep": [0.5, 0.5, 0.5], "reward": 0.9},  # a duplicate is scored once
+        {"keep": [floor, 0.6, 0.6], "reward": 0.5},
+    ]
+    out = trainer.select_static([floor, floor, floor], episodes)
+    names = [c["name"] for c in out["candidates"]]
+    assert names == ["deterministic", "0", "1", "3"]
+    by_name = {c["name"]: c for c in out["candidates"]}
+    assert by_name["0"]["macs_fraction"] > 0.5 + 0.005  # over budget ...
+    meeting = [c for c in out["candidates"] if c["macs_fraction"] <= 0.505]
+    assert by_name["0"]["val_loss"] < min(c["val_loss"] for c in meeting)  # ... so its lower loss must not win
+    best = min(meeting, key=lambda c: c["val_loss"])
+    assert out["chosen"] == best["name"] and out["keep"] == best["keep"]
+    after = trainer.model.state_dict()  # scored on copies: no weight or BN statistic of the run changed
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("select", [0, 3])
+def test_static_phase_keeps_the_selected_episode(tmp_path: Path, select: int) -> None:
+    from agents.schedule import RunLogger
+
+    trainer = _trainer(tmp_path, "static", static_steps=15, static_select=select)
+    trainer.build_agents()
+    trainer.logger = RunLogger(tmp_path)
+    phase = next(p for p in trainer.phases if p.kind == "rl_static")
+    trainer._rl_phase(trainer.phases.index(phase), phase, 0)
+    record = trainer.history[phase.name]
+    assert trainer.static_keep == record["static_keep"]
+    if select == 0:
+        assert record["static_keep"] == record["deterministic_keep"] and record["selection"]["candidates"] == []
+    else:  # five explored episodes: the three best-rewarded (distinct) compete with the deterministic one
+        cands = record["selection"]["candidates"]
+        assert 2 <= len(cands) <= select + 1 and cands[0]["keep"] == record["deterministic_keep"]
+        assert record["static_keep"] == min(cands, key=lambda c: c["val_loss"])["keep"]
+    assert trainer.static_episodes == []  # consumed by the selection
