@@ -695,6 +695,9 @@ def finetune(
     seed: int = 0,
     device: str | torch.device = "cpu",
     desc: str = "finetune",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    distill_temperature: float = 4.0,
 ) -> dict[str, Any]:
     """Train ``model`` in place with the one fine-tune recipe of :func:`compare` and :mod:`agents.protocol`.
 
@@ -713,6 +716,10 @@ def finetune(
         seed: Seeds the subset, the data order and the augmentation.
         device: Where to train.
         desc: Log label.
+        teacher: Distil from this model (e.g. the unpruned base) with weight ``distill`` and temperature
+            ``distill_temperature`` (:func:`pruning.train.distillation_loss`); ``distill=0`` ignores it.
+        distill: Weight of the distillation term in ``[0, 1]``.
+        distill_temperature: Its softmax temperature.
 
     Returns:
         :func:`pruning.train.train`'s history (``"epochs"``, ``"steps"``) plus ``"images"`` (images that went
@@ -723,11 +730,12 @@ def finetune(
     data, whole = fractional_epochs(train_set, epochs, seed=seed)
     config = TrainConfig(
         epochs=whole, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4,
-        schedule="cosine", seed=seed, device=str(device), log_every=1,
+        schedule="cosine", seed=seed, device=str(device), log_every=1, distill=distill,
+        distill_temperature=distill_temperature,
     )  # fmt: skip
     trace = _LrTrace()
     start = time.perf_counter()
-    history = train(model, data, config, writer=trace, progress=False, desc=desc)
+    history = train(model, data, config, writer=trace, progress=False, desc=desc, teacher=teacher)
     history["seconds"] = time.perf_counter() - start
     history["images"] = len(history.get("epochs", [])) * len(data)
     history["lr_first"] = trace.lrs[0] if trace.lrs else math.nan

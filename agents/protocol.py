@@ -168,26 +168,44 @@ class BudgetUnreachable(ValueError):
 class Recipe:
     """The one training recipe of every row: SGD, Nesterov momentum 0.9, weight decay 1e-4, cosine, augmentation.
 
-    Only the peak learning rate and the batch size are settings; they are the same for every row of a call.
+    The peak learning rate, the batch size and the optional distillation are settings; they are the same for every
+    row of a call.
     """
 
     lr: float = 0.01
     """Peak learning rate (the first step's), cosine-annealed per step to 0 over the row's ``E`` epochs."""
     batch_size: int = 128
     """Images per optimizer step."""
+    distill: float = 0.0
+    """Knowledge distillation from the unpruned base model in every CNN-training step of every row (baselines'
+    fine-tunes, FBS, every phase of the learned rows): the weight ``α`` of
+    :func:`pruning.train.distillation_loss` (Hinton et al., 2015). 0: labels only."""
+    distill_temperature: float = 4.0
+    """Its softmax temperature."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"the learning rate must be a positive number, got {self.lr}; pass e.g. --lr 0.01")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not (math.isfinite(self.distill) and 0.0 <= self.distill <= 1.0):
+            raise ValueError(f"distill must be a weight in [0, 1], got {self.distill}; pass e.g. --distill 0.5")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
 
     def as_dict(self) -> dict[str, Any]:
-        """Every hyperparameter of the recipe, fixed ones included (what each row file records)."""
-        return {
+        """Every hyperparameter of the recipe, fixed ones included (what each row file records).
+
+        The distillation entries appear only when it is on, so a row trained on labels alone keeps one record
+        whichever version of the recipe wrote it.
+        """
+        out = {
             "optimizer": "sgd", "nesterov": True, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine",
             "lr": self.lr, "batch_size": self.batch_size, "augmentation": "pad-4 random crop + horizontal flip",
         }  # fmt: skip
+        if self.distill > 0:
+            out.update(distill=self.distill, distill_temperature=self.distill_temperature, teacher="the base model")
+        return out
 
 
 @dataclass(frozen=True)
@@ -476,8 +494,13 @@ class RowContext:
         """
         return finetune(
             model, self.train_set(model), self.cell.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
-            seed=self.cell.seed, device=self.device, desc=f"{self.row} {self.cell.name}",
+            seed=self.cell.seed, device=self.device, desc=f"{self.row} {self.cell.name}", teacher=self.teacher(),
+            distill=self.recipe.distill, distill_temperature=self.recipe.distill_temperature,
         )  # fmt: skip
+
+    def teacher(self) -> nn.Module | None:
+        """The model every row distils from when :attr:`Recipe.distill` is on (the plain base), else ``None``."""
+        return self.base() if self.recipe.distill > 0 else None
 
     def run_dir(self) -> Path:
         """A folder of the row's own (checkpoints of a learned row's schedule)."""
@@ -764,11 +787,12 @@ def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowRe
         "grad_clip": None, "batch_size": ctx.recipe.batch_size, "runtime_steps": s.runtime_steps,
         "static_steps": s.static_steps, "n_envs": s.n_envs, "num_val": s.num_val, "seed": cell.seed,
         "static_min_keep": s.static_min_keep, "static_select": s.static_select, "runtime_order": runtime_order,
-        "device": ctx.device,
+        "device": ctx.device, "distill": ctx.recipe.distill, "distill_temperature": ctx.recipe.distill_temperature,
     })  # fmt: skip
     trainer = JointTrainer(
         model, arch=cell.model, num_classes=data["train"].num_classes, data=data, config=schedule,
         runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=ctx.run_dir(), progress=ctx.progress,
+        teacher=ctx.teacher(),
     )  # fmt: skip
     trainer.run(resume=True)
     guard = trainer.guard_budget(data["val"])
@@ -817,9 +841,11 @@ def load_learned_row(
                          "static_algo": learned["static_algo"] or learned["algo"],
                          "hyperparams": list(learned["hyperparams"]), "preset": learned["preset"]})  # fmt: skip
     run_dir = Path(out_dir) / cell / _RUNS_DIR / row.replace(":", "-")
+    teacher = copy.deepcopy(base) if schedule.distill > 0 else None  # needed to resume training, not to score
     trainer = JointTrainer(
         gate_model(base), arch=result.model, num_classes=data["train"].num_classes, data=data, config=schedule,
         runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=run_dir, progress=False,
+        teacher=teacher,
     )  # fmt: skip
     trainer.load_checkpoint()
     guard = result.extra.get("budget_guard") or {}
@@ -1276,6 +1302,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=None, help=f"rows (default: all: {' '.join(DEFAULT_ROWS)})")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the recipe (every row)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step of the recipe (every row)")
+    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help="distil from the unpruned base with this weight in every row's training (default 0: off)")
     p.add_argument("--test-images", type=int, default=None, help="score N evenly strided test images (default all)")
     p.add_argument("--num-val", type=int, default=None,
                    help=f"validation images of PFP's calibration (default 512) and of the static env ({L.num_val})")
@@ -1315,9 +1343,10 @@ def main(argv: list[str] | None = None) -> int:
             n_envs=args.n_envs, num_val=args.num_val or LearnedSettings.num_val, hyperparams=tuple(args.hyperparams),
             static_min_keep=args.static_min_keep, static_select=args.static_select,
         )  # fmt: skip
+        recipe = Recipe(lr=args.lr, batch_size=args.batch_size, distill=args.distill)
         rows = run_protocol(
             model=args.model, weights=weights, dataset=args.dataset, data_dir=args.data_dir, budgets=args.budgets,
-            epochs=args.epochs, seeds=args.seeds, rows=args.rows, recipe=Recipe(lr=args.lr, batch_size=args.batch_size),
+            epochs=args.epochs, seeds=args.seeds, rows=args.rows, recipe=recipe,
             learned=learned, test_images=args.test_images, num_val=args.num_val or 512, out_dir=args.out,
             rerun=args.rerun, device=device, progress=not args.quiet,
         )  # fmt: skip

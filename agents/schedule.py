@@ -158,6 +158,11 @@ class ScheduleConfig:
     its CNN-training steps: gate stage and CNN phases together (:attr:`cnn_budget_epochs`)."""
     weight_decay: float = 1e-4
     """L2 on conv, linear and predictor weights during every CNN-training phase."""
+    distill: float = 0.0
+    """Weight of knowledge distillation from :class:`JointTrainer`'s ``teacher`` (the unpruned base) in every
+    CNN-training phase (:func:`pruning.train.distillation_loss`); 0: labels only."""
+    distill_temperature: float = 4.0
+    """Softmax temperature of the distillation term."""
     bn_recalibration: int = 256
     """Images whose train-mode forward passes re-estimate the BatchNorm statistics under the current masks
     before each RL phase (and that the static env uses per episode, from ``val`` outside its scored subset).
@@ -239,6 +244,8 @@ class ScheduleConfig:
         if self.runtime_order not in RUNTIME_ORDERS:
             raise ValueError(f"runtime_order must be one of {RUNTIME_ORDERS}, got {self.runtime_order!r}")
         get_criterion(self.static_criterion)  # unknown names: ValueError naming the close matches
+        if not (math.isfinite(self.distill) and 0.0 <= self.distill <= 1.0):
+            raise ValueError(f"distill must be a weight in [0, 1], got {self.distill}")
         if self.static_select < 0:
             raise ValueError(f"static_select must be >= 0 episodes, got {self.static_select}")
         for key in ("n_envs", "num_val", "checkpoint_every", "batch_size"):
@@ -489,6 +496,8 @@ class JointTrainer:
         static_agent: Algorithm + hyperparameters of the static agent.
         run_dir: Where checkpoints, agents and logs go.
         progress: Show progress bars.
+        teacher: The model the CNN phases distil from when ``config.distill > 0`` (the unpruned base; never
+            changed, not checkpointed: pass it again to resume).
 
     After :meth:`run`: :attr:`model` (the fine-tuned CNN, no plan set), :attr:`runtime_model` /
     :attr:`static_model` (the agents, or ``None``), :attr:`static_keep` (the static plan or ``None``) and
@@ -507,7 +516,10 @@ class JointTrainer:
         static_agent: AgentSpec | None,
         run_dir: str | os.PathLike[str],
         progress: bool = True,
+        teacher: nn.Module | None = None,
     ) -> None:
+        if config.distill > 0 and teacher is None:
+            raise ValueError(f"config.distill={config.distill} needs a teacher: pass teacher=<the unpruned base model>")
         if config.trains_runtime and runtime_agent is None:
             raise ValueError(f"mode {config.mode!r} trains a runtime agent: pass runtime_agent=AgentSpec(...)")
         if config.trains_static and static_agent is None:
@@ -522,6 +534,7 @@ class JointTrainer:
         self.specs = {"runtime": runtime_agent, "static": static_agent}
         self.run_dir = Path(run_dir)
         self.progress = progress
+        self.teacher = teacher
         self.phases = config.phases()
         self.runtime_model: Any = None
         self.static_model: Any = None
@@ -1009,7 +1022,7 @@ class JointTrainer:
         train_set = self.data["train"]
         idx = np.linspace(0, len(train_set), num=min(SELECT_IMAGES, len(train_set)), endpoint=False)
         calib = train_set.subset(torch.from_numpy(idx.astype(np.int64)))
-        candidates = []
+        candidates: list[dict[str, Any]] = []
         for name, plan_keep, reward in pool:
             model = copy.deepcopy(self.model)
             set_plan(model, self._plan_with(plan_keep))
@@ -1061,6 +1074,7 @@ class JointTrainer:
         config = TrainConfig(
             epochs=epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.cnn_lr, momentum=0.9, nesterov=True,
             weight_decay=cfg.weight_decay, schedule="cosine", grad_clip=cfg.grad_clip, seed=seed, device=cfg.device,
+            distill=cfg.distill, distill_temperature=cfg.distill_temperature,
         )  # fmt: skip
         params: list[nn.Parameter] | None = None
         if phase.kind.startswith("gate"):
@@ -1106,7 +1120,7 @@ class JointTrainer:
                 self.model, train_set, config, params=params, writer=_Writer(), progress=self.progress,
                 start_epoch=int(position.get("epoch", 0)), optimizer_state=optimizer_state,
                 on_epoch_end=on_epoch_end, log_prefix=prefix, desc=phase.name,
-                schedule_steps=(first_step, total_steps),
+                schedule_steps=(first_step, total_steps), teacher=self.teacher,
             )  # fmt: skip
         finally:
             clear_plan(self.model)

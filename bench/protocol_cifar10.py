@@ -84,6 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="run only these of each cell's seeds")
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the recipe (default 0.01)")
+    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help="distil from the base model with this weight in every row's training (default 0: off)")
     p.add_argument("--test-images", type=int, default=None, help="score N test images, evenly strided (default all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "protocol_cifar10", help="row files (reused)")
@@ -213,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_protocol(
                 model=cell.model, weights=weights_of(args.models_dir, cell.model), dataset="cifar10",
                 data_dir=args.data_dir / "cifar10", budgets=[cell.budget], epochs=[cell.epochs], seeds=seeds,
-                rows=args.rows, recipe=Recipe(lr=args.lr), test_images=args.test_images, out_dir=args.out,
+                rows=args.rows, recipe=Recipe(lr=args.lr, distill=args.distill), test_images=args.test_images,
+                out_dir=args.out,
                 learned=LearnedSettings(
                     static_min_keep=args.static_min_keep, num_val=args.static_num_val, static_select=args.static_select
                 ),

@@ -67,6 +67,7 @@ __all__ = [
     "StepHook",
     "TrainConfig",
     "dataset_for_model",
+    "distillation_loss",
     "evaluate",
     "fit_schedule",
     "fractional_epochs",
@@ -330,6 +331,11 @@ class TrainConfig:
     """Validate on only this many batches of ``val_set`` after each epoch; ``None`` uses all of it."""
     val_batch_size: int = 500
     """Images per forward pass during validation."""
+    distill: float = 0.0
+    """Weight ``α`` of knowledge distillation from a teacher (:func:`distillation_loss`; :func:`train`'s
+    ``teacher``): the loss is ``(1 - α)·CE + α·T²·KL``. 0 trains on the labels alone."""
+    distill_temperature: float = 4.0
+    """Softmax temperature ``T`` of the distillation term."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -348,6 +354,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if self.log_every <= 0:
             raise ValueError(f"log_every must be positive, got {self.log_every}")
+        if not (math.isfinite(self.distill) and 0.0 <= self.distill <= 1.0):
+            raise ValueError(f"distill must be a weight in [0, 1], got {self.distill}")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
 
 
 def _sgd(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
@@ -446,6 +456,32 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 EpochCallback = Callable[[int, dict[str, Any], torch.optim.Optimizer], None]
 #: ``fn(model) -> scalar tensor`` added to the cross-entropy of every step (a regulariser on the weights).
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
+    """Knowledge distillation (Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015).
+
+    ``(1 - alpha)·CE(logits, targets) + alpha·T²·KL(softmax(teacher/T) ‖ softmax(logits/T))``, batch mean; the
+    ``T²`` keeps the soft term's gradients on the scale of the hard one's. ``alpha = 0`` is plain cross-entropy.
+
+    Args:
+        logits: Student logits ``(N, K)``.
+        teacher_logits: Teacher logits ``(N, K)`` (no gradient flows into them).
+        targets: Labels ``(N,)``.
+        alpha: Weight of the distillation term in ``[0, 1]``.
+        temperature: ``T > 0``.
+    """
+    hard = F.cross_entropy(logits, targets)
+    if alpha == 0.0:
+        return hard
+    t = float(temperature)
+    soft = F.kl_div(
+        F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1), reduction="batchmean",
+        log_target=True,
+    )  # fmt: skip
+    return (1.0 - alpha) * hard + alpha * t * t * soft
 #: ``fn(model)`` called after every optimizer step under ``torch.no_grad`` (e.g. to clamp or project weights).
 StepHook = Callable[[nn.Module], None]
 #: ``fn(param_groups, config) -> optimizer``, the signature of an :data:`OPTIMIZERS` entry.
@@ -521,6 +557,7 @@ def train(
     after_step: StepHook | None = None,
     make_optimizer: OptimizerBuilder | None = None,
     schedule_steps: tuple[int, int] | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with cross-entropy, standard CIFAR augmentation and ``config``'s optimizer.
 
@@ -564,6 +601,8 @@ def train(
             steps that starts at step ``offset`` (a multi-phase run with one cosine over all its phases);
             step ``i`` of this call then uses :func:`learning_rate` at ``offset + i`` of ``total``. ``None``:
             the schedule spans this call's ``config.epochs`` alone.
+        teacher: The network distilled from when ``config.distill > 0`` (e.g. the unpruned base model): run in
+            eval mode without gradients on every augmented batch; never changed.
 
     Returns:
         ``{"epochs": [record, ...], "steps": steps run}``; a record holds ``epoch`` (0-based), ``train_loss``
@@ -578,6 +617,8 @@ def train(
         raise ValueError(f"start_epoch must be in [0, {config.epochs}], got {start_epoch}")
     if len(train_set) == 0:
         raise ValueError(f"training set {train_set.name}/{train_set.split} is empty")
+    if config.distill > 0 and teacher is None:
+        raise ValueError(f"config.distill={config.distill} needs a teacher: pass teacher=<the unpruned model>")
     check_normalization(train_set, model)
     device = torch.device(config.device)
     model.to(device)
@@ -611,6 +652,7 @@ def train(
                 epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps, writer=writer,
                 progress=progress, log_prefix=log_prefix, bn_eval=bn_eval, desc=desc,
                 extra_loss=extra_loss, after_step=after_step, schedule_offset=offset,
+                teacher=teacher.to(device).eval() if teacher is not None and config.distill > 0 else None,
             )  # fmt: skip
             history["steps"] += steps_per_epoch
             step = (epoch + 1) * steps_per_epoch
@@ -657,6 +699,7 @@ def _train_epoch(
     extra_loss: ExtraLoss | None = None,
     after_step: StepHook | None = None,
     schedule_offset: int = 0,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """One pass over the data; returns the epoch's record (without validation)."""
     device = torch.device(config.device)
@@ -682,7 +725,12 @@ def _train_epoch(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target_logits = teacher(x)
+                loss = distillation_loss(logits, target_logits, y, config.distill, config.distill_temperature)
+            else:
+                loss = F.cross_entropy(logits, y)
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             if not torch.isfinite(loss):

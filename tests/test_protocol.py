@@ -405,3 +405,27 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_registered_as_prunegym_command() -> None:
     command = cli.get_command("protocol")
     assert command.target == "agents.protocol:main" and "equal MACs" in command.help
+
+
+def test_distillation_applies_to_every_row_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pruning.train as train_mod
+
+    assert "distill" not in Recipe().as_dict()  # rows trained on labels alone keep their record
+    calls = []
+    real = train_mod.distillation_loss
+
+    def spy(logits: torch.Tensor, teacher_logits: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append(teacher_logits.shape[0])
+        return real(logits, teacher_logits, *args)
+
+    monkeypatch.setattr(train_mod, "distillation_loss", spy)
+    kw = {**TINY, "recipe": Recipe(lr=LR, batch_size=32, distill=0.5)}
+    with _Steps(torch.optim.SGD) as steps:
+        rows = run_protocol(
+            rows=["l1", "fbs", "static_agent"], budgets=[0.5], epochs=[0.5], out_dir=tmp_path, learned=LEARNED, **kw
+        )
+    assert all(r.error is None and r.recipe["distill"] == 0.5 for r in rows)
+    assert all(r.settings["recipe"]["distill"] == 0.5 for r in rows)
+    assert len(calls) == steps.count == sum(r.train_steps for r in rows) > 0  # every CNN step distilled
+    with pytest.raises(ValueError, match="distill must be a weight"):
+        Recipe(distill=-0.1)

@@ -460,3 +460,36 @@ def test_evaluate_reproduces_the_published_top1_of_the_shared_model(cifar10_dir:
     test = dataset_for_model(get_dataset("cifar10", split="test", root=cifar10_dir.parent), model)
     expected = torch.load(path, weights_only=True)["test_top1"]
     assert evaluate(model, test)["top1"] == pytest.approx(expected, abs=0.01)
+
+
+# ----------------------------------------------------------------------------------------------------
+# knowledge distillation
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_distillation_loss_is_the_hinton_mixture() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t, y = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)
+    T, alpha = 3.0, 0.7
+    p_t = torch.softmax(t / T, dim=1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, dim=1))).sum(1).mean()
+    expected = (1 - alpha) * F.cross_entropy(s, y) + alpha * T * T * kl
+    assert train_mod.distillation_loss(s, t, y, alpha, T).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(train_mod.distillation_loss(s, t, y, 0.0, T), F.cross_entropy(s, y))
+    assert train_mod.distillation_loss(s, s, y, 1.0, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_training_distils_from_the_teacher() -> None:
+    teacher = _model(seed=1).eval()
+    losses = {}
+    for alpha in (0.0, 1.0):
+        student = _model(seed=1)
+        student.load_state_dict(teacher.state_dict())  # the teacher's copy: nothing to distil at alpha = 1
+        config = TrainConfig(epochs=1, batch_size=64, lr=0.01, distill=alpha)
+        hist = train(student, _data("train"), config, teacher=teacher, bn_eval=True, progress=False)
+        losses[alpha] = hist["epochs"][0]["train_loss"]
+    assert losses[1.0] < 1e-3 < 0.5 < losses[0.0]  # alpha = 1 trains on the teacher's outputs, not the labels
+    with pytest.raises(ValueError, match="needs a teacher"):
+        train(_model(), _data("train"), TrainConfig(epochs=1, distill=0.5), progress=False)
+    with pytest.raises(ValueError, match="distill must be a weight"):
+        TrainConfig(distill=1.5)
