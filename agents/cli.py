@@ -34,6 +34,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -232,6 +233,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--static-min-keep", type=float, default=d(None),
         help="smallest keep ratio of the static agent's action (the static env's min_keep; default min(0.2, B/2))",
+    )  # fmt: skip
+    g.add_argument(
+        "--distill", type=float, default=d(ScheduleConfig.distill), metavar="ALPHA",
+        help="distil from the unpruned base with this weight in every CNN-training step (the fair table's rows too)",
     )  # fmt: skip
     g.add_argument(
         "--static-select", type=int, default=d(ScheduleConfig.static_select),
@@ -445,7 +450,8 @@ def fair_reference(cfg: dict[str, Any], run_dir: Path, epochs: float, num_classe
     rows = run_protocol(
         model=cfg["model"], weights=weights, dataset=cfg["dataset"], data_dir=cfg.get("data_dir"),
         budgets=[float(cfg["budget"])], epochs=[float(epochs)], seeds=[int(cfg["seed"])], rows=list(REFERENCE_ROWS),
-        recipe=Recipe(lr=float(cfg["cnn_lr"])), test_images=cfg.get("test_images"), out_dir=run_dir / "reference",
+        recipe=Recipe(lr=float(cfg["cnn_lr"]), distill=float(cfg.get("distill") or 0.0)),
+        test_images=cfg.get("test_images"), out_dir=run_dir / "reference",
         device=cfg["device"], progress=not cfg["quiet"],
     )  # fmt: skip
     return {r.row: dataclasses.asdict(r) for r in rows}
@@ -493,10 +499,11 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     }
     write_json(run_dir / CONFIG_FILE, record)
 
+    teacher = copy.deepcopy(model).eval() if schedule.distill > 0 else None  # the base, before any training
     trainer = JointTrainer(
         model, arch=cfg["model"], num_classes=num_classes, data={"train": data["train"], "val": data["val"]},
         config=schedule, runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=run_dir,
-        progress=not cfg["quiet"],
+        progress=not cfg["quiet"], teacher=teacher,
     )  # fmt: skip
     test = _strided(data["test"], cfg.get("test_images"))
     has_checkpoint = resume and (run_dir / "checkpoint.pt").is_file()

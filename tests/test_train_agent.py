@@ -304,3 +304,25 @@ def test_static_mode_defaults_spend_one_epoch_on_one_plan() -> None:
     assert [p.name for p in schedule.phases()] == ["rl_static_0", "cnn_0"] and schedule.cnn_budget_epochs == 1.0
     joint = config_from_dict({**resolve_config(build_parser().parse_args(["--mode", "joint"])), "n_envs": 8})
     assert joint.cnn_budget_epochs == 1.0 and joint.rounds == 2 and joint.gate_epochs[0] > 0
+
+
+def test_distill_reaches_the_run_and_its_fair_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pruning.train as train_mod
+
+    calls = []
+    real = train_mod.distillation_loss
+
+    def spy(logits: torch.Tensor, teacher_logits: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(logits, teacher_logits, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "distillation_loss", spy)
+    out = tmp_path / "run"
+    args = [*QUICK, "--mode", "static", "--reference", "--distill", "0.5", "--out", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["schedule"]["distill"] == 0.5
+    results = json.loads((out / "results.json").read_text())
+    assert {r["recipe"]["distill"] for r in results["reference"].values()} == {0.5}  # the table's rows alike
+    steps = results["reference"]["l1"]["train_steps"] + results["reference"]["fbs"]["train_steps"]
+    assert len(calls) > steps > 0  # the run's own CNN steps distilled too
