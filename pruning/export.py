@@ -322,7 +322,13 @@ class _CompactUnit(GatedConv):
         d["_static_pruned"] = pruned
         d["_static_rank"] = frozen[2].tolist()
         d["_any_static"] = any(pruned)
-        d["_widen_out"] = self.conv.out_channels != self.full_channels
+        # a source sees u_r at the original channel positions: remap whenever the stored channels are not the
+        # original ones in order (fewer of them, or the prefix order's static order)
+        out_index = getattr(self, "frozen_out_index", None)
+        d["_widen_out"] = self.conv.out_channels != self.full_channels or (
+            out_index is not None
+            and not torch.equal(out_index, torch.arange(self.full_channels, device=out_index.device))
+        )
         d["_prefix"] = self.runtime_order == "prefix"
         d["_active"] = len(pruned) - sum(pruned)  # stored channels the static side keeps
         in_order = pruned == sorted(pruned) and frozen[2].tolist() == list(range(len(pruned)))

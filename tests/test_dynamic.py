@@ -162,3 +162,32 @@ def test_python_ratio_mapping_is_numpy_bit_for_bit() -> None:
         expected = action_to_ratio(actions.astype(np.float64) + offset, min_keep)
         got = np.array([source._ratio_of(float(a)) for a in actions])
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
+def test_a_runtime_source_sees_what_it_sees_in_the_masked_model(name: str, order: str) -> None:
+    """GAP and u_r reach the source at the original channel positions, also when a prefix-order export stores every
+    channel in another (the static) order: the source then decides as in the masked model it was trained on."""
+    gated = _gated(name)
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"masked": [], "dynamic": []}
+    key = ["masked"]
+
+    def source(unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        seen[key[0]].append((gap.clone(), u_r.clone()))
+        return torch.full((gap.shape[0],), 0.5, dtype=torch.float64)
+
+    plan = PruningPlan(runtime_keep=source, tradeoff=1.0, runtime_order=order)
+    set_plan(gated, plan)
+    x = images(1, seed=5)
+    dyn = DynamicModel(export_static(gated), source)
+    if order == "prefix":  # every channel stored, in the static order: no width tells the export to remap
+        assert any(not torch.equal(u.frozen_out_index, torch.arange(u.full_channels)) for u in dyn.units)
+    with torch.no_grad():
+        gated(x)
+        key[0] = "dynamic"
+        dyn(x)
+    assert len(seen["dynamic"]) == len(seen["masked"]) == len(dyn.units)
+    for (g_m, u_m), (g_d, u_d) in zip(seen["masked"], seen["dynamic"], strict=True):
+        torch.testing.assert_close(g_d, g_m, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(u_d, u_m, rtol=1e-5, atol=1e-6)
