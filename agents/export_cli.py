@@ -2,10 +2,13 @@
 
 Two kinds of model (:mod:`pruning.deploy` builds them):
 
-* ``dynamic`` (TorchScript only; the default when the run has a runtime agent): the exported static model
-  with the runtime agent fused inside (:mod:`agents.fused`), computing per image only the channels the agent
-  keeps; frozen with every operation kept, so it keeps exactly the channels of ``agents.cli.load_run``'s
-  model. One image at a time (a batch runs image by image).
+* ``dynamic`` (the default when the run has a runtime agent): the exported static model with the runtime
+  agent fused inside (:mod:`agents.fused`), computing per image only the channels the agent keeps. TorchScript:
+  frozen with every CNN operation kept (the agent's first layer folded), so it keeps the channels of
+  ``agents.cli.load_run``'s model; one image at a time (a batch runs image by image). ONNX (prefix runtime order
+  only, ``runtime_order="prefix"``: kept channels are weight slices): input ``images`` ``(1, 3, 32, 32)``, outputs
+  ``logits`` and ``kept`` (every unit's kept channel count); checked image by image in ONNX Runtime, counts
+  included. A ``u_r``-order run picks channels by top-k and has no ONNX form.
 * ``static``: the exported static model with runtime pruning off (every stored channel; in a gated export
   the predictors still scale the channels per image). Any batch size; TorchScript or ONNX (checked in ONNX
   Runtime).
@@ -18,7 +21,7 @@ normalisation is printed). Run it with ``torch.jit.load(path)(x)`` or ``onnxrunt
 Examples::
 
     prunegym export runs/JointPruning__ppo__0__20261125-101500                  # dynamic TorchScript
-    prunegym export runs/JointPruning__ppo__0__20261125-101500 --format onnx    # static ONNX
+    prunegym export runs/JointPruning__ppo__0__20261125-101500 --format onnx    # ONNX (dynamic for prefix runs)
     prunegym export RUN_DIR --kind static --format torchscript --out model.pt
 """
 
@@ -33,15 +36,24 @@ import torch
 from torch import nn
 
 from pruning.cli import HelpFormatter
-from pruning.deploy import dynamic_deployable, save_onnx, save_torchscript, static_deployable
+from pruning.deploy import (
+    dynamic_deployable,
+    dynamic_onnx_deployable,
+    save_dynamic_onnx,
+    save_onnx,
+    save_torchscript,
+    static_deployable,
+)
 from pruning.export import DynamicModel, load_exported
+from pruning.gating import gated_units, is_gated
 from pruning.models import input_normalization
 
 __all__ = ["FORMATS", "KINDS", "export_run", "main"]
 
 #: File formats and their default file names' suffixes.
 FORMATS: dict[str, str] = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
-#: What can be exported; ``auto``: dynamic when the run has a runtime agent and the format allows it.
+#: What can be exported; ``auto``: dynamic when the run has a runtime agent and the format allows it (ONNX: prefix
+#: runtime order only).
 KINDS = ("auto", "dynamic", "static")
 
 
@@ -58,8 +70,8 @@ def export_run(
     Args:
         run_dir: A directory written by ``train_agent.py`` (it has ``results.json``).
         fmt: ``"torchscript"`` or ``"onnx"``.
-        kind: ``"dynamic"`` (the runtime agent inside; TorchScript only), ``"static"`` (runtime pruning off)
-            or ``"auto"`` (dynamic when the run has a runtime agent and ``fmt`` is TorchScript).
+        kind: ``"dynamic"`` (the runtime agent inside; ONNX only for prefix-order runs), ``"static"`` (runtime
+            pruning off) or ``"auto"`` (dynamic when the run has a runtime agent and ``fmt`` allows it).
         out: Destination file; default ``RUN_DIR/model_<kind><suffix>`` (``.torchscript.pt``, ``.onnx``).
         atol: Largest absolute logit difference between the file and PyTorch accepted.
 
@@ -68,8 +80,9 @@ def export_run(
 
     Raises:
         FileNotFoundError: the run is not finished (no ``results.json``) or a file is missing.
-        ValueError: an unknown format or kind, a dynamic ONNX export, a dynamic export of a run without a
-            runtime agent, or an agent that cannot be fused (a policy SB3's ``predict`` alone can run).
+        ValueError: an unknown format or kind, a dynamic ONNX export of a ``u_r``-order run, a dynamic export of
+            a run without a runtime agent, or an agent that cannot be fused (a policy SB3's ``predict`` alone can
+            run).
         ImportError: ONNX export without ``onnx`` / ``onnxscript`` / ``onnxruntime`` (the ``export`` extra).
         RuntimeError: the file's logits disagree with PyTorch's (nothing is written).
     """
@@ -86,13 +99,15 @@ def export_run(
             "so there is no final model to export"
         )
     has_agent = (root / AGENT_FILES["runtime"]).is_file()
+    prefix = fmt == "onnx" and _prefix_order(root / EXPORTED_FILE)
     if kind == "auto":
-        kind = "dynamic" if has_agent and fmt == "torchscript" else "static"
-    if kind == "dynamic" and fmt == "onnx":
+        kind = "dynamic" if has_agent and (fmt == "torchscript" or prefix) else "static"
+    if kind == "dynamic" and fmt == "onnx" and not prefix:
         raise ValueError(
-            "the dynamic model cannot be exported to ONNX: its kept channel counts, and so its tensor shapes, "
-            "change from image to image, which the ONNX exporter cannot trace. Use --format torchscript, or "
-            "--kind static for an ONNX file without runtime pruning"
+            "this run's dynamic model cannot be exported to ONNX: it picks each image's channels by u_r top-k "
+            "(runtime order 'u_r'); only prefix-order runs (runtime_order='prefix', kept channels = weight "
+            "slices) have an ONNX form. Use --format torchscript, or --kind static for an ONNX file without "
+            "runtime pruning"
         )
     if kind == "dynamic" and not has_agent:
         raise ValueError(f"{root} has no runtime agent ({AGENT_FILES['runtime']}); export --kind static")
@@ -102,6 +117,9 @@ def export_run(
         dyn, _ = load_run(root, dynamic=True)
         assert isinstance(dyn, DynamicModel)
         try:
+            if fmt == "onnx":
+                images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+                return save_dynamic_onnx(dynamic_onnx_deployable(dyn), path, images, atol=atol), kind
             module = dynamic_deployable(dyn)
         except TypeError as err:
             raise ValueError(f"{err}; export --kind static instead") from err
@@ -110,6 +128,15 @@ def export_run(
     if fmt == "onnx":
         return save_onnx(module, path, example, atol=atol), kind
     return save_torchscript(module, path, example, atol=atol), kind
+
+
+def _prefix_order(exported: Path) -> bool:
+    """Whether the run's exported model has the prefix runtime order in every unit (False when unreadable)."""
+    try:
+        model = load_exported(exported)
+    except (FileNotFoundError, ValueError):
+        return False
+    return is_gated(model) and all(g.runtime_order == "prefix" for g in gated_units(model))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=list(FORMATS), default="torchscript", help="file format")
     p.add_argument(
         "--kind", choices=KINDS, default="auto",
-        help="dynamic: the runtime agent inside (TorchScript only); static: runtime pruning off; auto: dynamic "
-        "when the run has a runtime agent and the format allows it",
+        help="dynamic: the runtime agent inside (ONNX: prefix-order runs only); static: runtime pruning off; "
+        "auto: dynamic when the run has a runtime agent and the format allows it",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="destination file (default RUN_DIR/model_<kind><suffix>)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest logit difference to PyTorch accepted")
@@ -149,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, json.JSONDecodeError) as err:
         print(f"prunegym export: error: {err}", file=sys.stderr)
         return 2
-    batch = "one image at a time" if kind == "dynamic" else "any batch size"
-    print(f"wrote {path} ({kind} model, {args.fmt}; normalised inputs (N, 3, 32, 32), {norm}; {batch})")
+    if kind == "dynamic" and args.fmt == "onnx":
+        shape, batch = "(1, 3, 32, 32)", "one image per call; outputs logits and kept (channels kept per unit)"
+    else:
+        shape, batch = "(N, 3, 32, 32)", "one image at a time" if kind == "dynamic" else "any batch size"
+    print(f"wrote {path} ({kind} model, {args.fmt}; normalised inputs {shape}, {norm}; {batch})")
     return 0
 
 

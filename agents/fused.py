@@ -28,7 +28,10 @@ subclass, so ``bind`` and every ``isinstance`` check keep working): it keeps the
 (Python integers at batch 1, integer tensors for a batch) and calls the fused agent, TorchScript-compiled by
 default (``bench/runtime_latency.py``, ResNet-20 at batch 1 on one thread: 2.53 ms per image against 2.70 ms
 eager and 4.83 ms through ``predict``). :meth:`FusedRuntimeSource.scriptable` puts it inside a TorchScript
-model (:func:`pruning.deploy.dynamic_deployable`: 1.69 ms).
+model (:func:`pruning.deploy.dynamic_deployable`: 1.69 ms): by default with the observation's constant parts
+folded into the first layer, and for prefix-order units with the keep count read from a table of float32
+thresholds on the actor's output (:func:`count_thresholds`, exact); :meth:`FusedRuntimeSource.traceable` puts
+it inside the ONNX form (:func:`pruning.deploy.dynamic_onnx_deployable`).
 :func:`runtime_source` returns it when the policy can be converted and otherwise falls back to
 ``PolicyRuntimeSource`` with a logged warning.
 
@@ -54,15 +57,18 @@ import copy
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
 
 from envs.runtime import OBS_BOUND, RATIO_DECIMALS, PolicyRuntimeSource
-from pruning.export import last_kept_count
+from pruning.export import last_kept_count, prefix_count
 from pruning.gating import gated_units
+from pruning.plan import RATIO_EPS
 
 __all__ = [
     "FusedActor",
@@ -70,6 +76,7 @@ __all__ = [
     "FusedRuntimeSource",
     "NotFusableError",
     "action_ratio",
+    "count_thresholds",
     "fuse_policy",
     "runtime_source",
 ]
@@ -251,6 +258,21 @@ class FusedAgent(nn.Module):
         ``committed`` is the committed MAC fraction as a float32 column ``(N, 1)``. One ``cat``: the zero padding
         and the constant ``[t / (L - 1), budget]`` are slices of buffers.
         """
+        obs = self._unclipped(unit, gap, u_r, committed)
+        # a sum is finite exactly when every term is (up to an overflow of features beyond ~1e36, which are not
+        # sane activations); half the cost of isfinite().all() at batch 1. The tail (t / (L - 1), budget,
+        # committed fraction) lies in [0, ~1]: clipping it changes nothing.
+        return obs.clamp(-self.obs_bound, self.obs_bound), math.isfinite(float(obs.sum()))
+
+    @torch.jit.export
+    def features(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor, committed: torch.Tensor) -> torch.Tensor:
+        """``runtime_observation`` as float32 ``(N, obs_dim)`` (features clipped), with no finiteness check.
+
+        What a traced (ONNX) model computes, where nothing can raise; ``committed`` is a float32 column ``(N, 1)``.
+        """
+        return self._unclipped(unit, gap, u_r, committed).clamp(-self.obs_bound, self.obs_bound)
+
+    def _unclipped(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor, committed: torch.Tensor) -> torch.Tensor:
         n = gap.shape[0]
         suffix = self.suffix[unit : unit + 1, u_r.shape[1] :]
         obs = torch.cat(
@@ -263,10 +285,7 @@ class FusedAgent(nn.Module):
             ],
             1,
         )
-        # a sum is finite exactly when every term is (up to an overflow of features beyond ~1e36, which are not
-        # sane activations); half the cost of isfinite().all() at batch 1. The tail (t / (L - 1), budget,
-        # committed fraction) lies in [0, ~1]: clipping it changes nothing.
-        return obs.clamp(-self.obs_bound, self.obs_bound), math.isfinite(float(obs.sum()))
+        return obs
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -474,14 +493,28 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         """:func:`envs.runtime.action_to_ratio` of one (finite) action, in Python floats."""
         return action_ratio(action, self.action_offset, self.min_keep, RATIO_DECIMALS)
 
-    def scriptable(self) -> nn.Module:
+    def scriptable(self, fold: bool = True) -> nn.Module:
         """This source as a TorchScript-compatible module, for :func:`pruning.deploy.dynamic_deployable`.
 
         The module has ``ratio(unit, gap, u_r) -> float`` (batch 1) and ``record(unit, kept)`` (the kept count
         of each unit, which the committed MACs are charged with); the bookkeeping state lives in tensors that
         every unit's copy shares.
+
+        Args:
+            fold: Fold the observation's constant parts into the agent's first layer (PPO / A2C actors; about
+                half the operations per unit, the same ratios up to float rounding of that layer). ``False``:
+                the fused agent's own operations, bit for bit the eager source's ratios.
         """
-        return _ScriptedSource(self)
+        return _ScriptedSource(self, fold)
+
+    def traceable(self) -> nn.Module:
+        """This source as a module of tensor operations only, for :func:`pruning.deploy.dynamic_onnx_deployable`.
+
+        The module has ``reset()`` (a new image), ``ratio(unit, gap, u_r) -> float64 (1,)`` and ``record(unit,
+        kept)`` (``kept``: int64 ``(1,)``); no Python number is read from a tensor, so an exporter that traces it
+        records every step (the committed MACs too) as graph operations.
+        """
+        return _TracedSource(self)
 
     def _advance(self, t: int, n: int, device: torch.device) -> Any:
         """MACs committed before unit ``t`` of a batch of ``n``: an int, or int64 ``(n,)`` for batched counts.
@@ -563,17 +596,117 @@ def action_ratio(action: float, offset: float, min_keep: float, decimals: int) -
     return min(max(f / scale, min_keep), 1.0)
 
 
+def _ordered(key: int) -> float:
+    """The float32 value of an ordered key (keys order as the floats do; :func:`_key` is the inverse)."""
+    bits = key if key >= 0 else (-key) | 0x80000000
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def _key(value: float) -> int:
+    bits = int(np.array([value], dtype=np.float32).view(np.uint32)[0])
+    return bits if bits < 0x80000000 else -(bits & 0x7FFFFFFF)
+
+
+def count_thresholds(count: Callable[[float], int]) -> tuple[int, torch.Tensor]:
+    """A monotone step function of one float32 input as ``(base, thresholds)``: ``count(a) = base + #{θ ≤ a}``.
+
+    ``count`` must be non-decreasing on the float32 values (the keep count of an action is: clip, affine map,
+    rounding, ``ceil`` and the trade-off rule each are). Every threshold is the smallest float32 at which the count
+    reaches the next value, found by bisection on the floats' order, so the table reproduces ``count`` exactly
+    on every finite float32; at run time the count is one ``searchsorted`` (or compare-and-sum) instead of the
+    Python arithmetic of :func:`action_ratio` and :func:`pruning.export.prefix_count`.
+
+    Returns:
+        ``(count at the lowest float32, float32 thresholds)``: ascending, repeated where the count jumps by more
+        than 1.
+    """
+    lo, hi = _key(-3.4028234663852886e38), _key(3.4028234663852886e38)
+    base, top = count(_ordered(lo)), count(_ordered(hi))
+    thresholds = []
+    left = lo
+    for j in range(base + 1, top + 1):
+        a, b = left, hi  # count(a) < j <= count(b)
+        while b - a > 1:
+            mid = (a + b) // 2
+            if count(_ordered(mid)) >= j:
+                b = mid
+            else:
+                a = mid
+        thresholds.append(_ordered(b))
+        left = a
+    return base, torch.tensor(thresholds, dtype=torch.float32)
+
+
+def _folded_first_layer(
+    fused: FusedAgent, widths: list[tuple[int, int]]
+) -> tuple[list[torch.Tensor], list[torch.Tensor], nn.Module] | None:
+    """The actor's first linear layer folded per unit, or ``None`` for actors it does not apply to.
+
+    The observation of unit t is ``[GAP (C_in), zeros, u_r (C), zeros, t / (L - 1), budget, committed]``: its
+    zero padding and its constants contribute fixed terms, so the first layer is ``[GAP, u_r, committed] @ W_t
+    + b_t`` with ``W_t`` the layer's columns of those features (transposed, ``(C_in + C + 1, hidden)``) and
+    ``b_t`` its bias plus the constant columns times their values. The budget prior is folded into the mean
+    layer's bias. Only for plain Gaussian actors (PPO / A2C: linear first layer, no LSTM, no squashing).
+
+    Returns:
+        ``(W_t per unit, b_t per unit, the rest of the actor: net[1:] then the mean layer, dimension 0)``.
+    """
+    actor = fused.actor
+    net, head = actor.net, actor.head
+    if actor.recurrent or actor.squash or not isinstance(head, nn.Linear) or not isinstance(net, nn.Sequential):
+        return None
+    layers = list(net)
+    first = layers[0] if layers else head
+    if not isinstance(first, nn.Linear) or first.bias is None or head.bias is None:
+        return None
+    with torch.no_grad():
+        w, b = first.weight.double(), first.bias.double()
+        mean = nn.Linear(head.in_features, 1)
+        mean.weight.copy_(head.weight[:1])
+        mean.bias.copy_(head.bias[:1])
+        if not layers:  # the mean layer is the first layer
+            w, b = mean.weight.double(), mean.bias.double()
+        weights, biases = [], []
+        gw = fused.gap_width
+        for t, (c_in, c) in enumerate(widths):
+            step, budget = fused.suffix[t, fused.ur_width].double(), fused.suffix[t, fused.ur_width + 1].double()
+            cols = torch.cat([w[:, :c_in], w[:, gw : gw + c], w[:, -1:]], 1)
+            weights.append(cols.t().float().contiguous())
+            biases.append((b + w[:, -3] * step + w[:, -2] * budget).float())
+    rest: nn.Module = nn.Sequential(*layers[1:], mean) if layers else nn.Sequential()
+    return weights, biases, rest.requires_grad_(False).eval()
+
+
+def _prefix_rule(unit: Any) -> tuple[int, int, int, float] | None:
+    """``(full, stored, active, R_r)`` of a :class:`pruning.export.DynamicModel` prefix-order unit, else ``None``."""
+    active = unit.__dict__.get("_active")
+    if active is None or not unit.__dict__.get("_prefix"):
+        return None
+    return int(unit.full_channels), int(unit.conv.out_channels), int(active), float(unit.tradeoff)
+
+
 class _ScriptedSource(nn.Module):
-    """:class:`FusedRuntimeSource` as a TorchScript-compatible module (one image; state in shared tensors)."""
+    """:class:`FusedRuntimeSource` as a TorchScript-compatible module (one image; state in shared tensors).
+
+    Exact (``fold=False``): the fused agent's own operations, so the ratios are bit for bit the eager source's.
+    Folded (``fold=True``, plain Gaussian actors): the observation's padding and constants folded into the first
+    layer (:func:`_folded_first_layer`) and the committed MAC fraction kept as a float32 tensor, about half the
+    operations per unit. The first layer then sums in another order, so an action can differ from the eager
+    source's by float rounding; a keep count changes only where that moves the ratio's 6-decimal rounding
+    across a step of ``ceil(r·C)`` (never seen in the tests; :func:`pruning.deploy.save_torchscript` checks the
+    logits of the file against the eager model's).
+    """
 
     if TYPE_CHECKING:
         agent: Any
         counts: torch.Tensor
         committed: torch.Tensor
+        charged: torch.Tensor
+        fraction: torch.Tensor
         h: torch.Tensor
         c: torch.Tensor
 
-    def __init__(self, source: FusedRuntimeSource) -> None:
+    def __init__(self, source: FusedRuntimeSource, fold: bool = True) -> None:
         super().__init__()
         self.agent = copy.deepcopy(source.fused).cpu()
         num_units = len(source.units)
@@ -582,41 +715,198 @@ class _ScriptedSource(nn.Module):
         self.unit_coef = [int(v) for v in source._unit_coef]
         self.consumer_coef = [int(v) for v in source._consumer_coef]
         self.producer = [-1 if p is None else int(p) for p in source._producer]
+        self.track = any(p >= 0 for p in self.producer)  # a unit's input width is another unit's kept count
         self.in_channels = [int(v) for v in source._in_channels]
         self.offset = float(source.action_offset)
         self.min_keep = float(source.min_keep)
         self.decimals = int(RATIO_DECIMALS)
+        self.recurrent = bool(self.agent.actor.recurrent)
+        self.low, self.high = float(self.agent.actor.low[0]), float(self.agent.actor.high[0])
+        self.bound = float(self.agent.obs_bound)
+        widths = [(int(g.full_in_channels), int(g.full_channels)) for g in source.units]
+        folded = _folded_first_layer(self.agent, widths) if fold else None
+        self.fold = folded is not None
+        # non-empty lists: TorchScript infers their type from the elements
+        self.w1 = [torch.zeros(0)] if folded is None else folded[0]
+        self.b1 = [torch.zeros(0)] if folded is None else folded[1]
+        self.rest = nn.Sequential() if folded is None else folded[2]
+        # prefix-order units: the keep count as a step function of the actor's output (exact; count_thresholds)
+        prior = float(self.agent.actor.prior[0, 0]) if self.agent.actor.has_prior else None
+        self.base_count: list[int] = []
+        self.thresholds: list[torch.Tensor] = []
+        for g in source.units:
+            rule = _prefix_rule(g)
+            if rule is None:
+                self.base_count.append(0)
+                self.thresholds.append(torch.zeros(0))
+                continue
+            base, table = count_thresholds(self._count_of(rule, prior if self.fold else None))
+            self.base_count.append(base)
+            self.thresholds.append(table)
         layers, hidden = source._lstm
         self.register_buffer("counts", torch.zeros(num_units, dtype=torch.long), persistent=False)
         self.register_buffer("committed", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.register_buffer("charged", torch.zeros(1, 1, dtype=torch.float64), persistent=False)  # folded: MACs
+        self.register_buffer("fraction", torch.zeros(1, 1), persistent=False)  # charged / base MACs, float32
         self.register_buffer("h", torch.zeros(layers, 1, hidden), persistent=False)
         self.register_buffer("c", torch.zeros(layers, 1, hidden), persistent=False)
+
+    def _count_of(self, rule: tuple[int, int, int, float], prior: float | None) -> Callable[[float], int]:
+        """The prefix keep count of a float32 actor output (``prior``: still to be added, then the clip)."""
+        full, stored, active, tradeoff = rule
+        low, high = np.float32(self.low), np.float32(self.high)
+
+        def count(a: float) -> int:
+            v = np.float32(a)
+            if prior is not None:  # FusedActor: clamp(mean + prior, low, high) in float32
+                v = min(max(np.float32(v + np.float32(prior)), low), high)
+            r = action_ratio(float(v), self.offset, self.min_keep, self.decimals)
+            return prefix_count(r, full, stored, active, tradeoff, RATIO_EPS)
+
+        return count
+
+    def _output(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """The actor's output ``(1, 1)`` for ``unit``: the mean before the prior (folded) or the clipped action."""
+        if unit == 0:
+            self.committed.fill_(self.fixed)
+            self.charged.fill_(self.fixed)
+            self.fraction.fill_(self.fixed / self.base_macs)
+            if self.recurrent:
+                self.h.zero_()
+                self.c.zero_()
+        if self.fold:
+            features = torch.cat([gap, u_r, self.fraction], 1)
+            if not math.isfinite(float(features.sum())):
+                raise RuntimeError(
+                    "the model produced non-finite activations at the input of a unit; check its weights"
+                )
+            hidden = torch.addmm(self.b1[unit], features.clamp(-self.bound, self.bound), self.w1[unit])
+            return self.rest(hidden)
+        committed = float(self.committed[0]) / self.base_macs
+        obs, finite = self.agent._observation(unit, gap, u_r, torch.full([1, 1], committed, device=gap.device))
+        actions, h, c = self.agent.actor(obs, self.h, self.c)
+        if self.recurrent:
+            self.h.copy_(h)
+            self.c.copy_(c)
+        if not finite:
+            raise RuntimeError("the model produced non-finite activations at the input of a unit; check its weights")
+        return actions[:, :1]
 
     @torch.jit.export
     def ratio(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:
         """The keep ratio of ``unit`` for one image (GAP and ``u_r`` at their original widths)."""
-        if unit == 0:
-            self.committed.fill_(self.fixed)
-            self.h.zero_()
-            self.c.zero_()
-        committed = float(self.committed[0]) / self.base_macs
-        a, h, c = self.agent.action_one(unit, gap, u_r, committed, self.h, self.c)
-        self.h.copy_(h)
-        self.c.copy_(c)
-        if a != a:
-            raise RuntimeError("the model produced non-finite activations at the input of a unit; check its weights")
-        return action_ratio(a, self.offset, self.min_keep, self.decimals)
+        out = self._output(unit, gap, u_r)
+        if self.fold:  # FusedActor's float32 clamp(mean + prior, low, high)
+            actor = self.agent.actor
+            out = torch.clamp(out + actor.prior[:, :1], actor.low[:1], actor.high[:1])
+        return action_ratio(float(out[0, 0]), self.offset, self.min_keep, self.decimals)
+
+    @torch.jit.export
+    def prefix_keep(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> int:
+        """The keep count of prefix-order ``unit`` for one image, already recorded (:meth:`record`).
+
+        One ``searchsorted`` in the unit's threshold table replaces the ratio arithmetic; the same count as
+        ``prefix_count(ratio(...))``.
+        """
+        a = self._output(unit, gap, u_r).view(1)
+        n = self.base_count[unit] + int(torch.searchsorted(self.thresholds[unit], a, right=True))
+        self.record(unit, n)
+        return n
 
     @torch.jit.export
     def record(self, unit: int, kept: int) -> None:
         """Charge ``unit`` with its ``kept`` output channels (times its kept inputs)."""
-        self.counts[unit] = kept
-        p = self.producer[unit]
-        cin = int(self.counts[p]) if p >= 0 else self.in_channels[unit]
-        self.committed.add_((self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept)
+        cin = self.in_channels[unit]
+        if self.track:
+            self.counts[unit] = kept
+            p = self.producer[unit]
+            if p >= 0:
+                cin = int(self.counts[p])
+        if self.fold:  # integers are exact in float64; the division rounds once, then once more to float32
+            self.charged.add_((self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept)
+            self.fraction.copy_(self.charged / self.base_macs)
+        else:
+            self.committed.add_((self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept)
 
     def forward(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:  # noqa: D102
         return self.ratio(unit, gap, u_r)
+
+
+class _TracedSource(nn.Module):
+    """:class:`FusedRuntimeSource` as tensor operations for one image, to be traced (ONNX export).
+
+    The committed MACs are int64 tensors built from the ``kept`` tensors recorded so far (reset per image), then
+    divided by the base MACs in float64, as the Python bookkeeping does. A prefix-order unit's keep count is its
+    threshold table (:func:`count_thresholds`) applied to the actor's output: ``base + sum(θ ≤ a)``, exact, with
+    the first layer folded as in the folded TorchScript source; other units get the ratio, :func:`action_ratio` on
+    tensors (``torch.round`` rounds half to even, as ``np.round`` does). Non-finite features cannot raise in a
+    traced graph: the count is clamped into range and the logits are non-finite anyway.
+    """
+
+    def __init__(self, source: FusedRuntimeSource, fold: bool = True) -> None:
+        super().__init__()
+        self.tables = _ScriptedSource(source, fold)  # the folded first layer and the threshold tables
+        self.agent = self.tables.agent
+        self.fixed = int(source._fixed)
+        self.base_macs = int(source.base_macs)
+        self.unit_coef = [int(v) for v in source._unit_coef]
+        self.consumer_coef = [int(v) for v in source._consumer_coef]
+        self.producer = [-1 if p is None else int(p) for p in source._producer]
+        self.in_channels = [int(v) for v in source._in_channels]
+        self.offset = float(source.action_offset)
+        self.min_keep = float(source.min_keep)
+        self.scale = 10.0 ** int(RATIO_DECIMALS)
+        self.lstm = source._lstm
+        self.__dict__["_kept"] = []  # this image's kept counts, int64 (1,) each, in unit order
+        self.__dict__["_state"] = None  # (committed MACs int64 (1,), h, c)
+
+    def reset(self) -> None:
+        """Start a new image (unit 0 next)."""
+        z = torch.zeros(self.lstm[0], 1, self.lstm[1])
+        self.__dict__["_kept"] = [None] * len(self.unit_coef)
+        self.__dict__["_state"] = (torch.full((1,), self.fixed, dtype=torch.long), z, z)
+
+    def _output(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """The actor's output ``(1, 1)``: the mean before the prior (folded) or the clipped action (exact)."""
+        committed, h, c = self.__dict__["_state"]
+        fraction = (committed.double() / self.base_macs).float().unsqueeze(1)
+        t = self.tables
+        if t.fold:
+            features = torch.cat([gap, u_r, fraction], 1).clamp(-t.bound, t.bound)
+            return t.rest(torch.addmm(t.b1[unit], features, t.w1[unit]))
+        actions, h, c = self.agent.actor(self.agent.features(unit, gap, u_r, fraction), h, c)
+        self.__dict__["_state"] = (committed, h, c)
+        return actions[:, :1]
+
+    def ratio(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """The keep ratio of ``unit``, float64 ``(1,)`` (GAP and ``u_r`` at their original widths)."""
+        out = self._output(unit, gap, u_r)
+        if self.tables.fold:
+            actor = self.agent.actor
+            out = torch.clamp(out + actor.prior[:, :1], actor.low[:1], actor.high[:1])
+        a = (out[:, 0].double() + self.offset).clamp(-1.0, 1.0)
+        r = self.min_keep + (a + 1.0) * 0.5 * (1.0 - self.min_keep)
+        return (torch.round(r * self.scale) / self.scale).clamp(self.min_keep, 1.0)
+
+    def prefix_keep(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
+        """The keep count of prefix-order ``unit``, int64 ``(1,)``, recorded (:meth:`record`)."""
+        out = self._output(unit, gap, u_r)
+        base, table = self.tables.base_count[unit], self.tables.thresholds[unit]
+        if table.numel() == 0:
+            count = torch.full((1,), base, dtype=torch.long)
+        else:
+            count = (table.view(1, -1) <= out).sum(1) + base
+        self.record(unit, count)
+        return count
+
+    def record(self, unit: int, kept: torch.Tensor) -> None:
+        """Charge ``unit`` with its ``kept`` output channels (times its kept inputs)."""
+        counts = self.__dict__["_kept"]
+        counts[unit] = kept
+        p = self.producer[unit]
+        cin = counts[p] if p >= 0 else self.in_channels[unit]
+        committed, h, c = self.__dict__["_state"]
+        self.__dict__["_state"] = (committed + (self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept, h, c)
 
 
 def _non_finite(t: int) -> RuntimeError:

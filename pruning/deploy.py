@@ -12,11 +12,14 @@ Three conversions, each to plain, scriptable PyTorch modules (no PruneGym object
   kept through small shared index tensors, written in place: TorchScript copies submodules but shares
   tensors. The runtime ratios are constants or come from a source that can be compiled: one with a
   ``scriptable()`` method returning a module with ``ratio(unit, gap, u_r) -> float`` and ``record(unit, kept)``
-  (``agents.fused.FusedRuntimeSource``: the agent inside the file). Inputs of more than one image run one
-  image at a time. The kept channel counts change tensor shapes from image to image, which ONNX exporters
-  cannot trace, so this one is TorchScript only.
-* :func:`to_torchscript`, :func:`save_torchscript`, :func:`save_onnx` — compile, freeze, write atomically
-  and check the file against the PyTorch module before it replaces anything.
+  (``agents.fused.FusedRuntimeSource``: the agent inside the file; for prefix-order units also
+  ``prefix_keep(unit, gap, u_r) -> int``, the count itself). Inputs of more than one image run one image at a time.
+* :func:`dynamic_onnx_deployable` — a prefix-order dynamic model as one traceable module: the keep counts are
+  tensors computed in the graph and read as data-dependent sizes, so :func:`save_dynamic_onnx` exports the
+  slices ``W[:n]`` with dynamic ends (ONNX ``Slice``); one image per call, outputs ``logits`` and ``kept``. The
+  ``u_r`` order (top-k per image) has no ONNX form here.
+* :func:`to_torchscript`, :func:`save_torchscript`, :func:`save_onnx`, :func:`save_dynamic_onnx` — compile,
+  freeze, write atomically and check the file against the PyTorch module before it replaces anything.
 
 Measured in ``bench/runtime_latency.py`` (the per-unit candidates) and ``bench/deploy_latency.py`` (every deployable
 form of the fair protocol's trained rows, batch 1 and 128, with their test top-1).
@@ -45,6 +48,8 @@ from .units import get_units
 
 __all__ = [
     "dynamic_deployable",
+    "dynamic_onnx_deployable",
+    "save_dynamic_onnx",
     "save_onnx",
     "save_torchscript",
     "static_deployable",
@@ -169,6 +174,7 @@ class _DynamicUnit(nn.Module):
         out_index: torch.Tensor
         in_index: torch.Tensor
         no_index: torch.Tensor
+        prefix_index: torch.Tensor
         source: Any
 
     def __init__(self, unit: _CompactUnit, record: _Record, source_record: _Record | None, ratio: float,
@@ -191,6 +197,7 @@ class _DynamicUnit(nn.Module):
         n_in = unit.conv.in_channels
         self.register_buffer("in_index", torch.arange(n_in) if in_index is None else in_index.clone())
         self.register_buffer("no_index", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("prefix_index", torch.arange(n_in))
         self.any_static = bool(frozen[1].any())
         self.prefix = unit.runtime_order == "prefix"  # kept channels are the first n (export order)
         self.active = int((~frozen[1]).sum())
@@ -199,7 +206,7 @@ class _DynamicUnit(nn.Module):
         self.channels = c
         self.full_channels = int(unit.full_channels)
         self.full_in_channels = int(unit.full_in_channels)
-        self.widen_out = c != unit.full_channels
+        self.widen_out = bool(unit.__dict__["_widen_out"])  # u_r is remapped to the original channel positions
         self.widen_in = in_index is not None
         self.unit_index = int(unit.unit_index)
         self.ratio = float(ratio)  # NaN: runtime pruning off (or a source decides)
@@ -215,10 +222,11 @@ class _DynamicUnit(nn.Module):
         in_idx = self.no_index
         source_record = self.source_record
         if source_record is not None:
-            in_idx = source_record.forward()
-            if self.source_prefix:
-                pred_weight = pred_weight[:, : in_idx.shape[0]]
+            if self.source_prefix:  # the producer's first x.shape[1] channels
+                in_idx = self.prefix_index[: x.shape[1]]
+                pred_weight = pred_weight[:, : x.shape[1]]
             else:
+                in_idx = source_record.forward()
                 pred_weight = pred_weight.index_select(1, in_idx)
         u_r = F.linear(gap, pred_weight, self.pred_bias)
         r = self.ratio
@@ -232,28 +240,38 @@ class _DynamicUnit(nn.Module):
             elif self.widen_in:
                 g_full = gap.new_zeros(1, self.full_in_channels).index_copy(1, self.in_index, gap)
             u_full = u_r
-            if self.widen_out:
+            if self.widen_out or source_record is not None:  # as _CompactUnit._ratio (GatedConv.source_view)
                 u_full = u_r.new_zeros(1, self.full_channels).index_copy(1, self.out_index, u_r)
+            if self.prefix and hasattr(source, "prefix_keep"):  # the source counts (and records) itself
+                n = source.prefix_keep(self.unit_index, g_full, u_full)
+                return self._prefix_forward(x, u_r, n, in_idx)
             r = source.ratio(self.unit_index, g_full, u_full)
             if not (r >= 0.0 and r <= 1.0):
                 raise ValueError(f"unit {self.unit_index}: runtime keep ratios must be finite and in [0, 1]")
-        if self.prefix:
+        if self.prefix:  # readers take the count from their input's width: nothing to record
             n = self._prefix_count(r)
-            self.record.count.fill_(n)
-            u = u_r[0, :n]
-            w = self.weight[:n]
-            bias = torch.addcmul(self.beta[:n], self.shift[:n], u)
-        else:
-            idx, u = self._kept(r, u_r[0])
-            n = idx.shape[0]
-            self.record.idx[:n].copy_(idx)
-            self.record.count.fill_(n)
-            w = self.weight.index_select(0, idx)
-            bias = torch.addcmul(self.beta.index_select(0, idx), self.shift.index_select(0, idx), u)
+            if source is not None:
+                source.record(self.unit_index, n)
+            return self._prefix_forward(x, u_r, n, in_idx)
+        idx, u = self._kept(r, u_r[0])
+        n = idx.shape[0]
+        self.record.idx[:n].copy_(idx)
+        self.record.count.fill_(n)
+        w = self.weight.index_select(0, idx)
+        bias = torch.addcmul(self.beta.index_select(0, idx), self.shift.index_select(0, idx), u)
         if source is not None:
             source.record(self.unit_index, n)
         if source_record is not None:
-            w = w[:, : in_idx.shape[0]] if self.source_prefix else w.index_select(1, in_idx)
+            w = w.index_select(1, in_idx)
+        return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, self.stride, self.padding, self.dilation).relu_()
+
+    def _prefix_forward(self, x: torch.Tensor, u_r: torch.Tensor, n: int, in_idx: torch.Tensor) -> torch.Tensor:
+        """The first ``n`` output channels (of the first ``x.shape[1]`` inputs after a prefix producer)."""
+        u = u_r[0, :n]
+        w = self.weight[:n]
+        bias = torch.addcmul(self.beta[:n], self.shift[:n], u)
+        if self.source_record is not None:
+            w = w[:, : x.shape[1]] if self.source_prefix else w.index_select(1, in_idx)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, self.stride, self.padding, self.dilation).relu_()
 
     def _prefix_count(self, r: float) -> int:
@@ -299,8 +317,8 @@ class _DynamicConsumer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         c = self.conv
-        if self.prefix:
-            w = c.weight[:, : int(self.record.count[0])]
+        if self.prefix:  # a prefix unit's output holds just its kept channels, the first x.shape[1]
+            w = c.weight[:, : x.shape[1]]
         else:
             w = c.weight.index_select(1, self.record.forward())
         return F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
@@ -319,12 +337,15 @@ class _OneByOne(nn.Module):
         return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
 
 
-def dynamic_deployable(dyn: DynamicModel) -> nn.Module:
+def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
     """A :class:`pruning.export.DynamicModel` as TorchScript-compatible modules (one image at a time).
 
     Args:
         dyn: The dynamic model. Its runtime ratios must be constants per unit (one float, or one per unit)
-            or a source with ``scriptable()`` (``agents.fused.FusedRuntimeSource``), bound to ``dyn``.
+            or a source with ``scriptable(fold)`` (``agents.fused.FusedRuntimeSource``), bound to ``dyn``.
+        exact: Ask the source for its exact form (``scriptable(fold=False)``: the eager source's own operations,
+            bit for bit its ratios) instead of its fastest one (the fused agent's first layer folded, the same
+            ratios up to float rounding of that layer).
 
     Returns:
         A new module in eval mode; its logits equal ``dyn``'s at batch 1 (per image for larger batches) within
@@ -346,7 +367,7 @@ def dynamic_deployable(dyn: DynamicModel) -> nn.Module:
                 f"the runtime source {type(runtime).__name__} cannot be compiled into the model: use constant "
                 "ratios or a source with scriptable() (agents.fused.FusedRuntimeSource, for a fused agent)"
             )
-        source_module = scriptable()
+        source_module = scriptable(fold=not exact)  # type: ignore[call-arg]
     records = [_Record(g.conv.out_channels, g.runtime_order == "prefix") for g in by_index]
     with torch.no_grad():
         for u in units:
@@ -363,6 +384,194 @@ def dynamic_deployable(dyn: DynamicModel) -> nn.Module:
             if isinstance(consumer, _CompactConsumer):
                 _set(model, u.consumer, _DynamicConsumer(consumer.conv, records[u.index].shared()))
     return _OneByOne(model).eval()
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the dynamic prefix model as one traceable graph (ONNX)
+# -----------------------------------------------------------------------------------------------------------
+
+
+class _TracedUnit(nn.Module):
+    """A prefix-order :class:`pruning.export.DynamicModel` unit at batch 1 as tensor operations (for tracing).
+
+    The keep count is an int64 tensor computed from the ratio (:func:`pruning.export.prefix_count` on tensors)
+    and read once as a symbolic size (``.item()``, bounded by ``torch._check``), so an exporter records the weight
+    slices ``W[:n]`` with a data-dependent end (ONNX ``Slice``). The unit's reader learns ``n`` from the shape of
+    its input, so no state passes between units except the source's bookkeeping and the list of kept counts.
+    """
+
+    if TYPE_CHECKING:
+        weight: torch.Tensor
+        shift: torch.Tensor
+        beta: torch.Tensor
+        pred_weight: torch.Tensor
+        pred_bias: torch.Tensor
+        out_index: torch.Tensor
+        in_index: torch.Tensor
+
+    def __init__(self, unit: _CompactUnit, reads_unit: bool, ratio: float) -> None:
+        super().__init__()
+        w, affine = folded_unit(unit)
+        self.register_buffer("weight", w)
+        self.register_buffer("beta", affine[0].clone())
+        self.register_buffer("shift", affine[1].clone())
+        _register_predictor(self, unit)
+        frozen = unit.frozen_static
+        assert frozen is not None
+        c = unit.conv.out_channels
+        out_index = getattr(unit, "frozen_out_index", None)
+        in_index = getattr(unit, "frozen_in_index", None)
+        self.register_buffer("out_index", torch.arange(c) if out_index is None else out_index.clone())
+        self.register_buffer("in_index", torch.arange(unit.conv.in_channels) if in_index is None else in_index.clone())
+        self.reads_unit = reads_unit  # its input is a prefix unit's kept channels (a plain net's next unit)
+        self.widen_in = in_index is not None
+        self.widen_out = bool(unit.__dict__["_widen_out"])  # u_r is remapped to the original channel positions
+        self.active = int((~frozen[1]).sum())
+        self.tradeoff = float(unit.tradeoff)
+        self.channels = c
+        self.full_channels = int(unit.full_channels)
+        self.full_in_channels = int(unit.full_in_channels)
+        self.unit_index = int(unit.unit_index)
+        self.ratio = float(ratio)  # NaN: runtime pruning off, or the source decides
+        self.stride, self.padding, self.dilation = _geometry(unit.conv)
+        # bound by the model's root on every call: the traceable source (registered once, on the root) and the
+        # list of this image's kept counts
+        self.__dict__["source"], self.__dict__["kept"] = None, []
+
+    def _count(self, r: torch.Tensor) -> torch.Tensor:
+        """:func:`pruning.export.prefix_count` of float64 ratios ``r`` as int64 tensor operations."""
+        cap = float(min(self.full_channels, self.channels))
+        k_r = torch.ceil(r * float(self.full_channels) - RATIO_EPS).clamp(1.0, cap)
+        a = float(self.active)
+        below = a - torch.floor(self.tradeoff * (a - k_r) + RATIO_EPS)
+        above = k_r - torch.floor((1.0 - self.tradeoff) * (k_r - a) + RATIO_EPS)
+        # NaN ratios (non-finite features; no error can be raised in a graph) are clamped into range too
+        return torch.where(k_r < a, below, above).clamp(1.0, float(self.channels)).long()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        gap = x.mean(dim=(2, 3))
+        m = x.shape[1]
+        pred_weight = self.pred_weight[:, :m] if self.reads_unit else self.pred_weight
+        u_r = F.linear(gap, pred_weight, self.pred_bias)
+        source = self.__dict__["source"]
+        if source is not None:
+            g_full = gap
+            if self.reads_unit or self.widen_in:
+                g_full = gap.new_zeros(1, self.full_in_channels).index_copy(1, self.in_index[:m], gap)
+            u_full = u_r
+            if self.widen_out or self.reads_unit:  # as _CompactUnit._ratio (GatedConv.source_view)
+                u_full = u_r.new_zeros(1, self.full_channels).index_copy(1, self.out_index, u_r)
+            if hasattr(source, "prefix_keep"):  # the source counts (and records) itself
+                count = source.prefix_keep(self.unit_index, g_full, u_full)
+            else:
+                count = self._count(source.ratio(self.unit_index, g_full, u_full))
+                source.record(self.unit_index, count)
+            n = count[0].item()  # a symbolic size when traced (int() would specialise it)
+            torch._check(n >= 1)
+            torch._check(n <= self.channels)
+        else:
+            r = self.ratio
+            n = self.channels if r != r else prefix_count(r, self.full_channels, self.channels, self.active,
+                                                         self.tradeoff, RATIO_EPS)  # fmt: skip
+            count = torch.full((1,), n, dtype=torch.long)
+        self.__dict__["kept"].append(count)
+        u = u_r[0, :n]
+        w = self.weight[:n]
+        if self.reads_unit:
+            w = w[:, :m]
+        bias = torch.addcmul(self.beta[:n], self.shift[:n], u)
+        return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, self.stride, self.padding, self.dilation).relu()
+
+
+class _TracedConsumer(nn.Module):
+    """A conv reading a prefix unit's output: its first input channels, as many as the input has."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        c = self.conv
+        return F.conv2d(x, c.weight[:, : x.shape[1]], c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+class _TracedDynamic(nn.Module):
+    """One image in, ``(logits (1, classes), kept counts int64 (L,))`` out (the traceable dynamic model)."""
+
+    def __init__(self, model: nn.Module, source: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        if x.shape[0] != 1:
+            raise ValueError(f"the traceable dynamic model takes one image, not {x.shape[0]}; run images one by one")
+        kept: list[torch.Tensor] = []
+        source = self.source
+        # the units' links to the list and the source are plain attributes, bound here on every call: exporting
+        # copies such attributes, so links made once would point to copies afterwards
+        for m in self.model.modules():
+            if isinstance(m, _TracedUnit):
+                m.__dict__["kept"], m.__dict__["source"] = kept, source
+        if source is not None:
+            source.reset()  # type: ignore[operator]
+        logits = self.model(x)
+        return logits, torch.cat(kept)
+
+
+def dynamic_onnx_deployable(dyn: DynamicModel) -> nn.Module:
+    """A prefix-order :class:`pruning.export.DynamicModel` as one traceable module of tensor operations (ONNX).
+
+    Per unit the keep count is a tensor computed in the graph (from a constant ratio or from the source's
+    ``traceable()`` module: ``agents.fused.FusedRuntimeSource``, the agent inside), and the kept channels are the
+    first ``n`` of the unit's weights and of its reader's input weights: slices with a data-dependent end, which
+    :func:`save_dynamic_onnx` exports as ONNX ``Slice`` ops, so ONNX Runtime computes only the kept channels.
+
+    Args:
+        dyn: A dynamic model whose units all have the prefix runtime order (``runtime_order="prefix"`` when
+            exported), with constant runtime ratios (one, or one per unit) or a source with ``traceable()``.
+
+    Returns:
+        A new module in eval mode mapping one image ``(1, 3, H, W)`` to ``(logits, kept)``: the logits of ``dyn``
+        at batch 1 (within float rounding) and every unit's kept channel count, int64 ``(L,)``.
+
+    Raises:
+        ValueError: a unit with the ``u_r`` (gather) runtime order (its top-k has no ONNX form here; use
+            :func:`dynamic_deployable` for TorchScript), or per-sample ratios.
+        TypeError: a runtime source without ``traceable()``.
+    """
+    model = copy.deepcopy(dyn.model).eval()
+    units = get_units(model)
+    by_index = sorted((m for m in model.modules() if isinstance(m, _CompactUnit)), key=lambda g: g.unit_index)
+    if any(g.runtime_order != "prefix" for g in by_index):
+        raise ValueError(
+            "only prefix-order dynamic models have an ONNX form (their kept channels are weight slices); a u_r-order "
+            "model picks its channels by top-k: export it with dynamic_deployable (TorchScript)"
+        )
+    source_module: nn.Module | None = None
+    runtime = dyn.units[0].runtime
+    if callable(runtime) and not isinstance(runtime, torch.Tensor):
+        traceable: Callable[[], nn.Module] | None = getattr(runtime, "traceable", None)
+        if traceable is None or any(g.runtime is not runtime for g in dyn.units):
+            raise TypeError(
+                f"the runtime source {type(runtime).__name__} cannot be traced into the model: use constant ratios "
+                "or a source with traceable() (agents.fused.FusedRuntimeSource, for a fused agent)"
+            )
+        source_module = traceable()
+    with torch.no_grad():
+        for u in units:
+            g = by_index[u.index]
+            ratio = math.nan
+            if source_module is None and g.runtime is not None:
+                t = torch.as_tensor(g.runtime, dtype=torch.float64)
+                if t.numel() != 1:
+                    raise ValueError("per-sample runtime ratios cannot be compiled into the model; give one per unit")
+                ratio = float(t)
+            _set(model, u.conv, _TracedUnit(g, u.producer is not None, ratio))
+            consumer = model.get_submodule(u.consumer)
+            if isinstance(consumer, _CompactConsumer):
+                _set(model, u.consumer, _TracedConsumer(consumer.conv))
+    return _TracedDynamic(model, source_module).eval()
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -476,6 +685,46 @@ def save_onnx(module: nn.Module, path: str | Path, example: torch.Tensor, *, ato
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": example.detach().cpu().numpy()})[0]
         _check("ONNX", torch.from_numpy(got), expected.cpu(), atol)
+
+    return _atomic(path, write)
+
+
+def save_dynamic_onnx(module: nn.Module, path: str | Path, example: torch.Tensor, *, atol: float = 1e-4) -> Path:
+    """Export a :func:`dynamic_onnx_deployable` model to ONNX, check it in ONNX Runtime image by image, write it.
+
+    Args:
+        module: A :func:`dynamic_onnx_deployable` model.
+        path: Destination ``.onnx`` file. Input ``images`` ``(1, 3, H, W)`` (one image), outputs ``logits``
+            ``(1, classes)`` and ``kept`` (every unit's kept channel count, int64 ``(L,)``).
+        example: Images ``(N, 3, H, W)``; the first is the export's example input, and on every one ONNX Runtime
+            must give ``module``'s logits (within ``atol``) and exactly its kept counts.
+        atol: Largest absolute logit difference accepted.
+
+    Raises:
+        ImportError: ``onnx``, ``onnxscript`` or ``onnxruntime`` is missing (``pip install "prunegym[export]"``).
+        RuntimeError: ONNX Runtime disagrees with ``module`` on an image (nothing is written).
+    """
+    ort = _onnxruntime()
+    module = module.eval()
+    with torch.no_grad():
+        expected = [module(example[i : i + 1]) for i in range(example.shape[0])]
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example[:1],), tmp, dynamo=True, input_names=["images"], output_names=["logits", "kept"],
+                external_data=False, verbose=False,
+            )  # fmt: skip
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        for i, (logits, kept) in enumerate(expected):
+            got, got_kept = session.run(None, {"images": example[i : i + 1].detach().cpu().numpy()})
+            if not torch.equal(torch.from_numpy(got_kept), kept.cpu()):
+                raise RuntimeError(
+                    f"the ONNX file keeps {got_kept.tolist()} channels per unit on image {i}, PyTorch "
+                    f"{kept.tolist()}; nothing written"
+                )
+            _check("ONNX", torch.from_numpy(got), logits.cpu(), atol)
 
     return _atomic(path, write)
 

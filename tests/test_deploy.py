@@ -12,7 +12,15 @@ from _nets import images, randomize_, randomize_gates_
 from agents.export_cli import export_run, main
 from agents.fused import FusedRuntimeSource
 from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
-from pruning.deploy import dynamic_deployable, save_onnx, save_torchscript, static_deployable, to_torchscript
+from pruning.deploy import (
+    dynamic_deployable,
+    dynamic_onnx_deployable,
+    save_dynamic_onnx,
+    save_onnx,
+    save_torchscript,
+    static_deployable,
+    to_torchscript,
+)
 from pruning.export import DynamicModel, export_static
 from pruning.gating import gate_model, set_plan
 from pruning.models import get_model
@@ -73,20 +81,28 @@ def test_static_deployable_equals_export(name: str, gated: bool) -> None:
     torch.testing.assert_close(_logits(to_torchscript(module), x), expected, rtol=1e-4, atol=1e-5)
 
 
-def _agent_dynamic(algo: str, policy: str):
+#: (model, (static keep, R_r)) of the prefix-order agent tests. On resnet8 the kept counts vary per image; tiny_cnn
+#: (a plain net: units read units) keeps the same counts for these images but covers the unit-to-unit slices
+AGENT_CASES = [("tiny_cnn", (None, 1.0)), ("resnet8", (0.75, 0.5)), ("resnet8", (None, 0.5))]
+
+
+def _agent_dynamic(
+    algo: str, policy: str, order: str = "u_r", name: str = "tiny_cnn", plan: tuple[float | None, float] = (0.75, 0.5)
+):
     from test_fused import _agent, _inputs
 
-    gated = _gated("tiny_cnn", seed=3)
+    gated = _gated(name, seed=3)
     venv = RuntimePruningVecEnv(2, model=gated, budget=0.5, num_images=8)
     agent = _agent(algo, policy, venv)
-    dyn = DynamicModel(_exported(gated, 0.75, 0.5), None)
+    dyn = DynamicModel(_exported(gated, *plan, order), None)
     dyn.set_runtime(FusedRuntimeSource(agent, gated, budget=0.5, action_offset=0.05).bind(dyn))
     return dyn, agent, gated, _inputs(5)
 
 
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
 @pytest.mark.parametrize(("algo", "policy"), [("ppo", "BudgetResidualPolicy"), ("recurrent_ppo", "MlpLstmPolicy")])
-def test_dynamic_torchscript_with_the_agent_inside(algo: str, policy: str, tmp_path: Path) -> None:
-    dyn, agent, gated, x = _agent_dynamic(algo, policy)
+def test_dynamic_torchscript_with_the_agent_inside(algo: str, policy: str, order: str, tmp_path: Path) -> None:
+    dyn, agent, gated, x = _agent_dynamic(algo, policy, order)
     expected = torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))])
     path = save_torchscript(dynamic_deployable(dyn), tmp_path / "dyn.pt", x[:2], optimize_numerics=False)
     loaded = torch.jit.load(str(path))
@@ -94,6 +110,86 @@ def test_dynamic_torchscript_with_the_agent_inside(algo: str, policy: str, tmp_p
     # and the agent decides as SB3's predict does
     dyn.set_runtime(PolicyRuntimeSource(agent, gated, budget=0.5, action_offset=0.05).bind(dyn))
     assert torch.equal(torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))]), expected)
+
+
+@pytest.mark.parametrize(("name", "plan"), AGENT_CASES)
+def test_dynamic_torchscript_exact_and_folded_agents_keep_the_eager_counts(
+    name: str, plan: tuple[float | None, float]
+) -> None:
+    """Both scripted agents (exact, and first layer folded) keep per image the channels the eager agent keeps."""
+    dyn, _, _, x = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix", name, plan)
+    expected, counts = [], []
+    for i in range(len(x)):
+        expected.append(_logits(dyn, x[i : i + 1]))
+        counts.append([u.last_count for u in dyn.units])
+    assert len({tuple(c) for c in counts}) > 1 or name == "tiny_cnn"  # the agent prunes per image
+    for exact in (True, False):
+        deployable = dynamic_deployable(dyn, exact=exact)
+        sources = [m for m in deployable.modules() if type(m).__name__ == "_ScriptedSource"]
+        assert sources and all(m.fold is not exact for m in sources)
+        module = to_torchscript(deployable, optimize_numerics=False)
+        assert torch.equal(_logits(module, x), torch.cat(expected)), f"exact={exact}"
+
+
+def _ort_outputs(path: Path, x: torch.Tensor) -> list[tuple[torch.Tensor, list[int]]]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = []
+    for i in range(len(x)):
+        logits, kept = session.run(None, {"images": x[i : i + 1].numpy()})
+        out.append((torch.from_numpy(logits), kept.tolist()))
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize(("static", "tradeoff"), PLANS)
+def test_dynamic_onnx_constant_ratios_keep_the_eager_channels(
+    name: str, static: float | None, tradeoff: float, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    exported = _exported(_gated(name), static, tradeoff, "prefix")
+    n = len(get_units(exported))
+    dyn = DynamicModel(exported, [0.2 + 0.6 * t / n for t in range(n)])
+    x = images(3, seed=3)
+    module = dynamic_onnx_deployable(dyn)
+    path = save_dynamic_onnx(module, tmp_path / "c.onnx", x)
+    for i, (logits, kept) in enumerate(_ort_outputs(path, x)):
+        torch.testing.assert_close(logits, _logits(dyn, x[i : i + 1]), rtol=0, atol=1e-4)
+        assert kept == [u.last_count for u in dyn.units]
+        traced_logits, traced_kept = _logits(module, x[i : i + 1])
+        assert torch.equal(traced_logits, _logits(dyn, x[i : i + 1])) and traced_kept.tolist() == kept
+
+
+@pytest.mark.parametrize(("name", "plan"), AGENT_CASES)
+@pytest.mark.parametrize(("algo", "policy"), [("ppo", "BudgetResidualPolicy"), ("recurrent_ppo", "MlpLstmPolicy")])
+def test_dynamic_onnx_with_the_agent_inside(
+    algo: str, policy: str, name: str, plan: tuple[float | None, float], tmp_path: Path
+) -> None:
+    """ONNX Runtime keeps per image the channels the eager agent keeps (counts computed inside the graph)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    dyn, _, _, x = _agent_dynamic(algo, policy, "prefix", name, plan)
+    path = save_dynamic_onnx(dynamic_onnx_deployable(dyn), tmp_path / "a.onnx", x[:2])
+    seen = set()
+    for i, (logits, kept) in enumerate(_ort_outputs(path, x)):  # also images the export never saw
+        expected = _logits(dyn, x[i : i + 1])
+        assert kept == [u.last_count for u in dyn.units], f"image {i}"
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
+        seen.add(tuple(kept))
+    assert len(seen) > 1 or name == "tiny_cnn"  # different keep counts per image: the slices really are dynamic
+
+
+def test_dynamic_onnx_refuses_what_has_no_onnx_form() -> None:
+    dyn, _, _, _ = _agent_dynamic("ppo", "BudgetResidualPolicy", "u_r")
+    with pytest.raises(ValueError, match="prefix"):
+        dynamic_onnx_deployable(dyn)
+    exported = _exported(_gated("tiny_cnn"), None, 1.0, "prefix")
+    with pytest.raises(TypeError, match="cannot be traced"):
+        dynamic_onnx_deployable(DynamicModel(exported, lambda unit, gap, u_r: torch.full((gap.shape[0],), 0.5)))
+    with pytest.raises(ValueError, match="one image"):
+        dynamic_onnx_deployable(DynamicModel(exported, 0.5))(images(2, seed=0))
 
 
 def test_dynamic_deployable_refuses_what_cannot_be_compiled() -> None:
@@ -122,12 +218,12 @@ def test_onnx_runs_in_onnx_runtime(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _run_dir(tmp_path: Path, *, agent: bool = True) -> Path:
+def _run_dir(tmp_path: Path, *, agent: bool = True, order: str = "u_r") -> Path:
     """A finished run's files (as train_agent.py writes them) for a tiny model."""
     from pruning.checkpoint import save_model
     from pruning.export import save_exported
 
-    dyn, policy, gated, _ = _agent_dynamic("ppo", "BudgetResidualPolicy")
+    dyn, policy, gated, _ = _agent_dynamic("ppo", "BudgetResidualPolicy", order)
     run = tmp_path / "run"
     run.mkdir(parents=True)
     if agent:
@@ -160,6 +256,21 @@ def test_export_command_static_onnx(tmp_path: Path) -> None:
     assert kind == "static" and path == run / "model_static.onnx" and path.is_file()
     path, kind = export_run(run, fmt="torchscript", kind="static", out=tmp_path / "s.pt")
     assert kind == "static" and path.is_file()
+
+
+def test_export_command_dynamic_onnx_of_a_prefix_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from agents.cli import load_run
+
+    run = _run_dir(tmp_path, order="prefix")
+    assert main([str(run), "--format", "onnx"]) == 0  # auto: the agent inside
+    assert "model_dynamic.onnx" in capsys.readouterr().out
+    dyn, _ = load_run(run)
+    x = images(3, seed=8)
+    for i, (logits, kept) in enumerate(_ort_outputs(run / "model_dynamic.onnx", x)):
+        torch.testing.assert_close(logits, _logits(dyn, x[i : i + 1]), rtol=0, atol=1e-4)
+        assert kept == [u.last_count for u in dyn.units]
 
 
 def test_export_errors_are_one_line_and_write_nothing(

@@ -200,3 +200,29 @@ def test_load_run_fuses_the_runtime_agent(tmp_path: Path, gated, venv) -> None:
     x = _inputs(3)
     with torch.no_grad():
         torch.testing.assert_close(torch.cat([dyn(x[i : i + 1]) for i in range(3)]), masked(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_count_thresholds_reproduce_the_keep_count_exactly(seed: int) -> None:
+    """``base + #{θ ≤ a}`` is the Python keep count of every float32 action, at and around each threshold too."""
+    from agents.fused import action_ratio, count_thresholds
+    from pruning.export import prefix_count
+    from pruning.plan import RATIO_EPS
+
+    rng = np.random.default_rng(seed)
+    full = int(rng.integers(4, 70))
+    stored = int(rng.integers(1, full + 1))
+    active = int(rng.integers(1, stored + 1))
+    tradeoff = float(rng.choice([1.0, 0.5, 0.3, 0.0]))
+    offset, min_keep = float(rng.normal(0, 0.1)), float(rng.choice([0.1, 0.2]))
+
+    def count(a: float) -> int:
+        return prefix_count(action_ratio(a, offset, min_keep, 6), full, stored, active, tradeoff, RATIO_EPS)
+
+    base, table = count_thresholds(count)
+    assert table.dtype == torch.float32 and bool((table[1:] >= table[:-1]).all())
+    below = np.nextafter(table.numpy(), np.float32(-np.inf))
+    probes = np.concatenate([rng.uniform(-1.5, 1.5, 3000), table.numpy(), below, [-3e38, 3e38, 0.0, -1.0, 1.0]])
+    probes = torch.from_numpy(probes.astype(np.float32))
+    got = base + torch.searchsorted(table, probes, right=True)
+    assert got.tolist() == [count(float(a)) for a in probes]
