@@ -18,10 +18,12 @@ to ``--protocol-out``; the cell ``<model>_e1_b<B>_s0``):
 
 A row that has not been trained yet is replaced by the same structure on the untrained base (fresh predictors,
 ``u_r = γ``, channels ranked by L1 norm, a randomly initialised PPO agent), and says so ("untrained").
-Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script + freeze) and, for the
-fixed-shape ones, ONNX Runtime (CPU provider), at 2 and 1 threads, batch 1 and batch 128 (dynamic models at
-batch 128: eager only, the masked batched path). The forms of one setting are timed in one loop, alternating,
-each call timed alone, fastest of ``--repeats`` (batch 1) or ``--repeats-b128`` (batch 128).
+Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script + freeze) and ONNX Runtime (CPU
+provider: the fixed-shape ones, and the prefix-order dynamic ones as one graph with the keep counts computed inside
+it, :func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX form), at 2 and 1 threads,
+batch 1 and batch 128 (dynamic models at batch 128: eager only, the masked batched path). The forms of one
+setting are timed in one loop, alternating, each call timed alone, fastest of ``--repeats`` (batch 1) or
+``--repeats-b128`` (batch 128).
 
 Printed per contender: ms, speed-up over ``dense`` **in the same form** (eager vs eager, TorchScript vs
 TorchScript, ONNX Runtime vs ONNX Runtime), MAC reduction (per image, agent MLP included) and speed-up / MAC
@@ -29,10 +31,12 @@ reduction, and test top-1 on ``--test-images`` evenly strided test images (all f
 checked). The last line::
 
     r20_static_b1_ratio=<x> r56_static_b1_ratio=<x> r56_static_b128_ratio=<x> r20_dynamic_agent_b1_ratio=<x>
-    r56_dynamic_agent_b1_ratio=<x> r20_prefix_b1_ratio=<x> onnx_max_abs_diff=<x>
+    r56_dynamic_agent_b1_ratio=<x> r20_prefix_b1_ratio=<x> r20_prefix_ts_b1_ratio=<x> r20_prefix_ort_b1_ratio=<x>
+    onnx_max_abs_diff=<x>
 
 (ratios at the first thread count, each contender's fastest form against dense in that form; the dynamic agent is
-the ``agent gather`` row, the prefix ratio the ``agent prefix`` row). Usage::
+the ``agent gather`` row, the prefix ratios the ``agent prefix`` row, fastest form and TorchScript / ONNX Runtime
+alone). Usage::
 
     python bench/deploy_latency.py                      # both models, 2 and 1 threads (minutes)
     python bench/deploy_latency.py --models resnet20 --quick
@@ -63,7 +67,14 @@ from envs.runtime import RuntimePruningVecEnv
 from pruning.accounting import CostModel
 from pruning.criteria import get_criterion
 from pruning.data import ImageDataset, get_dataset
-from pruning.deploy import dynamic_deployable, save_onnx, static_deployable, to_torchscript
+from pruning.deploy import (
+    dynamic_deployable,
+    dynamic_onnx_deployable,
+    save_dynamic_onnx,
+    save_onnx,
+    static_deployable,
+    to_torchscript,
+)
 from pruning.export import DynamicModel, export_static, last_kept_count
 from pruning.gating import gate_model, gated_units
 from pruning.models import get_model
@@ -219,7 +230,21 @@ def _compile(c: Contender, example: torch.Tensor, folder: Path) -> float:
     if c.dynamic:
         compiled = dynamic_deployable(c.eager)  # type: ignore[arg-type]
         c.forms["TorchScript"] = to_torchscript(compiled, optimize_numerics=False)
-        return 0.0
+        if not all(u.runtime_order == "prefix" for u in c.eager.units):  # type: ignore[union-attr]
+            return 0.0  # u_r top-k: no ONNX form
+        # save_dynamic_onnx checks logits (atol 1e-4) and every unit's kept count image by image
+        traced = dynamic_onnx_deployable(c.eager)  # type: ignore[arg-type]
+        path = save_dynamic_onnx(traced, folder / f"{c.name.replace(' ', '_')}.onnx", example)
+        c.forms["ONNX Runtime"] = path  # type: ignore[assignment]
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        diff = 0.0
+        with torch.inference_mode():
+            for x in example.split(1):
+                got = session.run(None, {"images": x.numpy()})[0]
+                diff = max(diff, float(np.abs(got - c.eager(x).numpy()).max()))
+        return diff
     c.forms["TorchScript"] = to_torchscript(static_deployable(c.eager) if c.name != "dense" else c.eager)
     path = save_onnx(static_deployable(c.eager), folder / f"{c.name}.onnx", example)
     c.forms["ONNX Runtime"] = path  # type: ignore[assignment]  # sessions are made per thread count
@@ -296,8 +321,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for c_name, key in LINE_KEYS.items():
                         if c_name in best:
                             line[f"{tag}_{key}_b{batch}_ratio"] = best[c_name]
+                    for form, key in (("TorchScript", "ts"), ("ONNX Runtime", "ort")):
+                        if f"agent prefix|{form}" in t:
+                            line[f"{tag}_prefix_{key}_b{batch}_ratio"] = t[f"dense|{form}"] / t[f"agent prefix|{form}"]
     want = ["r20_static_b1_ratio", "r56_static_b1_ratio", "r56_static_b128_ratio", "r20_dynamic_agent_b1_ratio",
-            "r56_dynamic_agent_b1_ratio", "r20_prefix_b1_ratio"]  # fmt: skip
+            "r56_dynamic_agent_b1_ratio", "r20_prefix_b1_ratio", "r20_prefix_ts_b1_ratio",
+            "r20_prefix_ort_b1_ratio"]  # fmt: skip
     print(" ".join([f"{k}={line.get(k, math.nan):.3f}" for k in want] + [f"onnx_max_abs_diff={onnx_diff:.3g}"]))
 
 
