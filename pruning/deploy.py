@@ -103,6 +103,28 @@ def _register_predictor(module: nn.Module, unit: GatedConv) -> None:
     module.register_buffer("pred_bias", bias.clone())
 
 
+def _register_compact(module: nn.Module, unit: _CompactUnit) -> tuple[Any, torch.Tensor | None]:
+    """Register the buffers every dynamic unit form holds of an exported unit.
+
+    The folded conv + BN (``weight``, ``beta``, ``shift``), the predictor, and the stored-to-original channel
+    maps ``out_index`` / ``in_index`` (identities where the export kept every channel). Returns the unit's
+    ``frozen_static`` and its ``frozen_in_index`` (``None``: the input is not widened).
+    """
+    w, affine = folded_unit(unit)
+    module.register_buffer("weight", w)
+    module.register_buffer("beta", affine[0].clone())
+    module.register_buffer("shift", affine[1].clone())
+    _register_predictor(module, unit)
+    frozen = unit.frozen_static
+    assert frozen is not None
+    c = unit.conv.out_channels
+    out_index = getattr(unit, "frozen_out_index", None)
+    in_index = getattr(unit, "frozen_in_index", None)
+    module.register_buffer("out_index", torch.arange(c) if out_index is None else out_index.clone())
+    module.register_buffer("in_index", torch.arange(unit.conv.in_channels) if in_index is None else in_index.clone())
+    return frozen, in_index
+
+
 def static_deployable(exported: nn.Module) -> nn.Module:
     """The exported model with runtime pruning off, as plain modules that script, trace and export to ONNX.
 
@@ -180,22 +202,12 @@ class _DynamicUnit(nn.Module):
     def __init__(self, unit: _CompactUnit, record: _Record, source_record: _Record | None, ratio: float,
                  source: nn.Module | None) -> None:  # fmt: skip
         super().__init__()
-        w, affine = folded_unit(unit)
-        self.register_buffer("weight", w)
-        self.register_buffer("beta", affine[0].clone())
-        self.register_buffer("shift", affine[1].clone())
-        _register_predictor(self, unit)
-        frozen = unit.frozen_static
-        assert frozen is not None
+        frozen, in_index = _register_compact(self, unit)
         c = unit.conv.out_channels
+        n_in = unit.conv.in_channels
         self.register_buffer("static_pruned", frozen[1].clone())
         self.register_buffer("static_rank", frozen[2].clone())
         self.register_buffer("positions", torch.arange(c))
-        out_index = getattr(unit, "frozen_out_index", None)
-        in_index = getattr(unit, "frozen_in_index", None)
-        self.register_buffer("out_index", torch.arange(c) if out_index is None else out_index.clone())
-        n_in = unit.conv.in_channels
-        self.register_buffer("in_index", torch.arange(n_in) if in_index is None else in_index.clone())
         self.register_buffer("no_index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("prefix_index", torch.arange(n_in))
         self.any_static = bool(frozen[1].any())
@@ -411,18 +423,8 @@ class _TracedUnit(nn.Module):
 
     def __init__(self, unit: _CompactUnit, reads_unit: bool, ratio: float) -> None:
         super().__init__()
-        w, affine = folded_unit(unit)
-        self.register_buffer("weight", w)
-        self.register_buffer("beta", affine[0].clone())
-        self.register_buffer("shift", affine[1].clone())
-        _register_predictor(self, unit)
-        frozen = unit.frozen_static
-        assert frozen is not None
+        frozen, in_index = _register_compact(self, unit)
         c = unit.conv.out_channels
-        out_index = getattr(unit, "frozen_out_index", None)
-        in_index = getattr(unit, "frozen_in_index", None)
-        self.register_buffer("out_index", torch.arange(c) if out_index is None else out_index.clone())
-        self.register_buffer("in_index", torch.arange(unit.conv.in_channels) if in_index is None else in_index.clone())
         self.reads_unit = reads_unit  # its input is a prefix unit's kept channels (a plain net's next unit)
         self.widen_in = in_index is not None
         self.widen_out = bool(unit.__dict__["_widen_out"])  # u_r is remapped to the original channel positions
