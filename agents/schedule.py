@@ -1023,8 +1023,9 @@ class JointTrainer:
         idx = np.linspace(0, len(train_set), num=min(SELECT_IMAGES, len(train_set)), endpoint=False)
         calib = train_set.subset(torch.from_numpy(idx.astype(np.int64)))
         candidates: list[dict[str, Any]] = []
+        model = copy.deepcopy(self.model)  # one copy: recalibrate_bn resets the statistics for every plan
         for name, plan_keep, reward in pool:
-            model = copy.deepcopy(self.model)
+            clear_plan(model)
             set_plan(model, self._plan_with(plan_keep))
             recalibrate_bn(model, calib, batch_size=self.config.batch_size)
             scored = evaluate(model, probe, cost_model=self.cost_model)
