@@ -119,6 +119,7 @@ __all__ = [
     "read_cell",
     "register_row",
     "row_path",
+    "row_run_dir",
     "run_protocol",
     "split_epochs",
     "static_row",
@@ -415,6 +416,11 @@ def row_path(cell_dir: str | Path, row: str) -> Path:
     return Path(cell_dir) / f"{row.replace(':', '-')}.json"
 
 
+def row_run_dir(runs_root: str | Path, cell: str, row: str) -> Path:
+    """The run folder (checkpoints) of learned row ``row`` of ``cell``: ``<runs_root>/<cell>/runs/<row>``."""
+    return Path(runs_root) / cell / _RUNS_DIR / row.replace(":", "-")
+
+
 def _read_row(path: Path) -> RowResult | None:
     """The finished row in ``path``, or ``None`` when there is none (absent, cut short or not a row)."""
     if not path.is_file():
@@ -453,7 +459,8 @@ class RowContext:
         cell: The cell.
         recipe: The training recipe.
         learned: Settings of the learned rows' agents.
-        cell_dir: The cell's result folder.
+        cell_dir: The cell's result folder (its row files).
+        runs_root: Where the learned rows' run folders go (``<runs_root>/<cell>/runs/<row>``).
         device: Where models run.
         progress: Show progress bars.
         bench: :mod:`agents.compare`'s shared state for one base model (the plain base model, the splits,
@@ -466,6 +473,7 @@ class RowContext:
     recipe: Recipe
     learned: LearnedSettings
     cell_dir: Path
+    runs_root: Path
     device: str
     progress: bool
     bench: _Bench
@@ -504,7 +512,7 @@ class RowContext:
 
     def run_dir(self) -> Path:
         """A folder of the row's own (checkpoints of a learned row's schedule)."""
-        return self.cell_dir / _RUNS_DIR / self.row.replace(":", "-")
+        return row_run_dir(self.runs_root, self.cell.name, self.row)
 
     def result(
         self,
@@ -814,7 +822,12 @@ def learned_row(ctx: RowContext, mode: str, runtime_order: str = "u_r") -> RowRe
 
 
 def load_learned_row(
-    out_dir: str | Path, cell: str, row: str, base: nn.Module, data: Mapping[str, ImageDataset]
+    out_dir: str | Path,
+    cell: str,
+    row: str,
+    base: nn.Module,
+    data: Mapping[str, ImageDataset],
+    runs_dir: str | Path | None = None,
 ) -> Any | None:
     """A finished learned row's schedule as it was scored: CNN, agents, frozen ranking and the final budget guard.
 
@@ -824,13 +837,17 @@ def load_learned_row(
         row: A learned row (:data:`LEARNED_ROWS`).
         base: The cell's base model (plain; it is gated here).
         data: ``{"train", "val"}`` splits normalised for ``base``.
+        runs_dir: :func:`run_protocol`'s ``runs_dir`` (default ``out_dir``).
 
     Returns:
         An :class:`agents.schedule.JointTrainer` restored from the row's checkpoint with the guard's offset (runtime)
         or guarded static keep ratios applied, or ``None`` when the row has not finished (or failed).
+
+    Raises:
+        FileNotFoundError: the row finished but its checkpoint is not in ``runs_dir``.
     """
     from agents.cli import agent_specs
-    from agents.schedule import JointTrainer, config_from_dict
+    from agents.schedule import CHECKPOINT_FILE, JointTrainer, config_from_dict
 
     result = {r.row: r for r in read_cell(out_dir, cell)}.get(row)
     if result is None or result.error:
@@ -840,7 +857,12 @@ def load_learned_row(
     specs = agent_specs({"mode": schedule.mode, "algo": learned["algo"],
                          "static_algo": learned["static_algo"] or learned["algo"],
                          "hyperparams": list(learned["hyperparams"]), "preset": learned["preset"]})  # fmt: skip
-    run_dir = Path(out_dir) / cell / _RUNS_DIR / row.replace(":", "-")
+    run_dir = row_run_dir(out_dir if runs_dir is None else runs_dir, cell, row)
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(
+            f"the {row} row of {cell} is finished but its checkpoint is not in {run_dir} (a row file alone cannot be "
+            f"rebuilt): pass the runs_dir it was run with, or run the row again (--rerun {row})"
+        )
     teacher = copy.deepcopy(base) if schedule.distill > 0 else None  # needed to resume training, not to score
     trainer = JointTrainer(
         gate_model(base), arch=result.model, num_classes=data["train"].num_classes, data=data, config=schedule,
@@ -944,6 +966,7 @@ def run_protocol(
     test_images: int | None = None,
     num_val: int = 512,
     out_dir: str | Path = "runs/protocol",
+    runs_dir: str | Path | None = None,
     rerun: Sequence[str] = (),
     device: str = "cpu",
     progress: bool = True,
@@ -969,7 +992,10 @@ def run_protocol(
         learned: Settings of the learned rows' agents (default :class:`LearnedSettings`).
         test_images: Score this many test images, evenly strided (``None``: the whole test split).
         num_val: Validation images of the static env (PFP's calibration, the env's own score).
-        out_dir: Where the cell folders go.
+        out_dir: Where the cell folders of row files go (small JSON files: worth keeping under version control).
+        runs_dir: Where the learned rows' run folders (checkpoints, logs; large) go, as
+            ``<runs_dir>/<cell>/runs/<row>`` (default ``out_dir``). A finished row is reused without its run
+            folder; only :func:`load_learned_row` needs it.
         rerun: Rows to run again even where finished (in every cell of this call).
         device: Where models run.
         progress: Show progress bars.
@@ -1010,6 +1036,7 @@ def run_protocol(
         for s in seeds
     ]
     out = Path(out_dir)
+    runs_root = out if runs_dir is None else Path(runs_dir)
     results: list[RowResult] = []
     bar = tqdm(total=len(cells) * len(names), desc="protocol", disable=not progress, file=sys.stderr)
     try:
@@ -1020,7 +1047,7 @@ def run_protocol(
             for name in names:
                 bar.set_postfix_str(f"{cell.name} {name}")
                 spec = _ROWS.get(name)
-                ctx = RowContext(name, spec.kind, cell, recipe, learned, cell_dir, device, progress, bench)
+                ctx = RowContext(name, spec.kind, cell, recipe, learned, cell_dir, runs_root, device, progress, bench)
                 twin_redone = spec.same_as is not None and spec.same_as in rerun
                 results.append(_run_row(
                     ctx, spec, _settings(cell, spec, common, learned), redo=name in rerun or twin_redone,
@@ -1307,7 +1334,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=None, help="score N evenly strided test images (default all)")
     p.add_argument("--num-val", type=int, default=None,
                    help=f"validation images of PFP's calibration (default 512) and of the static env ({L.num_val})")
-    p.add_argument("--out", default="runs/protocol", help="result folder")
+    p.add_argument("--out", default="runs/protocol", help="result folder (row files, tables, plot)")
+    p.add_argument("--runs-dir", default=None,
+                   help="where the learned rows' checkpoints go (default: inside --out)")
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
     g = p.add_argument_group("learned rows")
@@ -1348,7 +1377,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model, weights=weights, dataset=args.dataset, data_dir=args.data_dir, budgets=args.budgets,
             epochs=args.epochs, seeds=args.seeds, rows=args.rows, recipe=recipe,
             learned=learned, test_images=args.test_images, num_val=args.num_val or 512, out_dir=args.out,
-            rerun=args.rerun, device=device, progress=not args.quiet,
+            runs_dir=args.runs_dir, rerun=args.rerun, device=device, progress=not args.quiet,
         )  # fmt: skip
     except (UsageError, ValueError, FileNotFoundError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held

@@ -2,7 +2,7 @@
 
 For each model (ResNet-20, ResNet-56: ``<models-dir>/<model>_cifar10jpeg.pt``) at MAC budget ``--budget``, the
 contenders come from the fair protocol's trained rows when they exist (``bench/protocol_cifar10.py`` writes them
-to ``--protocol-out``; the cell ``<model>_e1_b<B>_s0``):
+to ``--protocol-out``, their checkpoints to ``--runs-dir``; the cell ``<model>_e1_b<B>_s0``):
 
 ====================  =================================================================================
 ``dense``             the base checkpoint
@@ -47,11 +47,13 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +96,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 forwards per contender (default 300)")
     p.add_argument("--repeats-b128", type=int, default=None, help="timed batch-128 forwards (default 10)")
     p.add_argument("--test-images", type=int, default=1000, help="evenly strided test images for top-1")
-    p.add_argument("--protocol-out", type=Path, default=REPO / "runs" / "protocol", help="the protocol's rows")
+    p.add_argument("--protocol-out", type=Path, default=REPO / "bench" / "records" / "protocol_cifar10",
+                   help="the protocol's row files (default bench/records/protocol_cifar10)")
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "protocol_cifar10",
+                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10)")
     p.add_argument("--models-dir", type=Path, default=SHARED / "models", help="checkpoints (default ../shared/models)")
     p.add_argument("--data-dir", type=Path, default=SHARED / "data", help="data root holding cifar10/")
     p.add_argument("--quick", action="store_true", help="smoke run: few repeats and images, one thread count")
@@ -143,6 +148,17 @@ def _random_agent(gated: nn.Module, budget: float) -> object:
     return make_model("ppo", venv, hp, seed=0)[0]
 
 
+def _trained_row(
+    args: argparse.Namespace, cell: str, row: str, base: nn.Module, splits: dict[str, ImageDataset]
+) -> Any | None:
+    """The protocol's finished ``row`` of ``cell`` (:func:`load_learned_row`), or ``None`` (noted) without one."""
+    try:
+        return load_learned_row(args.protocol_out, cell, row, base, splits, args.runs_dir)
+    except FileNotFoundError as err:
+        print(f"note: {err}; its contenders fall back to the untrained model", file=sys.stderr)
+        return None
+
+
 def build(name: str, budget: float, args: argparse.Namespace) -> tuple[list[Contender], ImageDataset]:
     """Every contender of one model at one budget (trained protocol rows where they exist)."""
     weights = args.models_dir / f"{name}_cifar10jpeg.pt"
@@ -156,7 +172,7 @@ def build(name: str, budget: float, args: argparse.Namespace) -> tuple[list[Cont
     units = CostModel(base).units
     l1 = [torch.as_tensor(get_criterion("l1")(base, u), dtype=torch.float32) for u in units]
 
-    static_trainer = load_learned_row(args.protocol_out, cell, "static_agent", base, train_val)
+    static_trainer = _trained_row(args, cell, "static_agent", base, train_val)
     if static_trainer is not None:
         plan = PruningPlan(static_keep=static_trainer.static_keep, static_scores=static_trainer.frozen_scores())
         static = _plain_export(static_trainer.model, plan)
@@ -168,7 +184,7 @@ def build(name: str, budget: float, args: argparse.Namespace) -> tuple[list[Cont
         out.append(Contender("static", static, "untrained: uniform L1"))
 
     for order, row in (("gather", "runtime_agent"), ("prefix", "runtime_prefix")):
-        trainer = load_learned_row(args.protocol_out, cell, row, base, train_val)
+        trainer = _trained_row(args, cell, row, base, train_val)
         runtime_order = "u_r" if order == "gather" else "prefix"
         if trainer is not None:
             gated, origin = trainer.model.eval(), f"{cell}/{row}"

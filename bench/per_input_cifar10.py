@@ -1,11 +1,11 @@
 """Does the learned runtime agent prune per input? The per-input report of a finished protocol row.
 
 Rebuilds a learned row of ``bench/protocol_cifar10.py`` (``runtime_agent`` or ``joint``) from its schedule
-checkpoint in ``<out>/<cell>/runs/<row>/`` — the fine-tuned CNN, the agents, the static plan, the budget guard's
+checkpoint in ``<runs-dir>/<cell>/runs/<row>/`` — the fine-tuned CNN, the agents, the static plan, the budget guard's
 offset — and runs :func:`agents.analysis.per_input_report` on the whole test split: per-unit spread of the kept
 fraction across images, the per-image MAC fraction distribution, top-1 and MACs of easy vs hard images (halves by
 the unpruned base model's loss), and the shuffled-observation ablation (each image pruned with the decision
-made for another image of its batch). Prints the report, writes ``<out>/<cell>/<row>.per_input.json`` and the
+made for another image of its batch). Prints the report, writes ``<runs-dir>/<cell>/<row>.per_input.json`` and the
 figure ``docs/per_input_<cell>_<row>.png``, and ends with one line::
 
     top1=<x> shuffled_top1=<x> top1_drop=<x> macs_std=<x> unit_kept_std_max=<x>
@@ -35,7 +35,10 @@ from pruning.train import dataset_for_model
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_machine_args(p, data_file="test.npz")
-    p.add_argument("--out", type=Path, default=Path("runs") / "protocol", help="the protocol's row files")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "records" / "protocol_cifar10",
+                   help="the protocol's row files (default bench/records/protocol_cifar10)")
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "protocol_cifar10",
+                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10)")
     p.add_argument("--cell", required=True, help="cell folder name, e.g. resnet20_e1_b050_s0")
     p.add_argument("--row", default="runtime_agent", choices=["runtime_agent", "runtime_prefix", "joint"])
     p.add_argument("--plot-dir", type=Path, default=REPO / "docs")
@@ -51,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     base = get_model(model, num_classes=10, weights=args.models_dir / f"{model}_cifar10jpeg.pt")
     root = args.data_dir / "cifar10"
     data = {s: dataset_for_model(get_dataset("cifar10", split=s, root=root), base) for s in ("train", "val", "test")}
-    trainer = load_learned_row(args.out, args.cell, args.row, base, {"train": data["train"], "val": data["val"]})
+    splits = {"train": data["train"], "val": data["val"]}
+    try:
+        trainer = load_learned_row(args.out, args.cell, args.row, base, splits, args.runs_dir)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
     report = per_input_report(
         trainer.model, trainer.plan(), data["test"], cost_model=trainer.cost_model, base_model=base.eval()
     )
     print(format_report(report))
-    (args.out / args.cell / f"{args.row}.per_input.json").write_text(json.dumps(report, indent=1))
+    (args.runs_dir / args.cell / f"{args.row}.per_input.json").write_text(json.dumps(report, indent=1))
     plot = plot_report(report, args.plot_dir / f"per_input_{args.cell}_{args.row}.png")
     print(f"figure: {plot}")
     shuffled = report["shuffled"] or {}

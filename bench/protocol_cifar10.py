@@ -3,12 +3,18 @@
 Runs :func:`agents.protocol.run_protocol` on the grid of :data:`CELLS` (ResNet-20 and ResNet-56, the public
 checkpoints fine-tuned on the JPEG copy of CIFAR-10: ``<models-dir>/<model>_cifar10jpeg.pt``, data in
 ``<data-dir>/cifar10``), every row of :data:`agents.protocol.DEFAULT_ROWS` unless ``--rows`` says otherwise.
-Finished rows are kept in ``--out`` (one JSON file per cell and row) and reused, so the grid can be run a piece
-at a time (``--cells``, ``--rows``, ``--seeds``) and an interrupted run continues where it stopped.
+Finished rows are kept in ``--out`` (one small JSON file per cell and row, default
+``bench/records/protocol_cifar10/``, or ``protocol_cifar10_distill<ALPHA>/`` with ``--distill``: committed, so
+any clone can rebuild the tables and continue the grid) and reused, so the grid can be run a piece at a time
+(``--cells``, ``--rows``, ``--seeds``) and an interrupted run continues where it stopped. The learned rows'
+checkpoints go to ``--runs-dir`` (default ``runs/protocol_cifar10``, not committed; only
+``bench/deploy_latency.py`` and ``bench/per_input_cifar10.py`` read them).
 
 At the end (also with ``--report-only``, which runs nothing) it prints the tables of every cell, writes them
-into ``docs/results.md`` under the heading ``## Fair protocol`` (replacing that section, keeping the rest of
-the file; rows not run yet say "not run"), draws ``docs/protocol_pareto.png``, and prints one line::
+into ``docs/results.md`` under the heading ``## Fair protocol`` (``## Fair protocol, distilled (alpha A)``
+with ``--distill``; replacing that section, keeping the rest of
+the file; rows not run yet say "not run"), draws ``docs/protocol_pareto[_distill<ALPHA>].png``, and prints one
+line::
 
     r20_e1_050_best_hand=<x> r20_e1_050_learned=<x> ... r56_e1_050_learned=<x> learned_budget_misses=<n>
 
@@ -88,7 +94,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="distil from the base model with this weight in every row's training (default 0: off)")
     p.add_argument("--test-images", type=int, default=None, help="score N test images, evenly strided (default all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "protocol_cifar10", help="row files (reused)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="row files, reused (default bench/records/protocol_cifar10[_distill<ALPHA>])")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="the learned rows' checkpoints (default runs/protocol_cifar10[_distill<ALPHA>])")
     p.add_argument("--static-min-keep", type=float, default=None,
                    help="the static agent's keep floor (default min(0.2, B/2); a learned row's setting)")
     p.add_argument("--static-select", type=int, default=LearnedSettings.static_select,
@@ -97,9 +106,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"validation images a static-env episode scores (default {LearnedSettings.num_val})")
     p.add_argument("--report-only", action="store_true", help="run nothing: report what --out holds")
     p.add_argument("--results-md", type=Path, default=REPO / "docs" / "results.md", help="where the tables go")
-    p.add_argument("--plot", type=Path, default=REPO / "docs" / "protocol_pareto.png", help="the Pareto figure")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="the Pareto figure (default docs/protocol_pareto[_distill<ALPHA>].png)")
     add_machine_args(p, data_file="test.npz")
     a = p.parse_args(argv)
+    suffix = f"_distill{a.distill:g}" if a.distill > 0 else ""
+    a.out = a.out or REPO / "bench" / "records" / f"protocol_cifar10{suffix}"
+    a.runs_dir = a.runs_dir or REPO / "runs" / f"protocol_cifar10{suffix}"
+    a.plot = a.plot or REPO / "docs" / f"protocol_pareto{suffix}.png"
     shared = os.environ.get("PRUNEGYM_SHARED")
     if shared and a.models_dir == SHARED / "models":
         a.models_dir = Path(shared) / "models"
@@ -166,20 +180,25 @@ def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
     every = [r for rows in groups.values() for r in rows]
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     pareto_plot(every, args.plot)
-    recipe = Recipe(lr=args.lr).as_dict()
+    recipe = Recipe(lr=args.lr, distill=args.distill).as_dict()
+    heading = HEADING if args.distill <= 0 else f"{HEADING}, distilled (alpha {args.distill:g})"
+    distilled = (
+        f" plus knowledge distillation from the unpruned base in every step of every row (loss (1 - α)·CE + "
+        f"α·T²·KL, α = {args.distill:g}, T = {recipe['distill_temperature']:g})" if args.distill > 0 else ""
+    )
     intro = [
-        HEADING,
+        heading,
         "",
         "Learned vs hand-designed channel pruning under one protocol (`agents/protocol.py`, "
         "`bench/protocol_cifar10.py`): every row of a cell starts from the same CIFAR-10 checkpoint "
         "(`<model>_cifar10jpeg.pt`), trains exactly E epochs on the train split with one recipe "
         f"(SGD, Nesterov momentum {recipe['momentum']}, weight decay {recipe['weight_decay']:g}, lr {recipe['lr']:g} "
-        f"cosine-annealed over the whole E, batch {recipe['batch_size']}, crop + flip), uses val only for rewards, "
-        "model selection and budget bisection, and is scored on the test split. A row meets the budget B when its "
-        f"mean per-image MAC fraction on the test images is at most B + {BUDGET_TOLERANCE:g}; rows that miss are "
-        "listed under their table and never ranked. `best_hand` is the hand-designed row with the best mean test "
-        "top-1 over seeds among those meeting the budget. Learned rows: `agents.schedule.JointTrainer` with its "
-        "plan brought to the budget on val (`static_agent`: one static plan learned on the base model, then E "
+        f"cosine-annealed over the whole E, batch {recipe['batch_size']}, crop + flip{distilled}), uses val only for "
+        "rewards, model selection and budget bisection, and is scored on the test split. A row meets the budget B "
+        f"when its mean per-image MAC fraction on the test images is at most B + {BUDGET_TOLERANCE:g}; rows that "
+        "miss are listed under their table and never ranked. `best_hand` is the hand-designed row with the best "
+        "mean test top-1 over seeds among those meeting the budget. Learned rows: `agents.schedule.JointTrainer` "
+        "with its plan brought to the budget on val (`static_agent`: one static plan learned on the base model, then E "
         f"epochs under it; `runtime_agent` and `joint` (R_r = 0.5): gate stage {GATE_SHARE:g}·E under the "
         "budget's uniform cut, the rest over 2 rounds of {RL, CNN phase}); their RL time is apart.",
         "",
@@ -195,7 +214,7 @@ def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
     md = args.results_md
     text = md.read_text(encoding="utf-8") if md.is_file() else "# Results\n"
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(replace_section(text, HEADING, "\n".join(intro)), encoding="utf-8")
+    md.write_text(replace_section(text, heading, "\n".join(intro)), encoding="utf-8")
     return line
 
 
@@ -216,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model=cell.model, weights=weights_of(args.models_dir, cell.model), dataset="cifar10",
                 data_dir=args.data_dir / "cifar10", budgets=[cell.budget], epochs=[cell.epochs], seeds=seeds,
                 rows=args.rows, recipe=Recipe(lr=args.lr, distill=args.distill), test_images=args.test_images,
-                out_dir=args.out,
+                out_dir=args.out, runs_dir=args.runs_dir,
                 learned=LearnedSettings(
                     static_min_keep=args.static_min_keep, num_val=args.static_num_val, static_select=args.static_select
                 ),

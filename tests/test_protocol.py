@@ -160,8 +160,9 @@ def test_learned_rows_train_E_epochs_and_meet_the_budget(tmp_path: Path) -> None
     budget = 0.5
     with _Steps(torch.optim.SGD) as steps:  # the agents' own optimizers are Adam: only CNN steps are SGD
         rows = run_protocol(
-            rows=list(LEARNED_ROWS), budgets=[budget], epochs=[1.0], out_dir=tmp_path, learned=LEARNED, **TINY
-        )
+            rows=list(LEARNED_ROWS), budgets=[budget], epochs=[1.0], out_dir=tmp_path / "rows",
+            runs_dir=tmp_path / "ckpt", learned=LEARNED, **TINY,
+        )  # fmt: skip
     assert [r.row for r in rows] == list(LEARNED_ROWS)
     assert steps.count == sum(r.train_steps for r in rows)
     for r in rows:
@@ -178,8 +179,12 @@ def test_learned_rows_train_E_epochs_and_meet_the_budget(tmp_path: Path) -> None
         assert r.rl_seconds > 0 and r.train_seconds > 0
         assert r.meets_budget == (r.mac_fraction <= budget + BUDGET_TOLERANCE)
         assert isinstance(r.extra["budget_guard"], dict)
-        run_dir = tmp_path / r.cell / "runs" / r.row
-        assert (run_dir / "checkpoint.pt").is_file()  # a resumable schedule inside the cell folder
+        run_dir = tmp_path / "ckpt" / r.cell / "runs" / r.row
+        assert (run_dir / "checkpoint.pt").is_file()  # a resumable schedule in runs_dir, apart from the rows
+    # the row files alone (what a repository keeps) hold every row, and nothing else
+    assert sorted(p.name for p in (tmp_path / "rows").rglob("*") if p.is_file()) == sorted(
+        row_path(".", r.row).name for r in rows
+    )
     by = {r.row: r for r in rows}
     assert by["runtime_agent"].params_fraction == 1.0 and by["static_agent"].params_fraction < 1.0
     assert by["static_agent"].mac_fraction_max == pytest.approx(by["static_agent"].mac_fraction)
@@ -189,12 +194,15 @@ def test_learned_rows_train_E_epochs_and_meet_the_budget(tmp_path: Path) -> None
     base = get_model("tiny_cnn", num_classes=10)
     splits = {s: dataset_for_model(get_dataset("synthetic", split=s), base) for s in ("train", "val", "test")}
     for row in ("runtime_prefix", "static_agent"):
-        trainer = load_learned_row(tmp_path, by[row].cell, row, base, {"train": splits["train"], "val": splits["val"]})
+        trainer = load_learned_row(
+            tmp_path / "rows", by[row].cell, row, base, {"train": splits["train"], "val": splits["val"]},
+            runs_dir=tmp_path / "ckpt",
+        )
         again = trainer.evaluate_plan(splits["test"])
         assert again["top1"] == pytest.approx(by[row].test_top1) and again["macs_fraction"] == pytest.approx(
             by[row].mac_fraction
         )
-    assert load_learned_row(tmp_path, by["static_agent"].cell, "no_such_row", base, splits) is None
+    assert load_learned_row(tmp_path / "rows", by["static_agent"].cell, "no_such_row", base, splits) is None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -355,6 +363,14 @@ def test_bench_report_line_and_results_section(
     assert "| static_agent | not run |" in text and text.count("| best_hand | not run |") == 3
     assert line in text and "![test top-1 vs mean MAC fraction](p.png)" in text
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+    # a distilled grid is a table of its own: its own section, the labels-only one kept as it was
+    assert bench.main([*argv, "--distill", "0.5"]) == 0
+    both = md.read_text()
+    assert both.startswith(text.rstrip("\n").rsplit("\n## After", 1)[0])
+    assert both.count("\n## Fair protocol\n") == 1 and both.count("\n## Fair protocol, distilled (alpha 0.5)\n") == 1
+    assert "α = 0.5, T = 4" in both.split("## Fair protocol, distilled")[1]
+    assert bench.parse_args(["--distill", "0.5"]).out.name == "protocol_cifar10_distill0.5"
+    assert bench.parse_args([]).out.relative_to(ROOT).as_posix() == "bench/records/protocol_cifar10"
 
 
 # ------------------------------------------------------------------------------------------------------------
