@@ -213,8 +213,9 @@ class Recipe:
 class LearnedSettings:
     """How the learned rows train their agents (the CNN side follows :class:`Recipe` and ``E``).
 
-    The defaults are ``train_agent.py``'s: PPO for both agents with the YAML hyperparameters of
-    :mod:`agents.hyperparams`, two rounds of 40 000 runtime and 540 static timesteps.
+    The defaults: PPO for both agents with the YAML hyperparameters of :mod:`agents.hyperparams`, two rounds
+    of 40 000 runtime timesteps, and 1 800 static timesteps (200 episodes of a ResNet-20's 9 units; a deeper
+    net's episodes are longer: size ``static_steps`` in episodes × units, as ``bench/protocol_cifar10.py`` does).
     """
 
     algo: str = "ppo"
@@ -230,7 +231,7 @@ class LearnedSettings:
     runtime_steps: int = 40_000
     """Runtime-agent timesteps per RL phase."""
     static_steps: int = 1800
-    """Static-agent timesteps per RL phase."""
+    """Static-agent timesteps per RL phase (one timestep per unit: an episode is one pass over the units)."""
     n_envs: int = 64
     """Images per runtime-env batch."""
     num_val: int = 256

@@ -60,8 +60,13 @@ from agents.protocol import (
     run_protocol,
     summary_line,
 )
+from pruning.models import get_model
+from pruning.units import get_units
 
 HEADING = "## Fair protocol"
+#: Static-agent episodes of a learned row: 1 800 timesteps on ResNet-20 (9 units), 5 400 on ResNet-56 (27), so a
+#: deeper net's search sees as many whole plans.
+STATIC_EPISODES = 200
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the learned rows' checkpoints (default runs/protocol_cifar10[_distill<ALPHA>])")
     p.add_argument("--static-min-keep", type=float, default=None,
                    help="the static agent's keep floor (default min(0.2, B/2); a learned row's setting)")
+    p.add_argument("--static-episodes", type=int, default=STATIC_EPISODES,
+                   help=f"static-agent episodes (timesteps = episodes x the model's units; default {STATIC_EPISODES})")
     p.add_argument("--static-select", type=int, default=LearnedSettings.static_select,
                    help="best static episodes re-scored against the deterministic one (a learned row's setting)")
     p.add_argument("--static-num-val", type=int, default=LearnedSettings.num_val,
@@ -123,6 +130,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         elif os.environ.get("PRUNEGYM_DATA"):
             a.data_dir = Path(os.environ["PRUNEGYM_DATA"])
     return a
+
+
+def static_steps(model: str, episodes: int) -> int:
+    """Static-agent timesteps of ``episodes`` whole plans of ``model`` (one timestep per prunable unit)."""
+    return episodes * len(get_units(get_model(model, num_classes=10)))
 
 
 def weights_of(models_dir: Path, model: str) -> Path:
@@ -237,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows=args.rows, recipe=Recipe(lr=args.lr, distill=args.distill), test_images=args.test_images,
                 out_dir=args.out, runs_dir=args.runs_dir,
                 learned=LearnedSettings(
-                    static_min_keep=args.static_min_keep, num_val=args.static_num_val, static_select=args.static_select
+                    static_min_keep=args.static_min_keep, num_val=args.static_num_val, static_select=args.static_select,
+                    static_steps=static_steps(cell.model, args.static_episodes),
                 ),
                 rerun=args.rerun, device=args.device, progress=True,
             )  # fmt: skip

@@ -371,6 +371,9 @@ def test_bench_report_line_and_results_section(
     assert "α = 0.5, T = 4" in both.split("## Fair protocol, distilled")[1]
     assert bench.parse_args(["--distill", "0.5"]).out.name == "protocol_cifar10_distill0.5"
     assert bench.parse_args([]).out.relative_to(ROOT).as_posix() == "bench/records/protocol_cifar10"
+    # the static search is sized in whole plans: as many episodes for the 27-unit ResNet-56 as for ResNet-20
+    assert bench.static_steps("resnet20", bench.STATIC_EPISODES) == LearnedSettings().static_steps == 1800
+    assert bench.static_steps("resnet56", 200) == 5400
 
 
 # ------------------------------------------------------------------------------------------------------------
