@@ -27,7 +27,7 @@ Run directory (``--out``; default ``runs/pretrain__<model>__<seed>__<time>``):
 
 Examples::
 
-    python -m pruning.pretrain --model resnet20 --weights DEFAULT --data-dir ../shared/data/cifar10
+    python -m pruning.pretrain --model resnet20 --weights DEFAULT --data-dir data/cifar10
     prunegym pretrain --model m_cifarnet --epochs 30 --gate-epochs 2 1 --device cuda
     prunegym pretrain --model tiny_cnn --dataset synthetic --epochs 1 --gate-epochs 1 --out /tmp/run
     prunegym pretrain --resume runs/pretrain__resnet20__0__20240101-120000 --epochs 40
@@ -71,7 +71,7 @@ log = logging.getLogger("pruning.pretrain")  # not "__main__" under python -m
 #: 30 epochs of cosine-annealed SGD get within a few points of it at a sixth of the cost.
 DEFAULT_EPOCHS = 30
 #: Base learning rate from scratch (He et al. 2016) and when fine-tuning given weights (the recipe of the
-#: ``*_cifar10jpeg.pt`` models in ``shared/data/README.md``).
+#: ``*_cifar10jpeg.pt`` checkpoints the benchmarks use: the public ones fine-tuned on a JPEG copy of CIFAR-10).
 DEFAULT_LR_SCRATCH, DEFAULT_LR_FINETUNE = 0.1, 0.02
 #: Settings that define a run; ``--resume`` refuses to change them.
 IDENTITY_KEYS = ("model", "weights", "num_classes", "dataset", "seed", "no_gate")

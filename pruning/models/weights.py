@@ -40,7 +40,7 @@ Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 #: CIFAR-10 channel mean and std on [0, 1] pixels: the default input normalisation of PruneGym models.
 CIFAR10_NORMALIZATION: Normalization = (CIFAR_MEAN, CIFAR_STD)
 #: ImageNet statistics, which the public akamaster checkpoints were trained with (their ``main.py``); on the
-#: JPEG copy of CIFAR-10 in ``shared/data`` using them instead of CIFAR's is worth ~0.3-0.5 points of top-1.
+#: JPEG copy of CIFAR-10 the benchmarks use, using them instead of CIFAR's is worth ~0.3-0.5 points of top-1.
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
