@@ -1,4 +1,8 @@
-"""Train paper 7's pruning agents: ``python train_agent.py --help`` (the same as ``prunegym train``)."""
+"""Train runtime and static pruning agents: ``python train_agent.py --help`` (the same as ``prunegym train``).
+
+The agents and their schedule are those of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime
+Channel Pruning via Deep Reinforcement Learning", NeurIPS 2020.
+"""
 
 from agents.cli import main
 

@@ -1,4 +1,7 @@
-"""``python train_agent.py`` / ``prunegym train``: train paper 7's pruning agents on a CNN and export the result.
+"""``python train_agent.py`` / ``prunegym train``: train two pruning agents on a CNN and export the result.
+
+The agents and their schedule are those of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime
+Channel Pruning via Deep Reinforcement Learning", NeurIPS 2020.
 
 One run = gate stage → rounds of {RL phase (runtime agent, then static agent, CNN frozen), CNN phase (agents
 frozen)} → final evaluation and export (:mod:`agents.schedule` describes the phases). With no options it
@@ -167,7 +170,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--tradeoff",
         type=float,
         default=d(0.5),
-        help="R_r in joint mode: share of pruning done at runtime (paper 7: 0.5)",
+        help="R_r in joint mode: share of pruning done at runtime (Chen et al.: 0.5)",
     )
     g = p.add_argument_group("agents")
     g.add_argument(
@@ -684,7 +687,7 @@ def load_run(run_dir: str | os.PathLike[str], *, dynamic: bool = True) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train pruning agents with paper 7's schedule (``python train_agent.py``, ``prunegym train``).
+    """Train pruning agents with Chen et al.'s schedule (``python train_agent.py``, ``prunegym train``).
 
     Returns:
         0 on success, 2 on a usage error (one line on stderr, nothing half-written left behind), 130 when

@@ -1,4 +1,4 @@
-"""Compare pruning policies on one base model: a results table and a Pareto plot (DESIGN §6).
+"""Compare pruning policies on one base model: a results table and a Pareto plot.
 
 :func:`compare` runs every policy × MAC budget (× seed, for stochastic policies) on the same base model and
 data, and measures each pruned model on the same axes:

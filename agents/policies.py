@@ -1,6 +1,7 @@
-"""Paper 7's actor-critic policies: the Gaussian action mean is a residual on the budget.
+"""Actor-critic policies whose Gaussian action mean is a residual on the budget.
 
-Chen, Chen & Pan (NeurIPS 2020), reference/methods.md §7.3: both agents output ``μ = Linear(128, 1)(h) + budget``
+Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep Reinforcement
+Learning" (NeurIPS 2020, Sec. 3.3, and its released code): both agents output ``μ = Linear(128, 1)(h) + budget``
 with the head's weights scaled by 0.2 and its bias 0, and ``log σ`` starts at −4 (σ ≈ 0.018). A fresh agent
 therefore proposes the keep ratio that meets the budget under uniform pruning, and learning only has to find
 the per-layer (and, at runtime, per-image) deviations from it. This module gives stable-baselines3 the same
@@ -20,7 +21,7 @@ action is its preimage::
 
     a0 = 2·(clip(r0(B), min_keep, 1) - min_keep) / (1 - min_keep) - 1
 
-The default curve ``(c0, c1, c2) = (0, 0, 1)`` gives ``r0 = sqrt(B)``, paper 7's own relation between its
+The default curve ``(c0, c1, c2) = (0, 0, 1)`` gives ``r0 = sqrt(B)``, Chen et al.'s own relation between its
 uniform ratio ``b`` and its MAC cap (``cap ≈ b²`` on M-CifarNet). It is wrong for ResNets, whose MACs are
 nearly linear in the keep ratio (ResNet-20: ``(0.011, 0.989, 0)``; ``sqrt(0.5)`` keeps 71% of the MACs), so
 :func:`complete_policy_kwargs` (called by :func:`agents.algos.make_model`) fits the curve of the env's own model
@@ -325,7 +326,7 @@ class _BudgetResidual(ActorCriticPolicy):
 class BudgetResidualPolicy(_BudgetResidual):
     """Actor-critic MLP policy (PPO, A2C) whose Gaussian mean is ``action_net(latent) + a0(budget)``.
 
-    See the module docstring for the prior, the initialisation and how this differs from paper 7.
+    See the module docstring for the prior, the initialisation and how this differs from Chen et al.
 
     Args:
         observation_space: The env's observation space (1-D ``Box``).
@@ -369,7 +370,7 @@ class BudgetResidualPolicy(_BudgetResidual):
 class BudgetResidualLstmPolicy(_BudgetResidual, RecurrentActorCriticPolicy):
     """sb3-contrib's recurrent actor-critic (RecurrentPPO) with the Gaussian mean ``action_net(h) + a0(budget)``.
 
-    See the module docstring for the prior, the initialisation and how this differs from paper 7. Takes the
+    See the module docstring for the prior, the initialisation and how this differs from Chen et al. Takes the
     arguments of :class:`BudgetResidualPolicy` plus ``RecurrentActorCriticPolicy``'s (``lstm_hidden_size``,
     ``n_lstm_layers``, ``shared_lstm``, ``enable_critic_lstm``, ``lstm_kwargs``). Observations of a training
     minibatch are RecurrentPPO's padded sequences, row for row with the LSTM output, so the prior lines up.

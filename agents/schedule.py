@@ -1,6 +1,7 @@
-"""Paper 7's training schedule with two agents: gate stage → rounds of {RL phase, CNN phase} → export.
+"""The training schedule with two agents: gate stage → rounds of {RL phase, CNN phase} → export.
 
-The schedule of Chen, Chen & Pan (NeurIPS 2020, §4.1; ``reference/methods.md`` §7.4), as phases run in order:
+The schedule of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep
+Reinforcement Learning" (NeurIPS 2020, Sec. 4.1), as phases run in order:
 
 ===================  ======================================================================================
 ``gate_predictor``   backbone + runtime predictors ``u_r`` fine-tuned with no pruning, ``u_s`` frozen
@@ -89,7 +90,7 @@ MODES: dict[str, tuple[bool, bool]] = {"runtime": (True, False), "static": (Fals
 RUNTIME_ENV_ID, STATIC_ENV_ID = "prunegym/RuntimePruning-v0", "prunegym/StaticPruning-v0"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "prunegym.agents.checkpoint.v1"
-#: Smallest runtime keep ratio (the runtime env's default, paper 7's α = 0.1).
+#: Smallest runtime keep ratio (the runtime env's default, Chen et al.'s α = 0.1).
 RUNTIME_MIN_KEEP = 0.1
 #: Images of the validation split scored after each phase (``pruning/val_top1``); the full split at the end.
 PHASE_EVAL_IMAGES = 1000
@@ -168,7 +169,7 @@ class ScheduleConfig:
     before each RL phase (and that the static env uses per episode, from ``val`` outside its scored subset).
     0 turns it off."""
     runtime_budget: str = "image"
-    """How the runtime agent's reward holds the MAC budget: ``"image"`` (paper 7's steep penalty above the cap,
+    """How the runtime agent's reward holds the MAC budget: ``"image"`` (Chen et al.'s steep penalty above the cap,
     per image) or ``"mean"`` (:class:`envs.rewards.MeanBudgetTerm`: a Lagrange multiplier on the batch-mean MAC
     fraction, so hard images may spend more and easy ones less; the budget guard then meets the mean)."""
     static_min_keep: float | None = None
@@ -178,7 +179,7 @@ class ScheduleConfig:
     agent can always halve a unit's uniform share (at B = 0.25 a ResNet-20 unit's uniform ratio is ~0.24)."""
     runtime_order: str = "u_r"
     """Which channels a runtime keep count keeps (:attr:`pruning.plan.PruningPlan.runtime_order`): ``"u_r"``
-    (paper 7: each image its top-k by ``u_r``) or ``"prefix"`` (the first k of one fixed order per unit, the
+    (Chen et al.: each image its top-k by ``u_r``) or ``"prefix"`` (the first k of one fixed order per unit, the
     static ranking, or :attr:`static_criterion`'s scores of the base model where there is no static plan yet:
     per image only the width changes, and the export computes it as a slice of the weights)."""
     static_criterion: str = "l1"
@@ -200,7 +201,7 @@ class ScheduleConfig:
     last policy. Measured on ResNet-20 at B = 0.25 (1 800 static steps = 200 episodes): the episode reward
     hardly rises over the phase (-0.99 ± 0.01), so the deterministic episode is about the initial policy mean
     plus drift, while the proxy itself ranks plans consistently (three plans, three val subsets). 0 takes the
-    deterministic episode (paper 7)."""
+    deterministic episode (Chen et al.)."""
     checkpoint_every: int = 10_000
     """RL timesteps between checkpoints inside an RL phase."""
     seed: int = 0
@@ -776,11 +777,11 @@ class JointTrainer:
             if runtime is None:
                 raise
             # With a runtime agent in the loop, clamp mode's wall must assume the agent may keep every stored
-            # channel, so at R_r = 0.5 a ResNet-20 cannot be walled below ~0.62 of its MACs. Paper 7 holds its
+            # channel, so at R_r = 0.5 a ResNet-20 cannot be walled below ~0.62 of its MACs. Chen et al. hold their
             # static agent to the budget with the reward's penalty instead: so do we, and per-image MACs then
             # rest on both agents (results.json reports the measured mean and maximum).
             log.warning("the MAC budget is out of reach of clamp mode's wall with a runtime agent in the loop; "
-                        "the static agent learns with the budget penalty (paper 7) instead")
+                        "the static agent learns with the budget penalty (Chen et al.) instead")
             env = StaticPruningEnv(budget_mode="penalty", **kwargs)
         if isinstance(runtime, PolicyRuntimeSource):
             runtime.bind(env.model)

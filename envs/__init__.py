@@ -1,9 +1,12 @@
 """Gymnasium environments of PruneGym, registered under the ``prunegym/`` namespace.
 
-| id                             | class                                   | one episode                       |
-|--------------------------------|-----------------------------------------|-----------------------------------|
-| ``prunegym/StaticPruning-v0``  | :class:`envs.static.StaticPruningEnv`   | one pass over the units (AMC)     |
-| ``prunegym/RuntimePruning-v0`` | :class:`envs.runtime.RuntimePruningEnv` | one image's forward pass (paper 7) |
+| id                             | class                                   | one episode                            |
+|--------------------------------|-----------------------------------------|----------------------------------------|
+| ``prunegym/StaticPruning-v0``  | :class:`envs.static.StaticPruningEnv`   | one pass over the units (AMC)          |
+| ``prunegym/RuntimePruning-v0`` | :class:`envs.runtime.RuntimePruningEnv` | one image's forward pass (Chen et al.) |
+
+AMC: He et al., ECCV 2018. Chen et al.: Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel
+Pruning via Deep Reinforcement Learning", NeurIPS 2020.
 
 Importing ``envs`` only registers the ids (string entry points): torch and the pruning core load when an
 environment is made. The version suffix is bumped whenever observations, actions or rewards change meaning.

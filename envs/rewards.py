@@ -1,4 +1,4 @@
-"""Rewards of PruneGym's environments: paper 7's budget term and loss scale, and the static reward registry.
+"""Rewards of PruneGym's environments: Chen et al.'s budget term and loss scale, and the static reward registry.
 
 Reward functions of :class:`envs.static.StaticPruningEnv` are a registry (:func:`register_reward`,
 :func:`get_reward`, :func:`list_rewards`), so a user can add their own without touching the environment. A
@@ -6,7 +6,8 @@ reward function takes one :class:`EpisodeResult` (what the pruned model scored o
 what it costs) and returns ``(reward, parts)``: the float reward and a dict of its named parts, which the
 environment reports in ``info["reward_parts"]``. Built in:
 
-* ``"paper"`` — paper 7 (Chen, Chen & Pan, NeurIPS 2020, Eqs. 7-11 and 14-15; ``reference/methods.md`` §7.3):
+* ``"paper"`` — Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep
+  Reinforcement Learning" (NeurIPS 2020, Eqs. 7-11 and 14-15):
   ``-CE / β_b`` + :func:`budget_term` on the MAC fraction + (with a parameter budget) the same term on the
   parameter fraction with no under-budget bonus;
 * ``"accuracy"`` — AMC's ``acc_reward`` (He et al., ECCV 2018, ``mit-han-lab/amc`` ``env/rewards.py``):
@@ -62,7 +63,7 @@ T = TypeVar("T", float, torch.Tensor)
 
 
 def budget_term(fraction: T, cap: float, *, scale: float = 1.2, temperature: float = 0.03, bonus: float = 0.1) -> T:
-    """Paper 7's budget reward on a resource fraction ``B`` with cap ``cap`` (released code, methods.md §7.3).
+    """Chen et al.'s budget reward on a resource fraction ``B`` with cap ``cap`` (their released code).
 
     ``-scale·(exp((B - cap)/temperature) - 1)`` if ``B > cap`` (a steep penalty), else ``+bonus·(cap - B)``
     (a small bonus for staying under). The exponent is capped at 50 so the penalty stays finite (about
@@ -99,7 +100,7 @@ class BudgetTerm:
 class MeanBudgetTerm:
     """A budget on the **mean** MAC fraction of a batch, held by a Lagrange multiplier (instead of a per-image cap).
 
-    Paper 7's :class:`BudgetTerm` caps every image: all images cost about the same (measured on ResNet-20 at 0.5:
+    Chen et al.'s :class:`BudgetTerm` caps every image: all images cost about the same (measured on ResNet-20 at 0.5:
     mean 0.492, max 0.501), so an easy image cannot give its MACs to a hard one. This term charges each image
     ``-λ·(B - cap)`` (linear: spending more is worth it where it lowers the cross-entropy by more than ``λ``
     per unit of MAC fraction) and, after every call, moves ``λ`` by dual ascent on the batch mean:
@@ -135,7 +136,7 @@ class MeanBudgetTerm:
 
 
 class RunningLossScale:
-    """β_b of paper 7 (Eqs. 7-9): the running mean of the cross-entropy that normalises ``-CE / β_b``.
+    """β_b of Chen et al. (Eqs. 7-9): the running mean of the cross-entropy that normalises ``-CE / β_b``.
 
     As in the released code: the cumulative mean of the per-batch mean loss over the first ``warmup``
     (200) batches, then an exponential moving average ``β ← decay·β + (1 - decay)·loss`` (decay 0.995).
@@ -188,7 +189,7 @@ class EpisodeResult:
         budget: MAC budget as a fraction of the base MACs, or ``None`` (no MAC budget).
         param_budget: Parameter budget as a fraction of the base parameters, or ``None``.
         loss_scale: β_b, the running mean of the loss that normalises ``-CE / β_b`` (this episode included).
-        budget_term: Coefficients of paper 7's budget term (scale, temperature, under-budget bonus).
+        budget_term: Coefficients of Chen et al.'s budget term (scale, temperature, under-budget bonus).
     """
 
     top1: float
@@ -247,7 +248,7 @@ def get_reward(name: str) -> RewardFn:
 
 @register_reward("paper")
 def paper_reward(result: EpisodeResult) -> tuple[float, dict[str, float]]:
-    """Paper 7's static-agent reward (Eqs. 14-15, released code): accuracy term + budget terms.
+    """Chen et al.'s static-agent reward (Eqs. 14-15, released code): accuracy term + budget terms.
 
     Parts:
 

@@ -1,4 +1,7 @@
-"""The runtime pruning environment ``prunegym/RuntimePruning-v0``: paper 7's runtime MDP, one image per episode.
+"""The runtime pruning environment ``prunegym/RuntimePruning-v0``: Chen et al.'s runtime MDP, one image per episode.
+
+The runtime MDP of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep
+Reinforcement Learning", NeurIPS 2020, Sec. 3.3.
 
 Two front ends share one batched implementation (:class:`_RuntimeCore`, which runs ``B`` images as ``B``
 synchronous episodes): :class:`RuntimePruningEnv`, a ``gymnasium.Env`` (the core with ``B = 1``), and
@@ -116,7 +119,7 @@ class PolicyRuntimeSource:
 
     The policy sees exactly the observation :class:`RuntimePruningEnv` shows it (GAP and ``u_r`` of the unit,
     unit index, budget, MAC fraction committed so far, from the kept counts of the units already run), so an
-    agent trained in the env prunes a model's ordinary forward pass — in training (the CNN phase of paper 7's
+    agent trained in the env prunes a model's ordinary forward pass — in training (the CNN phase of Chen et al.'s
     schedule), in :class:`StaticPruningEnv` (``runtime=``), in :func:`pruning.train.evaluate` or in
     :class:`pruning.export.DynamicModel` — as it did in the env. A recurrent policy's state is carried from unit
     to unit and restarts at unit 0 of every forward pass.
@@ -334,7 +337,8 @@ class _RuntimeCore:
         else:
             if static_keep is not None and tradeoff is None:
                 raise ValueError(
-                    "a static plan needs tradeoff=R_r in [0, 1] (paper 7 uses 0.5; 1 = runtime only, 0 = static only)"
+                    "a static plan needs tradeoff=R_r in [0, 1] "
+                    "(Chen et al. use 0.5; 1 = runtime only, 0 = static only)"
                 )
             if static_scores is not None and static_keep is None and runtime_order != "prefix":
                 raise ValueError(
@@ -416,7 +420,7 @@ class _RuntimeCore:
         """Fold this batch's CE into β and return the β of every episode (float64 ``(B,)``), floored.
 
         Own running means: slot i is updated with episode i's CE. A shared ``RunningLossScale``: one update
-        with the batch mean (paper 7's per-batch β). A fixed float: unchanged.
+        with the batch mean (Chen et al.'s per-batch β). A fixed float: unchanged.
         """
         values = ce.cpu().tolist()
         if self._own_scale:
@@ -726,8 +730,8 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
 
-    Paper 7's runtime MDP (Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning
-    via Deep RL", NeurIPS 2020, §3.3; ``reference/methods.md`` §7.3). An episode is one image's forward pass
+    The runtime MDP of Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via
+    Deep RL", NeurIPS 2020, Sec. 3.3). An episode is one image's forward pass
     through a fixed, gated network (``pruning.gating.GatedConv``: each prunable unit has a runtime channel
     importance predictor ``u_r = FC(GAP(input))``). At step ``t`` the agent sees unit ``t``'s input (its
     global average pool) and the predictor's importance of each of the unit's output channels, and chooses
@@ -751,7 +755,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
 
     The action is a `ndarray` of shape `(1,)`, `float32`, in `[-1, 1]`: unit t's runtime keep ratio
     `min_keep + (a + 1) / 2 · (1 - min_keep)`, i.e. `[-1, 1]` maps to `[min_keep, 1]` (`[0.1, 1]` by default,
-    paper 7's floor). Values outside `[-1, 1]` are clipped to it (a Gaussian policy samples outside its box);
+    Chen et al.'s floor). Values outside `[-1, 1]` are clipped to it (a Gaussian policy samples outside its box);
     `info` shows the requested (unclipped) and the applied ratio. NaN or infinite values, or an array that is
     not one number, raise `ValueError`. The ratio is rounded to 6 decimals (float32 noise), and keeps
     `k = clamp(ceil(ratio·C), 1, C)` channels (`pruning.plan.keep_count`; C = the unit's full width), capped at
@@ -790,13 +794,13 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
       is computed (as in `StaticPruningEnv`), so a first episode is normalised by its own loss. By default
       each environment keeps its own β, and `RuntimePruningVecEnv` one per sub-environment, each fed by its
       own episodes only: a VecEnv of B is exactly B single environments, rewards included. A shared
-      `RunningLossScale` passed as `loss_scale` is updated once per batch with the batch's mean CE (paper 7's
+      `RunningLossScale` passed as `loss_scale` is updated once per batch with the batch's mean CE (Chen et al.'s
       per-batch β); a float fixes β.
     - `B` the image's backbone MAC fraction: conv + linear MACs of the network under the final combined
       masks of every unit (`pruning.accounting.CostModel.from_counts`), over the unpruned backbone's MACs.
-      Predictor MACs are overhead and are not charged (paper 7's B counts conv MACs only); `info` reports
+      Predictor MACs are overhead and are not charged (Chen et al.'s B counts conv MACs only); `info` reports
       them apart.
-    - `budget_term` paper 7's released-code budget reward (`envs.rewards.budget_term`, coefficients from
+    - `budget_term` Chen et al.'s released-code budget reward (`envs.rewards.budget_term`, coefficients from
       `budget_term=BudgetTerm(...)`): `-1.2·(exp((B - budget)/0.03) - 1)` over budget, `+0.1·(budget - B)`
       under.
 
@@ -844,7 +848,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)          |
     | `runtime_order`     | `"u_r"`       | which channels a keep count keeps: each image's top-k by `u_r`, or        |
     |                     |               | `"prefix"`: the first k of the static ranking (contiguous after export)   |
-    | `min_keep`          | `0.1`         | keep ratio of action -1 (paper 7's runtime floor)                         |
+    | `min_keep`          | `0.1`         | keep ratio of action -1 (Chen et al.'s runtime floor)                     |
     | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)         |
     |                     |               | or `MeanBudgetTerm()`: a Lagrangian on the batch-mean MAC fraction        |
     | `loss_scale`        | `None`        | β: `None` (a fresh running mean), a shared `RunningLossScale`, or a float  |
@@ -861,7 +865,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
       module is deep-copied and used as it is (an exported one keeps its fixed static structure and R_r;
       otherwise the env sets its own static plan). The copy runs in eval mode without gradients.
     - Inputs are normalised as the model's weights expect (`pruning.train.dataset_for_model`).
-    - The static plan and R_r never change during the env's lifetime (paper 7 alternates agent and network
+    - The static plan and R_r never change during the env's lifetime (Chen et al. alternate agent and network
       training; the network is the environment). `budget` may be changed (`env.budget = 0.3`); the
       observation shows it from the next step.
 

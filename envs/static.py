@@ -1,8 +1,8 @@
 """The static pruning environment ``prunegym/StaticPruning-v0``: one episode decides every unit's static keep ratio.
 
 AMC-like (He et al., ECCV 2018, ``mit-han-lab/amc`` ``env/channel_pruning_env.py``) with the rewards and the
-optional runtime policy of paper 7 (Chen, Chen & Pan, NeurIPS 2020; ``reference/methods.md`` §7.3). The class
-docstring of :class:`StaticPruningEnv` is the manual.
+optional runtime policy of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning via
+Deep Reinforcement Learning" (NeurIPS 2020, Sec. 3.3). The class docstring of :class:`StaticPruningEnv` is the manual.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _computed_bound(c: int, k_s: np.ndarray, tradeoff: float, k_r: int | None) -
 
     ``k_r`` is the runtime keep count of a fixed runtime ratio, or ``None`` when there is no runtime policy
     (the unit computes exactly its stored channels) or the policy is a callable (it may keep every stored
-    channel). With a fixed ratio the trade-off pruner (paper 7 Eqs. 3-5, :func:`pruning.gating.tradeoff_pruned`)
+    channel). With a fixed ratio the trade-off pruner (Chen et al., Eqs. 3-5, :func:`pruning.gating.tradeoff_pruned`)
     prunes ``o + floor(R_r(n_r - o)) + floor((1 - R_r)(n_s - o))`` channels, where the overlap ``o`` of the
     static and runtime pruned sets depends on the image; the bound is the maximum over every overlap the
     pruner allows (at least the stored-pruned channels, at most ``min(n_r, n_s)``).
@@ -86,17 +86,17 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
 
-    The agent walks once through the prunable units of a fixed, pretrained network (DESIGN §3: ``conv1`` of
+    The agent walks once through the prunable units of a fixed, pretrained network (:mod:`pruning.units`: ``conv1`` of
     every residual block in a CIFAR ResNet, every conv but the last in a plain net) and gives each one a
     **static keep ratio**: the fraction of its output channels kept for every input. Which channels are kept
-    is decided by a channel criterion (L1 filter norm for a plain model, paper 7's learned ``u_s`` for a gated
+    is decided by a channel criterion (L1 filter norm for a plain model, Chen et al.'s learned ``u_s`` for a gated
     one). When the last unit is decided, the pruned model is scored on a fixed validation subset and the
     episode's only non-zero reward is paid. The budget — a fraction of the unpruned model's MACs per image,
     optionally also of its parameters — is either enforced by AMC's *action wall* (``budget_mode="clamp"``:
     each action is cut so that the remaining units, even at the smallest keep ratio, can still meet the budget)
-    or charged in the reward by paper 7's exponential penalty (``budget_mode="penalty"``).
+    or charged in the reward by Chen et al.'s exponential penalty (``budget_mode="penalty"``).
 
-    This is the MDP of AMC (He et al., ECCV 2018) with the rewards of paper 7 (Chen, Chen & Pan, "Storage
+    This is the MDP of AMC (He et al., ECCV 2018) with the rewards of Chen, Chen & Pan ("Storage
     Efficient and Dynamic Flexible Runtime Channel Pruning via Deep RL", NeurIPS 2020). Optionally a runtime
     policy runs in the loop (``runtime=``), so the static agent is rewarded for the model as it will run, with
     runtime and static pruning combined by the trade-off pruner at rate R_r; ``learn_split=True`` lets the agent
@@ -161,7 +161,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     the loop if given) is scored on the cached validation subset — deterministic, batched, no gradient —
     and the reward function is called on an `envs.rewards.EpisodeResult`:
 
-    - `"paper"` (default) — paper 7: `-CE / β_b` (β_b = running mean of the episode loss,
+    - `"paper"` (default) — Chen et al.: `-CE / β_b` (β_b = running mean of the episode loss,
       `envs.rewards.RunningLossScale`, updated with this episode's loss first) + `budget_term(MAC fraction,
       budget)` (`-1.2·(exp((B - cap)/0.03) - 1)` over, `+0.1·(cap - B)` under) + with a parameter budget
       the same penalty on the parameter fraction with no bonus;
@@ -209,12 +209,12 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | `batch_size`     | `128`         | images per forward pass when scoring (CPU caches favour small batches)     |
     | `budget`         | `0.5`         | MAC budget, fraction of the base MACs per image; `None` for none           |
     | `param_budget`   | `None`        | parameter budget, fraction of the base backbone parameters                 |
-    | `budget_mode`    | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (paper 7, reward only)        |
+    | `budget_mode`    | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (Chen et al., reward only)    |
     | `reward`         | `"paper"`     | name in the `envs.rewards` registry, or a callable                         |
     | `min_keep`       | `0.2`         | smallest keep ratio an action maps to                                      |
     | `criterion`      | `None`        | a `pruning.criteria` name (`"l1"`, `"u_s"`, ...) or `fn(model, unit)`      |
     | `runtime`        | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
-    | `tradeoff`       | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (paper 7)           |
+    | `tradeoff`       | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (Chen et al.)       |
     | `learn_split`    | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
     | `runtime_order`  | `"u_r"`       | the runtime policy's channel choice: top-k by `u_r`, or `"prefix"` of the  |
     |                  |               | static ranking (`pruning.plan.PruningPlan.runtime_order`)                  |
@@ -232,8 +232,8 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     - `num_val`: for `"synthetic"` the split is generated with this many images; for CIFAR the subset is a
       seeded draw from the 5 000-image `val` split. `None` uses the whole split.
     - `min_keep` 0.2 is AMC's `lbound`: a static cut is permanent, so no unit drops below a fifth of its
-      channels (the runtime environment's 0.1 is paper 7's runtime floor).
-    - `criterion=None` picks `"u_s"` for a gated model (paper 7's learned static importance) and `"l1"` (filter
+      channels (the runtime environment's 0.1 is Chen et al.'s runtime floor).
+    - `criterion=None` picks `"u_s"` for a gated model (Chen et al.'s learned static importance) and `"l1"` (filter
       L1 norm, Li et al. ICLR 2017) for a plain one. A callable gets the env's gated copy of the model and a
       `pruning.units.Unit`, and returns one score per output channel (higher = kept first); the scores become
       `PruningPlan.static_scores`.
@@ -332,7 +332,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = check_render_mode(render_mode, "StaticPruningEnv")
         if budget_mode not in ("clamp", "penalty"):
             raise ValueError(
-                f"budget_mode must be 'clamp' (AMC's action wall) or 'penalty' (paper 7), got {budget_mode!r}"
+                f"budget_mode must be 'clamp' (AMC's action wall) or 'penalty' (Chen et al.), got {budget_mode!r}"
             )
         if not (math.isfinite(min_keep) and 0.0 < min_keep <= 1.0):
             raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
@@ -372,7 +372,7 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         if isinstance(criterion, str):
             if criterion == "u_s" and not self.gated_input:
                 raise ValueError(
-                    "criterion 'u_s' needs a gated model (paper 7's learned static importance); this model is "
+                    "criterion 'u_s' needs a gated model (Chen et al.'s learned static importance); this model is "
                     "plain: use criterion='l1', or gate it (pruning.gating.gate_model) and train u_s first"
                 )
             crit = get_criterion(criterion)  # unknown names: ValueError with close matches

@@ -1,4 +1,4 @@
-"""Exact MACs per sample and stored parameters for any plan (DESIGN §3, "Accounting").
+"""Exact MACs per sample and stored parameters for any plan (``docs/architecture.md``, "Accounting").
 
 MACs of a conv = ``k_h·k_w·H_out·W_out·C_in·C_out / groups``; of a linear = ``in·out`` (biases, BN, ReLU and
 pooling are not counted). This is exactly what ``torch.utils.flop_counter.FlopCounterMode`` reports divided by
@@ -11,7 +11,8 @@ two, which the tests check on physically exported models (static plans) and on p
   the backbone, so an unpruned gated model has exactly the base model's backbone parameters.
 * Budgets are fractions of the base model's total backbone MACs (0.5 = half the MACs).
 
-Paper 7's "sparsity b" is a uniform keep ratio per layer, about ``b²`` of the MACs in a plain net: use
+The "sparsity b" of Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep
+Reinforcement Learning", NeurIPS 2020) is a uniform keep ratio per layer, about ``b²`` of the MACs in a plain net: use
 :func:`sparsity_to_mac_fraction`, never the two interchangeably.
 """
 
@@ -230,12 +231,12 @@ def model_cost(
 def sparsity_to_mac_fraction(
     model: nn.Module, sparsity: float, input_size: tuple[int, int, int] = (3, 32, 32)
 ) -> float:
-    """MAC fraction of paper 7's "sparsity b": every unit keeps ``b·C`` channels (real-valued, not rounded).
+    """MAC fraction of Chen et al.'s "sparsity b": every unit keeps ``b·C`` channels (real-valued, not rounded).
 
-    Paper 7 (code, ``--budget``) scales every gated conv's input and output widths by ``b`` except the image
-    input, so its MAC cap is ≈ ``b²`` for M-CifarNet (sparsity 0.5 → 3.92× fewer MACs, Table 1). Here the same
-    rule is applied to this model's units; in a ResNet only ``conv1`` of each block is a unit, so the fraction
-    is about ``(1 + b) / 2`` of the block MACs.
+    Chen et al.'s released code (``--budget``) scales every gated conv's input and output widths by ``b`` except the
+    image input, so its MAC cap is ≈ ``b²`` for M-CifarNet (sparsity 0.5 → 3.92× fewer MACs, Table 1). Here the same
+    rule is applied to this model's units; in a ResNet only ``conv1`` of each block is a unit, so the fraction is about
+    ``(1 + b) / 2`` of the block MACs.
 
     Args:
         model: Plain or gated model.

@@ -56,7 +56,7 @@ ENTRY_POINT_GROUP = "prunegym.commands"
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pruning.pretrain:main", "train or fine-tune a CIFAR model, gate it and run the gate stage"),
     "compare": ("agents.compare:main", "compare pruning policies: table + Pareto plot"),
-    "train": ("agents.cli:main", "train runtime/static pruning agents with paper 7's schedule (= train_agent.py)"),
+    "train": ("agents.cli:main", "train runtime/static pruning agents with Chen et al.'s schedule (= train_agent.py)"),
     "export": ("agents.export_cli:main", "export a finished run's pruned model to TorchScript or ONNX"),
     "protocol": (
         "agents.protocol:main",

@@ -1,4 +1,4 @@
-"""Physical removal of statically pruned channels, and the deployable dynamic model (DESIGN §3, "Export").
+"""Physical removal of statically pruned channels, and the deployable dynamic model (docs/architecture.md, "Export").
 
 :func:`export_static` slices every unit's conv output channels, BN statistics and importance vectors, and its
 consumer's input channels, to the channels the plan *stores* (see :mod:`pruning.gating`). What comes out:
@@ -293,8 +293,9 @@ class _CompactUnit(GatedConv):
       sees ``(GAP, u_r)`` at the original widths, as in the masked model);
     * the kept channels: with no statically pruned stored channel, or R_r = 1, the trade-off pruner keeps the
       top ``n`` channels by ``u_r`` (``n`` from the ratio alone): one stable sort, ties to the lower index;
-      otherwise paper 7's trade-off pruner (:func:`pruning.gating.tradeoff_pruned`) on the sorted channel list
-      in plain Python (a few dozen integers; cheaper than the dozen tensor ops of the batched version);
+      otherwise the trade-off pruner of Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel
+      Pruning via Deep Reinforcement Learning", NeurIPS 2020; :func:`pruning.gating.tradeoff_pruned`) on the sorted
+      channel list in plain Python (a few dozen integers; cheaper than the dozen tensor ops of the batched version);
     * BN, ``u_s`` and ``u_r`` folded into the sliced conv weights and bias: one ``index_select`` of the folded
       weights, one of the folded BN shift, one conv with ReLU. The input-independent part ``W·u_s/sqrt(var +
       eps)`` is cached while no parameter or statistic changes (and only without autograd, so gradients still

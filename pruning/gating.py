@@ -1,4 +1,8 @@
-"""GatedConv, the trade-off pruner and plans for whole models (paper 7 §3.1-3.2, DESIGN §3).
+"""GatedConv, the trade-off pruner and plans for whole models.
+
+The mechanism of Sec. 3.1-3.2 of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning
+via Deep Reinforcement Learning", NeurIPS 2020; ``docs/architecture.md`` ("GatedConv and the trade-off pruner")
+describes PruneGym's version of it.
 
 A gated unit computes ::
 
@@ -80,7 +84,7 @@ def tradeoff_pruned(
     runtime_rank: torch.Tensor,
     tradeoff: float,
 ) -> torch.Tensor:
-    """Paper 7's trade-off pruner (Eqs. 3-5): which channels the combined mask prunes.
+    """Chen et al.'s trade-off pruner (Eqs. 3-5): which channels the combined mask prunes.
 
     1. ``M_o = M_s ∧ M_r`` is pruned;
     2. of the runtime-only channels ``M_r - M_o``, the ``floor(R_r·|M_r - M_o|)`` with the lowest ``u_r``;
@@ -112,7 +116,7 @@ class StaticSets(tuple):
 
 
 class GatedConv(nn.Module):
-    """A prunable conv + BN + ReLU with runtime and static channel importance (paper 7 §3.1).
+    """A prunable conv + BN + ReLU with runtime and static channel importance (Chen et al., Sec. 3.1).
 
     Args:
         conv: The unit's convolution (copied).

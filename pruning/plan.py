@@ -26,7 +26,8 @@ RuntimeSource = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 def keep_count(ratio: torch.Tensor | float, channels: int) -> torch.Tensor:
     """Channels kept for a keep ratio: ``clamp(ceil(ratio·C), 1, C)`` (ratios within 1e-9 of a step round down).
 
-    The released code of paper 7 keeps ``floor(a·C) + 1`` channels (its rank test uses ``<=``); we keep
+    The released code of Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep
+    Reinforcement Learning", NeurIPS 2020) keeps ``floor(a·C) + 1`` channels (its rank test uses ``<=``); we keep
     ``ceil(a·C)``, so ``a = 0.5`` of 16 channels keeps 8, not 9.
 
     Args:
@@ -66,12 +67,12 @@ class PruningPlan:
         runtime_keep: ``None`` (runtime pruning off), one ratio for all units and samples, one ratio per unit
             (shape ``(L,)``), one per sample and unit (shape ``(N, L)``, N = the batch of the next forward), or
             a :data:`RuntimeSource` callable asked per unit during the forward pass.
-        tradeoff: R_r of paper 7 (Eqs. 3-5): 1 = pure runtime, 0 = pure static. ``None`` is allowed only when
+        tradeoff: R_r of Chen et al. (Eqs. 3-5): 1 = pure runtime, 0 = pure static. ``None`` is allowed only when
             one side is absent: 0 for a static-only plan, 1 for a runtime-only plan.
         static_scores: Optional per-unit channel scores that replace ``u_s`` for the static ranking (a
             criterion such as L1 magnitude); higher = more important.
         runtime_order: Which channels a runtime keep count keeps (:data:`RUNTIME_ORDERS`). ``"u_r"`` (default,
-            paper 7 and FBS): each image its own top-k by the runtime importance ``u_r(x)``. ``"prefix"``: every
+            Chen et al. and FBS): each image its own top-k by the runtime importance ``u_r(x)``. ``"prefix"``: every
             image the first k of one fixed order per unit, the static ranking (``static_scores``, else ``u_s``;
             ties to the lower index), as in slimmable and dynamic-slimmable networks. Only the count then
             depends on the image, so an export that stores the channels in that order computes a runtime
@@ -95,7 +96,7 @@ class PruningPlan:
         if self.static_keep is not None and self.runtime_keep is not None:
             raise ValueError(
                 "a plan with both static and runtime ratios needs tradeoff=R_r in [0, 1] "
-                "(paper 7 uses 0.5; 1 = runtime only, 0 = static only)"
+                "(Chen et al. use 0.5; 1 = runtime only, 0 = static only)"
             )
         return 0.0 if self.runtime_keep is None else 1.0
 

@@ -1,8 +1,9 @@
-"""``prunegym pretrain``: train (or fine-tune) a CIFAR model, gate it, and run paper 7's gate stage.
+"""``prunegym pretrain``: train (or fine-tune) a CIFAR model, gate it, and run the gate stage.
 
 The output is the base model of every pruning experiment: a gated model (``GatedConv`` units with runtime
 predictors ``u_r`` and static importances ``u_s``) fine-tuned with no pruning, as steps 1-3 of the recipe of
-Chen, Chen & Pan (NeurIPS 2020, §4.1; ``reference/methods.md`` §7.4).
+Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep Reinforcement Learning"
+(NeurIPS 2020, Sec. 4.1).
 
 Steps:
 
@@ -96,7 +97,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prunegym pretrain",
         description="Train or fine-tune a CIFAR model, gate it and fine-tune its channel-importance "
-        "predictors (paper 7's gate stage); writes model.pt, results.json, config.json and TensorBoard "
+        "predictors (Chen et al.'s gate stage); writes model.pt, results.json, config.json and TensorBoard "
         "events into the run directory.",
         formatter_class=HelpFormatter,
         argument_default=None if defaults else argparse.SUPPRESS,
@@ -133,7 +134,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--gate-lr",
         type=float,
         default=d(1e-4),
-        help="Adam learning rate of the gate stage (default: 1e-4; paper 7 uses 1e-3, which on a trained ResNet-20 "
+        help="Adam learning rate of the gate stage (default: 1e-4; Chen et al. use 1e-3, which on a trained ResNet-20 "
         "cost 6.5 points of val top-1 after one epoch per phase on 3k images, against 1.2 at 1e-4)",
     )
     g.add_argument("--no-gate", action="store_true", default=d(False), help="skip gating and the gate stage")

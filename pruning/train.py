@@ -1,4 +1,4 @@
-"""Training and evaluation of CIFAR CNNs: base training, fine-tuning and the gate stage of paper 7, resumable.
+"""Training and evaluation of CIFAR CNNs: base training, fine-tuning and the gate stage, resumable.
 
 The pieces, from small to large:
 
@@ -13,10 +13,10 @@ The pieces, from small to large:
 * :class:`Stage` + :func:`fit_schedule` — a sequence of named training stages that saves a training
   checkpoint atomically after every epoch (model, optimizer, stage, epoch, RNG states; readable with
   ``torch.load(weights_only=True)``) and resumes from one (:func:`load_training_state`).
-* :func:`gate_stage` / :func:`gate_schedule` — steps 2-3 of paper 7's recipe (Chen, Chen & Pan, NeurIPS 2020,
-  §4.1; ``reference/methods.md`` §7.4): with no pruning, fine-tune the backbone and the runtime predictors
-  with the static importance ``u_s`` frozen (phase A, ``gate_predictor``), then train ``u_s`` too (phase B,
-  ``gate_static``). Adam, lr 1e-3, as in the paper.
+* :func:`gate_stage` / :func:`gate_schedule` — steps 2-3 of the recipe of Chen, Chen & Pan, "Storage Efficient and
+  Dynamic Flexible Runtime Channel Pruning via Deep Reinforcement Learning" (NeurIPS 2020, Sec. 4.1): with no pruning,
+  fine-tune the backbone and the runtime predictors with the static importance ``u_s`` frozen (phase A,
+  ``gate_predictor``), then train ``u_s`` too (phase B, ``gate_static``). Adam, lr 1e-3, as in the paper.
 
 Batches come from :mod:`pruning.data`. The dataset normalises with its own ``mean``/``std``; a model's weights
 expect the statistics of :func:`pruning.models.input_normalization`, so wrap datasets with
@@ -986,7 +986,7 @@ def fit_schedule(
 
 
 # ----------------------------------------------------------------------------------------------------
-# The gate stage of paper 7
+# The gate stage of Chen et al.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -1014,7 +1014,7 @@ class _EnterGateStage:
         if self.gate is not None and not is_gated(model):
             model = self.gate(model)
         _require_gated(model)
-        clear_plan(model)  # paper 7 §4.1 steps 2-3 train with d_s = d_r = 1: nothing pruned
+        clear_plan(model)  # Chen et al., Sec. 4.1, steps 2-3 train with d_s = d_r = 1: nothing pruned
         return model
 
 
@@ -1033,12 +1033,12 @@ def gate_schedule(
     val_batches: int | None = None,
     gate: Callable[[nn.Module], nn.Module] | None = None,
 ) -> list[Stage]:
-    """The two stages of paper 7's gate fine-tuning, for :func:`fit_schedule` (see :func:`gate_stage`).
+    """The two stages of Chen et al.'s gate fine-tuning, for :func:`fit_schedule` (see :func:`gate_stage`).
 
     Args:
         predictor_epochs: Epochs of phase A (``gate_predictor``): backbone + predictors, ``u_s`` frozen.
         static_epochs: Epochs of phase B (``gate_static``): everything, ``u_s`` included.
-        lr: Adam learning rate. Default 1e-3 (paper 7 §4.1, CIFAR-10).
+        lr: Adam learning rate. Default 1e-3 (Chen et al., Sec. 4.1, CIFAR-10).
         batch_size: Default 128 (the released code).
         weight_decay: L2 on 2-D weights. Default 0 (the paper gives none).
         grad_clip: Global gradient-norm clip. Default 40 (the released code's CNN phase).
@@ -1093,7 +1093,7 @@ def gate_stage(
     log_every: int = 50,
     val_batches: int | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a gated model with no pruning, as steps 2-3 of paper 7's recipe (§4.1; methods.md §7.4).
+    """Fine-tune a gated model with no pruning, as steps 2-3 of Chen et al.'s recipe (Sec. 4.1).
 
     * Phase A (``gate_predictor``, ``predictor_epochs``): the backbone and the runtime predictors ``u_r``
       learn together while every unit's static importance ``u_s`` stays frozen at its current value (1 for a

@@ -1,9 +1,9 @@
 """Prunable units: which convs' output channels can be removed, and what reads those channels.
 
 A *unit* is a conv whose output channels can be removed without changing any other layer's output shape
-(DESIGN §3). CIFAR ResNets: ``conv1`` of every basic block (its outputs feed only the block's ``conv2``; the
-stem and the residual-coupled ``conv2`` outputs are not units). Plain nets (VGG, M-CifarNet): every conv but
-the last, each read by the next conv, so a unit's kept outputs are the next unit's inputs.
+(``docs/architecture.md``, "Units"). CIFAR ResNets: ``conv1`` of every basic block (its outputs feed only the block's
+``conv2``; the stem and the residual-coupled ``conv2`` outputs are not units). Plain nets (VGG, M-CifarNet): every conv
+but the last, each read by the next conv, so a unit's kept outputs are the next unit's inputs.
 
 Rules are a registry keyed by model class (:func:`register_unit_rule`); a new architecture adds one rule and
 nothing else changes. :func:`get_units` adds the shapes by tracing one 32×32 forward pass.

@@ -276,7 +276,7 @@ def test_sparsity_to_mac_fraction():
     # every conv but the first scales its input and output widths by b: between b² and b of the MACs
     for b, f in zip((0.9, 0.7, 0.5, 0.3, 0.1), values, strict=True):
         assert b * b < f < b
-    # M-CifarNet at b = 0.5 is close to b² (paper 7: 3.92× fewer MACs)
+    # M-CifarNet at b = 0.5 is close to b² (Chen et al.: 3.92× fewer MACs)
     assert 1 / values[2] > 3.5
     # gated or plain: same answer
     assert sparsity_to_mac_fraction(gate_model(m), 0.5) == values[2]
@@ -295,7 +295,7 @@ def _conv(k: int, hw: int, c_in: int, c_out: int) -> int:
 
 
 def _resnet_macs_by_hand(depth: int) -> int:
-    """He et al. §4.2: 3×3 stem at 32×32, stages of n blocks at 32/16/8 with 16/32/64 channels, FC 64→10."""
+    """He et al., Sec. 4.2: 3×3 stem at 32×32, stages of n blocks at 32/16/8 with 16/32/64 channels, FC 64→10."""
     n = (depth - 2) // 6
     total = _conv(3, 32, 3, 16)
     c_in = 16

@@ -1,4 +1,4 @@
-"""GatedConv, channel ranking, the trade-off pruner (paper 7 Eqs. 3-5) and plan validation."""
+"""GatedConv, channel ranking, the trade-off pruner (Chen et al., NeurIPS 2020, Eqs. 3-5) and plan validation."""
 
 from __future__ import annotations
 
@@ -312,7 +312,7 @@ def test_stored_channels_half_tradeoff():
 def _reference_keep(
     u_s: list[float], u_r: list[float], a_s: float | None, a_r: float | None, rate: float
 ) -> tuple[set[int], set[int], int]:
-    """Eqs. 3-5 of paper 7 written out with sorted lists, plus the stored-channel rule of DESIGN §3.
+    """Eqs. 3-5 of Chen et al. written out with sorted lists, plus the stored-channel rule of docs/architecture.md.
 
     Returns ``(kept, stored, overlap)``.
     """

@@ -178,7 +178,7 @@ def test_paper_preset_matches_methods() -> None:
     assert hp["policy_kwargs"]["lstm_hidden_size"] == 128 and hp["policy"] == "BudgetResidualLstmPolicy"
     assert list_presets("recurrent_ppo") == ["paper"]
     text = (HYPERPARAMS_DIR / "recurrent_ppo.yml").read_text()
-    assert "methods.md §7.3" in text and "residual on the budget" in text
+    assert "Chen, Chen & Pan" in text and "residual on the budget" in text
 
 
 def test_module_doctest() -> None:

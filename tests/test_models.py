@@ -62,7 +62,7 @@ def test_num_classes(name):
 
 
 def _resnet_params_by_hand(depth: int, num_classes: int = 10) -> int:
-    """He et al. §4.2 with option-A shortcuts: 3×3 convs without bias, BN (γ, β) after each, one FC."""
+    """He et al., Sec. 4.2 with option-A shortcuts: 3×3 convs without bias, BN (γ, β) after each, one FC."""
     n = (depth - 2) // 6
 
     def conv_bn(c_in: int, c_out: int) -> int:

@@ -85,7 +85,7 @@ def test_prior_action_formula_and_clipping() -> None:
         for min_keep in (0.1, 0.2):
             got = budget_prior_action(b, min_keep, curve).numpy()
             np.testing.assert_allclose(got, _a0(np.maximum(b.numpy(), curve[0]), min_keep, curve), atol=1e-12)
-    # the default curve is paper 7's r0 = sqrt(B): B = 0.25 -> r0 = 0.5 -> a0 = 2 (0.5 - 0.1) / 0.9 - 1
+    # the default curve is Chen et al.'s r0 = sqrt(B): B = 0.25 -> r0 = 0.5 -> a0 = 2 (0.5 - 0.1) / 0.9 - 1
     assert float(budget_prior_action(torch.tensor(0.25, dtype=torch.float64), 0.1)) == pytest.approx(-1 / 9)
     ends = budget_prior_action(torch.tensor([0.0, 1e-4, 1.0, 2.0]), 0.1)
     assert ends.tolist() == [-1.0, -1.0, 1.0, 1.0]  # clipped to [min_keep, 1]

@@ -48,13 +48,14 @@ class UniformBaseline(BaselinePolicy):
 
 @register_baseline("fbs")
 class FBSBaseline(UniformBaseline):
-    """Feature Boosting and Suppression (Gao et al., ICLR 2019): the runtime mechanism paper 7 builds on.
+    """Feature Boosting and Suppression (Gao et al., ICLR 2019): the runtime mechanism Chen et al. build on.
 
-    The same channel-importance predictor ``u_r = Linear(GAP(x))`` as paper 7, and one constant runtime keep
-    ratio for every unit and every image, solved for the MAC budget; per input the top-k channels by ``u_r``
-    run (winner-take-all). It is :class:`UniformBaseline` restricted to the runtime env, where the ratio is a
-    runtime ratio and the env's predictors choose the channels. (FBS also trains its predictors with a
-    sparsity loss; here they are whatever the model's gate stage trained.)
+    The same channel-importance predictor ``u_r = Linear(GAP(x))`` as Chen, Chen & Pan ("Storage Efficient and
+    Dynamic Flexible Runtime Channel Pruning via Deep Reinforcement Learning", NeurIPS 2020), and one constant
+    runtime keep ratio for every unit and every image, solved for the MAC budget; per input the top-k channels
+    by ``u_r`` run (winner-take-all). It is :class:`UniformBaseline` restricted to the runtime env, where the
+    ratio is a runtime ratio and the env's predictors choose the channels. (FBS also trains its predictors with
+    a sparsity loss; here they are whatever the model's gate stage trained.)
 
     Args:
         budget: MAC budget (fraction of the base MACs); ``None`` (default) uses the env's.

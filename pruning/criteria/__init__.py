@@ -27,7 +27,7 @@ Criteria are looked up by name (:func:`get_criterion`); a new one is a function 
 | `l2`       | `‖W[c]‖₂` of the unit's conv                                | (the L2 variant of the above)       |
 | `bn_scale` | `|γ[c]|` of the unit's BatchNorm                            | Liu et al., ICCV 2017 (slimming)    |
 | `random`   | `U[0, 1)`, seeded per (seed, unit index)                    | a control                           |
-| `u_s`      | paper 7's learned static importance (gated units only)      | Chen, Chen & Pan, NeurIPS 2020      |
+| `u_s`      | Chen et al.'s learned static importance (gated units only)  | Chen, Chen & Pan, NeurIPS 2020      |
 | `pfp_sensitivity` | PFP's sensitivity w.r.t. the consumer, on a batch `inputs=` | Liebenwein et al., ICLR 2020 |
 | `pfp_sampled` | PFP's seeded sampling order (`inputs=`, `seed=`): top-k = a draw | Liebenwein et al., ICLR 2020 |
 | `l2_gm`    | `Σ_j ‖W[c] − W[j]‖₂`: low = near the geometric median = redundant | He et al., CVPR 2019 (FPGM)   |
@@ -157,7 +157,7 @@ def random_criterion(model: nn.Module, unit: Unit, *, seed: int = 0) -> torch.Te
 
 @register_criterion("u_s")
 def us_criterion(model: nn.Module, unit: Unit) -> torch.Tensor:
-    """Paper 7's learned static importance ``u_s`` of a gated unit.
+    """Chen et al.'s learned static importance ``u_s`` of a gated unit.
 
     Raises:
         ValueError: the unit is not gated (a plain model has no ``u_s``; use ``"l1"`` or gate and train it).

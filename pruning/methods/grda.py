@@ -18,8 +18,8 @@ number of steps, with no preset sparsity level and no retraining. The sparsity i
 exactly 0 when ``|A_n| <= g_n``. A whole conv filter becomes 0 only when all its weights do, which is what
 :func:`zero_filter_plan` turns into a channel plan.
 
-Hyperparameters (methods.md §5): ``lr`` as for plain SGD (no momentum, no weight decay: the ℓ1 term takes
-its place); ``μ ∈ (0.5, 1)``, with 0.501, 0.51, 0.55 recommended; ``c`` small (5e-4 to 5e-3 in the paper's
+Hyperparameters (as the authors' code and scripts use them): ``lr`` as for plain SGD (no momentum, no weight decay: the
+ℓ1 term takes its place); ``μ ∈ (0.5, 1)``, with 0.501, 0.51, 0.55 recommended; ``c`` small (5e-4 to 5e-3 in the paper's
 runs of hundreds of epochs; a short run needs a larger ``c`` for the threshold to reach the weights).
 
 Example:

@@ -17,8 +17,8 @@ exactly when ``z g_m = s g_n`` and ``z b_m = b_n``. Hence
 
     z = s · (γ_n/γ_m) · (σ_m/σ_n),        valid only if z > 0 (γ_n and γ_m of the same sign),
 
-and the remaining error is the bias mismatch ``|b_n − z·b_m|``. methods.md §6 (and ``decompose.py`` of the
-authors' code, ``s * (gamma_2/gamma_1) * (sigma_1/sigma_2)`` with 1 = pruned, 2 = kept) writes
+and the remaining error is the bias mismatch ``|b_n − z·b_m|``. ``decompose.py`` of the authors' code
+(``s * (gamma_2/gamma_1) * (sigma_1/sigma_2)`` with 1 = pruned, 2 = kept) writes
 ``s·(γ_m/γ_n)·(σ_n/σ_m)``: the BN ratio inverted, and with ``sigma`` the running *variance*. That form is exact
 only when ``γ_n/σ_n = γ_m/σ_m``; e.g. ``w_n = w_m``, equal statistics, zero biases and ``γ_n = 2γ_m`` give
 ``a_n = 2·a_m`` while it yields ``z = 1/2``. This module implements the derived form above (the unit tests

@@ -362,9 +362,9 @@ def search_lambda_t(
 ) -> SearchResult[SearchTrial]:
     """Find ``(λ, t)`` whose thresholded plan meets a MAC target: the paper's Algorithm 1, as we implement it.
 
-    methods.md §2 summarises Algorithm 1 as "a binary search of λ starting from ``[0, 2e-4]`` and steps of
-    ±0.1 in ``t`` from 1.2, until the FLOPs are within δ = 5% of the target". The paper's exact stopping and
-    range-extension rules are not in those notes, so this function fixes them as follows. Every trial
+    Algorithm 1 is a binary search of λ starting from ``[0, 2e-4]`` and steps of ±0.1 in ``t`` from 1.2,
+    until the FLOPs are within δ = 5% of the target. This function follows that outline; the paper's exact
+    stopping and range-extension rules are not reproduced, so this function fixes them as follows. Every trial
     sparsity-trains a fresh copy of ``model`` (:func:`sparsity_train`), thresholds it at the global first
     valley (:func:`threshold_plan`) and costs the plan (MAC fraction of the unpruned model, exact):
 

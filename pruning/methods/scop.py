@@ -8,7 +8,7 @@ network side by side. A channel whose ``β`` climbs to 1 is relied on; one that 
 as well be fed the knockoff. The channel score is ``|γ|·(β − (1 − β)) = |γ|·(2β − 1)`` with ``γ`` the BN scale
 of the channel, and each unit drops its lowest-scored channels.
 
-**Where and how it mixes** (methods.md §3; ``Kf_Conv2d`` of the released code). The batch is ``[X ; X̃]``.
+**Where and how it mixes** (``Kf_Conv2d`` of the released code). The batch is ``[X ; X̃]``.
 At each controlled conv the output ``A`` (real half) and ``Ã`` (knockoff half) are mixed *after the conv and
 before its BatchNorm*: the real stream continues with ``β⊙A + (1 − β)⊙Ã`` and the knockoff stream with ``Ã``
 unchanged, so later layers see the knockoff stream's own features. The loss is the cross-entropy of the

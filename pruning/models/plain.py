@@ -19,7 +19,8 @@ __all__ = ["PlainConvNet", "vgg16_bn", "m_cifarnet", "VGG16_CFG", "M_CIFARNET_CF
 
 #: VGG-16 conv widths; ``"M"`` is a 2×2 max-pool (Simonyan & Zisserman 2015, the CIFAR variant with one FC).
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-#: M-CifarNet (FBS, Gao et al. ICLR 2019; paper 7's CIFAR model): ``(width, stride)`` per 3×3 conv.
+#: M-CifarNet (FBS, Gao et al. ICLR 2019; the CIFAR model of Chen, Chen & Pan, "Storage Efficient and Dynamic
+#: Flexible Runtime Channel Pruning via Deep Reinforcement Learning", NeurIPS 2020): ``(width, stride)`` per 3×3 conv.
 M_CIFARNET_CFG: list[tuple[int, int]] = [
     (64, 1), (64, 1), (128, 2), (128, 1), (128, 1), (192, 2), (192, 1), (192, 1)
 ]  # fmt: skip

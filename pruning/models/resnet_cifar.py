@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al., 2016, §4.2) with option-A shortcuts, state-dict compatible with akamaster.
+"""CIFAR ResNets (He et al., CVPR 2016, Sec. 4.2) with option-A shortcuts, state-dict compatible with akamaster.
 
 The layout follows ``akamaster/pytorch_resnet_cifar10`` so its public checkpoints load as they are: a 3×3 stem
 (``conv1``/``bn1``, 16 channels), three stages ``layer1..3`` of ``n`` basic blocks with 16/32/64 channels, global
