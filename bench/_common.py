@@ -13,6 +13,10 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+#: Where ``bench/protocol_cifar10.py`` keeps its row files (committed) and its learned rows' checkpoints (not);
+#: a distilled grid adds ``_distill<ALPHA>`` to both names.
+PROTOCOL_RECORDS = REPO / "bench" / "records" / "protocol_cifar10"
+PROTOCOL_RUNS = REPO / "runs" / "protocol_cifar10"
 
 
 def add_machine_args(p: argparse.ArgumentParser, *, data_file: str) -> None:

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import REPO, SHARED, fastest
+from _common import PROTOCOL_RECORDS, PROTOCOL_RUNS, SHARED, fastest
 from torch import nn
 
 from agents.algos import make_model
@@ -96,9 +96,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 forwards per contender (default 300)")
     p.add_argument("--repeats-b128", type=int, default=None, help="timed batch-128 forwards (default 10)")
     p.add_argument("--test-images", type=int, default=1000, help="evenly strided test images for top-1")
-    p.add_argument("--protocol-out", type=Path, default=REPO / "bench" / "records" / "protocol_cifar10",
+    p.add_argument("--protocol-out", type=Path, default=PROTOCOL_RECORDS,
                    help="the protocol's row files (default bench/records/protocol_cifar10)")
-    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "protocol_cifar10",
+    p.add_argument("--runs-dir", type=Path, default=PROTOCOL_RUNS,
                    help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10)")
     p.add_argument("--models-dir", type=Path, default=SHARED / "models", help="checkpoints (default ../shared/models)")
     p.add_argument("--data-dir", type=Path, default=SHARED / "data", help="data root holding cifar10/")

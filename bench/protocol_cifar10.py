@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import REPO, SHARED, add_machine_args
+from _common import PROTOCOL_RECORDS, PROTOCOL_RUNS, REPO, SHARED, add_machine_args
 
 from agents.protocol import (
     BUDGET_TOLERANCE,
@@ -118,8 +118,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_machine_args(p, data_file="test.npz")
     a = p.parse_args(argv)
     suffix = f"_distill{a.distill:g}" if a.distill > 0 else ""
-    a.out = a.out or REPO / "bench" / "records" / f"protocol_cifar10{suffix}"
-    a.runs_dir = a.runs_dir or REPO / "runs" / f"protocol_cifar10{suffix}"
+    a.out = a.out or PROTOCOL_RECORDS.with_name(PROTOCOL_RECORDS.name + suffix)
+    a.runs_dir = a.runs_dir or PROTOCOL_RUNS.with_name(PROTOCOL_RUNS.name + suffix)
     a.plot = a.plot or REPO / "docs" / f"protocol_pareto{suffix}.png"
     shared = os.environ.get("PRUNEGYM_SHARED")
     if shared and a.models_dir == SHARED / "models":
