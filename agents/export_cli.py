@@ -123,7 +123,7 @@ def export_run(
             module = dynamic_deployable(dyn)
         except TypeError as err:
             raise ValueError(f"{err}; export --kind static instead") from err
-        return save_torchscript(module, path, example, atol=atol, optimize_numerics=False), kind
+        return save_torchscript(module, path, example, atol=atol), kind  # its fastest form: float rounding apart
     module = static_deployable(load_exported(root / EXPORTED_FILE))
     if fmt == "onnx":
         return save_onnx(module, path, example, atol=atol), kind

@@ -66,7 +66,7 @@ from gymnasium import spaces
 from torch import nn
 
 from envs.runtime import OBS_BOUND, RATIO_DECIMALS, PolicyRuntimeSource
-from pruning.export import last_kept_count, prefix_count
+from pruning.export import last_kept_count, prefix_count, runtime_count
 from pruning.gating import gated_units
 from pruning.plan import RATIO_EPS
 
@@ -637,19 +637,28 @@ def count_thresholds(count: Callable[[float], int]) -> tuple[int, torch.Tensor]:
     return base, torch.tensor(thresholds, dtype=torch.float32)
 
 
-def _folded_first_layer(
-    fused: FusedAgent, widths: list[tuple[int, int]]
-) -> tuple[list[torch.Tensor], list[torch.Tensor], nn.Module] | None:
-    """The actor's first linear layer folded per unit, or ``None`` for actors it does not apply to.
+class _Affine(nn.Module):
+    """``nn.Linear`` as one ``addmm`` on a stored transposed weight (no transpose per call at batch 1)."""
 
-    The observation of unit t is ``[GAP (C_in), zeros, u_r (C), zeros, t / (L - 1), budget, committed]``: its
-    zero padding and its constants contribute fixed terms, so the first layer is ``[GAP, u_r, committed] @ W_t
-    + b_t`` with ``W_t`` the layer's columns of those features (transposed, ``(C_in + C + 1, hidden)``) and
-    ``b_t`` its bias plus the constant columns times their values. The budget prior is folded into the mean
-    layer's bias. Only for plain Gaussian actors (PPO / A2C: linear first layer, no LSTM, no squashing).
+    if TYPE_CHECKING:
+        weight_t: torch.Tensor
+        bias: torch.Tensor
 
-    Returns:
-        ``(W_t per unit, b_t per unit, the rest of the actor: net[1:] then the mean layer, dimension 0)``.
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
+        self.register_buffer("bias", linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.addmm(self.bias, x, self.weight_t)
+
+
+def _first_layer(fused: FusedAgent) -> tuple[torch.Tensor, torch.Tensor, nn.Module] | None:
+    """The actor's first linear layer (float64 weight ``(hidden, obs_dim)`` and bias) and the rest of the actor.
+
+    Only for plain Gaussian actors (PPO / A2C: linear first layer, no LSTM, no squashing); ``None`` otherwise.
+    The rest is ``net[1:]`` then the mean layer's dimension 0 (the budget prior is left to the caller), its
+    linear layers as :class:`_Affine`.
     """
     actor = fused.actor
     net, head = actor.net, actor.head
@@ -660,48 +669,71 @@ def _folded_first_layer(
     if not isinstance(first, nn.Linear) or first.bias is None or head.bias is None:
         return None
     with torch.no_grad():
-        w, b = first.weight.double(), first.bias.double()
         mean = nn.Linear(head.in_features, 1)
         mean.weight.copy_(head.weight[:1])
         mean.bias.copy_(head.bias[:1])
         if not layers:  # the mean layer is the first layer
-            w, b = mean.weight.double(), mean.bias.double()
-        weights, biases = [], []
-        gw = fused.gap_width
-        for t, (c_in, c) in enumerate(widths):
-            step, budget = fused.suffix[t, fused.ur_width].double(), fused.suffix[t, fused.ur_width + 1].double()
-            cols = torch.cat([w[:, :c_in], w[:, gw : gw + c], w[:, -1:]], 1)
-            weights.append(cols.t().float().contiguous())
-            biases.append((b + w[:, -3] * step + w[:, -2] * budget).float())
-    rest: nn.Module = nn.Sequential(*layers[1:], mean) if layers else nn.Sequential()
-    return weights, biases, rest.requires_grad_(False).eval()
+            first = mean
+        w, b = first.weight.double(), first.bias.double()
+    rest: nn.Module = nn.Sequential()
+    if layers:
+        rest = nn.Sequential(*(_Affine(m) if isinstance(m, nn.Linear) else m for m in [*layers[1:], mean]))
+    return w, b, rest.requires_grad_(False).eval()
 
 
-def _prefix_rule(unit: Any) -> tuple[int, int, int, float] | None:
-    """``(full, stored, active, R_r)`` of a :class:`pruning.export.DynamicModel` prefix-order unit, else ``None``."""
+def _unit_columns(
+    fused: FusedAgent, w: torch.Tensor, b: torch.Tensor, t: int, c_in: int, c: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit ``t``'s part of the first layer ``(w, b)``: ``(W_gap (C_in, H), W_u (C, H), w_committed (H,), b_t (H,))``.
+
+    The observation of unit t is ``[GAP (C_in), zeros, u_r (C), zeros, t / (L - 1), budget, committed]``: its
+    zero padding contributes nothing and its constants a fixed term, so the first layer is ``GAP @ W_gap + u_r @
+    W_u + committed · w_committed + b_t``, ``b_t`` the bias plus the constant columns times their values (float64).
+    """
+    gw = fused.gap_width
+    step, budget = fused.suffix[t, fused.ur_width].double(), fused.suffix[t, fused.ur_width + 1].double()
+    return w[:, :c_in].t(), w[:, gw : gw + c].t(), w[:, -1], b + w[:, -3] * step + w[:, -2] * budget
+
+
+def _count_rule(unit: Any) -> Callable[[float], int]:
+    """The count a keep ratio gives a :class:`pruning.export.DynamicModel` unit.
+
+    In prefix order its keep count (:func:`pruning.export.prefix_count`), else ``k_r``
+    (:func:`pruning.export.runtime_count`), which the ``u_r``-order trade-off pruner starts from.
+    """
+    full, stored = int(unit.full_channels), int(unit.conv.out_channels)
     active = unit.__dict__.get("_active")
-    if active is None or not unit.__dict__.get("_prefix"):
-        return None
-    return int(unit.full_channels), int(unit.conv.out_channels), int(active), float(unit.tradeoff)
+    if active is not None and unit.__dict__.get("_prefix"):
+        tradeoff = float(unit.tradeoff)
+        return lambda r: prefix_count(r, full, stored, int(active), tradeoff, RATIO_EPS)
+    return lambda r: runtime_count(r, full, stored, RATIO_EPS)
 
 
 class _ScriptedSource(nn.Module):
-    """:class:`FusedRuntimeSource` as a TorchScript-compatible module (one image; state in shared tensors).
+    """:class:`FusedRuntimeSource` as a TorchScript-compatible module (one image at a time).
 
-    Exact (``fold=False``): the fused agent's own operations, so the ratios are bit for bit the eager source's.
-    Folded (``fold=True``, plain Gaussian actors): the observation's padding and constants folded into the first
-    layer (:func:`_folded_first_layer`) and the committed MAC fraction kept as a float32 tensor, about half the
-    operations per unit. The first layer then sums in another order, so an action can differ from the eager
-    source's by float rounding; a keep count changes only where that moves the ratio's 6-decimal rounding
-    across a step of ``ceil(r·C)`` (never seen in the tests; :func:`pruning.deploy.save_torchscript` checks the
-    logits of the file against the eager model's).
+    Exact (``fold=False``): the fused agent's own operations, so the ratios are bit for bit the eager source's;
+    the committed MACs are an int64 tensor. Folded (``fold=True``, plain Gaussian actors, :func:`_first_layer`):
+    the observation's padding and constants folded into the first layer (:func:`_unit_columns`), the committed
+    MAC fraction a float32 sum of per-unit fractions (one ``add_`` per unit) added to the first layer's output
+    times its column (one ``addcmul``), the actor's other linear layers one ``addmm`` each (:class:`_Affine`),
+    and each unit's keep count (or ``k_r``) read from a table of float32 thresholds on the actor's output
+    (:func:`count_thresholds`); no finiteness check per unit (:func:`pruning.deploy.dynamic_deployable` checks the
+    logits instead). The first layer then sums in another order, so an action can differ from the eager source's
+    by float rounding; a keep count changes only where that moves the ratio's 6-decimal rounding across a step of
+    ``ceil(r·C)`` (never seen in the tests; :func:`pruning.deploy.save_torchscript` checks the logits of the file
+    against the eager model's).
+
+    The fastest form is the *lean* one (:meth:`lean_tables`, :meth:`lean_count`): a unit folds its own predictor
+    and its stored-to-original channel maps into the agent's first layer, so one ``addmm`` on its GAP gives its
+    ``u_r`` and the first layer's output together, with no observation built at the original widths. It drops the
+    observation's clip at ``±OBS_BOUND`` (1e4; features that large only come from a diverged network).
     """
 
     if TYPE_CHECKING:
         agent: Any
         counts: torch.Tensor
         committed: torch.Tensor
-        charged: torch.Tensor
         fraction: torch.Tensor
         h: torch.Tensor
         c: torch.Tensor
@@ -723,65 +755,97 @@ class _ScriptedSource(nn.Module):
         self.recurrent = bool(self.agent.actor.recurrent)
         self.low, self.high = float(self.agent.actor.low[0]), float(self.agent.actor.high[0])
         self.bound = float(self.agent.obs_bound)
-        widths = [(int(g.full_in_channels), int(g.full_channels)) for g in source.units]
-        folded = _folded_first_layer(self.agent, widths) if fold else None
-        self.fold = folded is not None
+        first = _first_layer(self.agent) if fold else None
+        self.fold = first is not None
         # non-empty lists: TorchScript infers their type from the elements
-        self.w1 = [torch.zeros(0)] if folded is None else folded[0]
-        self.b1 = [torch.zeros(0)] if folded is None else folded[1]
-        self.rest = nn.Sequential() if folded is None else folded[2]
-        # prefix-order units: the keep count as a step function of the actor's output (exact; count_thresholds)
+        self.w1, self.b1, self.wc = [torch.zeros(0)], [torch.zeros(0)], [torch.zeros(0)]
+        self.rest: nn.Module = nn.Sequential()
+        if first is not None:
+            w, b, self.rest = first
+            self.w1, self.b1, self.wc = [], [], []
+            for t, g in enumerate(source.units):
+                w_gap, w_u, w_c, b_t = _unit_columns(self.agent, w, b, t, int(g.full_in_channels), int(g.full_channels))
+                self.w1.append(torch.cat([w_gap, w_u]).float().contiguous())
+                self.b1.append(b_t.float())
+                self.wc.append(w_c.float().view(1, -1))
+        self.__dict__["_first"] = first  # float64, for lean_tables (not part of the scripted module)
+        # folded: a unit's keep count (prefix order) or k_r (u_r order) as a step function of the actor's output
         prior = float(self.agent.actor.prior[0, 0]) if self.agent.actor.has_prior else None
         self.base_count: list[int] = []
         self.thresholds: list[torch.Tensor] = []
         for g in source.units:
-            rule = _prefix_rule(g)
-            if rule is None:
-                self.base_count.append(0)
-                self.thresholds.append(torch.zeros(0))
-                continue
-            base, table = count_thresholds(self._count_of(rule, prior if self.fold else None))
+            base, table = count_thresholds(self._count_of(_count_rule(g), prior if self.fold else None))
             self.base_count.append(base)
             self.thresholds.append(table)
         layers, hidden = source._lstm
         self.register_buffer("counts", torch.zeros(num_units, dtype=torch.long), persistent=False)
-        self.register_buffer("committed", torch.zeros(1, dtype=torch.long), persistent=False)
-        self.register_buffer("charged", torch.zeros(1, 1, dtype=torch.float64), persistent=False)  # folded: MACs
-        self.register_buffer("fraction", torch.zeros(1, 1), persistent=False)  # charged / base MACs, float32
+        # the state every unit's copy shares (tensors: a scripted module's copies do not share attributes)
+        self.register_buffer("committed", torch.zeros(1, dtype=torch.long), persistent=False)  # exact: MACs
+        self.register_buffer("fraction", torch.zeros(1, 1), persistent=False)  # folded: committed MAC fraction
         self.register_buffer("h", torch.zeros(layers, 1, hidden), persistent=False)
         self.register_buffer("c", torch.zeros(layers, 1, hidden), persistent=False)
 
-    def _count_of(self, rule: tuple[int, int, int, float], prior: float | None) -> Callable[[float], int]:
-        """The prefix keep count of a float32 actor output (``prior``: still to be added, then the clip)."""
-        full, stored, active, tradeoff = rule
+    def _count_of(self, rule: Callable[[float], int], prior: float | None) -> Callable[[float], int]:
+        """The count ``rule`` gives the ratio of a float32 actor output (``prior``: to be added, then the clip)."""
         low, high = np.float32(self.low), np.float32(self.high)
 
         def count(a: float) -> int:
             v = np.float32(a)
             if prior is not None:  # FusedActor: clamp(mean + prior, low, high) in float32
                 v = min(max(np.float32(v + np.float32(prior)), low), high)
-            r = action_ratio(float(v), self.offset, self.min_keep, self.decimals)
-            return prefix_count(r, full, stored, active, tradeoff, RATIO_EPS)
+            return rule(action_ratio(float(v), self.offset, self.min_keep, self.decimals))
 
         return count
+
+    def lean_tables(
+        self,
+        unit: int,
+        pred_weight: torch.Tensor,
+        pred_bias: torch.Tensor,
+        in_positions: torch.Tensor,
+        out_positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(W (C_in', H), b (H,))``: unit ``unit``'s first agent layer as one affine map of its stored GAP.
+
+        ``u_r = GAP @ pred_weight.T + pred_bias`` (stored widths); ``in_positions`` / ``out_positions`` map the
+        stored input / output channels to their original positions (where the observation holds them). Then
+        ``GAP @ W + b`` is the first layer's output before the committed MAC term (:meth:`lean_count` adds it).
+        ``None`` for actors that do not fold. Called once, when the model is built (not scripted).
+        """
+        first = self.__dict__["_first"]
+        if first is None:
+            return None
+        g = self.agent
+        w, b, _ = first
+        c_in, c = int(g.gap_width), int(g.ur_width)
+        w_gap, w_u, _, b_t = _unit_columns(g, w, b, unit, c_in, c)
+        w_gap, w_u = w_gap.index_select(0, in_positions.cpu()), w_u.index_select(0, out_positions.cpu())
+        p = pred_weight.detach().double().cpu()
+        weight = w_gap + p.t() @ w_u
+        bias = b_t + pred_bias.detach().double().cpu() @ w_u
+        return weight.float().contiguous(), bias.float()
+
+    @torch.jit.export
+    def lean_count(self, unit: int, hidden: torch.Tensor) -> int:
+        """The keep count (prefix order) or ``k_r`` (``u_r`` order) of ``unit`` from its first layer's output.
+
+        ``hidden``: ``GAP @ W + b`` of :meth:`lean_tables`, before the committed MAC term.
+
+        Not recorded: the caller charges the unit's final count with :meth:`record`.
+        """
+        if unit == 0:
+            self._start()
+        a = self.rest(torch.addcmul(hidden, self.wc[unit], self.fraction))  # (1, 1): searchsorted takes any shape
+        return self.base_count[unit] + int(torch.searchsorted(self.thresholds[unit], a, right=True))
 
     def _output(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
         """The actor's output ``(1, 1)`` for ``unit``: the mean before the prior (folded) or the clipped action."""
         if unit == 0:
-            self.committed.fill_(self.fixed)
-            self.charged.fill_(self.fixed)
-            self.fraction.fill_(self.fixed / self.base_macs)
-            if self.recurrent:
-                self.h.zero_()
-                self.c.zero_()
+            self._start()
         if self.fold:
-            features = torch.cat([gap, u_r, self.fraction], 1)
-            if not math.isfinite(float(features.sum())):
-                raise RuntimeError(
-                    "the model produced non-finite activations at the input of a unit; check its weights"
-                )
-            hidden = torch.addmm(self.b1[unit], features.clamp(-self.bound, self.bound), self.w1[unit])
-            return self.rest(hidden)
+            features = torch.cat([gap, u_r], 1).clamp(-self.bound, self.bound)
+            hidden = torch.addmm(self.b1[unit], features, self.w1[unit])
+            return self.rest(torch.addcmul(hidden, self.wc[unit], self.fraction))
         committed = float(self.committed[0]) / self.base_macs
         obs, finite = self.agent._observation(unit, gap, u_r, torch.full([1, 1], committed, device=gap.device))
         actions, h, c = self.agent.actor(obs, self.h, self.c)
@@ -822,11 +886,21 @@ class _ScriptedSource(nn.Module):
             p = self.producer[unit]
             if p >= 0:
                 cin = int(self.counts[p])
-        if self.fold:  # integers are exact in float64; the division rounds once, then once more to float32
-            self.charged.add_((self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept)
-            self.fraction.copy_(self.charged / self.base_macs)
+        macs = (self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept
+        if self.fold:  # a float32 sum of per-unit fractions (the eager source divides the exact integer sum once)
+            self.fraction.add_(macs / self.base_macs)
         else:
-            self.committed.add_((self.unit_coef[unit] * cin + self.consumer_coef[unit]) * kept)
+            self.committed.add_(macs)
+
+    def _start(self) -> None:
+        """A new image: nothing committed but the fixed MACs, the LSTM state zero."""
+        if self.fold:
+            self.fraction.fill_(self.fixed / self.base_macs)
+        else:
+            self.committed.fill_(self.fixed)
+        if self.recurrent:
+            self.h.zero_()
+            self.c.zero_()
 
     def forward(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> float:  # noqa: D102
         return self.ratio(unit, gap, u_r)
@@ -872,8 +946,8 @@ class _TracedSource(nn.Module):
         fraction = (committed.double() / self.base_macs).float().unsqueeze(1)
         t = self.tables
         if t.fold:
-            features = torch.cat([gap, u_r, fraction], 1).clamp(-t.bound, t.bound)
-            return t.rest(torch.addmm(t.b1[unit], features, t.w1[unit]))
+            features = torch.cat([gap, u_r], 1).clamp(-t.bound, t.bound)
+            return t.rest(torch.addmm(t.b1[unit], features, t.w1[unit]) + fraction * t.wc[unit])
         actions, h, c = self.agent.actor(self.agent.features(unit, gap, u_r, fraction), h, c)
         self.__dict__["_state"] = (committed, h, c)
         return actions[:, :1]

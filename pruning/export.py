@@ -48,6 +48,7 @@ __all__ = [
     "last_kept_count",
     "load_exported",
     "prefix_count",
+    "runtime_count",
     "save_exported",
 ]
 
@@ -269,6 +270,15 @@ def last_kept_count(unit: GatedConv) -> int | torch.Tensor:
     return keep.sum(-1)
 
 
+def runtime_count(r: float, full: int, stored: int, eps: float) -> int:
+    """``k_r``: the channels a runtime keep ratio ``r`` asks of a unit of original width ``full``.
+
+    ``clamp(ceil(r·full - eps), 1, min(full, stored))`` (``stored``: the channels the export kept). What the
+    trade-off pruner starts from in every dynamic form; plain Python, so TorchScript compiles it.
+    """
+    return min(max(math.ceil(r * full - eps), 1), full, stored)
+
+
 def prefix_count(r: float, full: int, stored: int, active: int, tradeoff: float, eps: float) -> int:
     """Channels a prefix-order unit keeps at runtime ratio ``r`` (the first ones of its stored order).
 
@@ -277,7 +287,7 @@ def prefix_count(r: float, full: int, stored: int, active: int, tradeoff: float,
     stored order: of ``[k_r, active)`` the last ``floor(R_r·(active - k_r))`` go, of ``[active, k_r)`` the last
     ``floor((1 - R_r)·(k_r - active))``. Plain Python, so TorchScript compiles it (:mod:`pruning.deploy`).
     """
-    k_r = min(max(math.ceil(r * full - eps), 1), full, stored)
+    k_r = runtime_count(r, full, stored, eps)
     if k_r < active:
         return active - math.floor(tradeoff * (active - k_r) + eps)
     return k_r - math.floor((1.0 - tradeoff) * (k_r - active) + eps)
@@ -405,7 +415,7 @@ class _CompactUnit(GatedConv):
         if r is None:
             return torch.arange(c, device=u_r.device), u_r, c
         # keep_count(r, full_channels) capped at the stored count, as in GatedConv.keep_mask
-        k_r = min(max(math.ceil(r * self.full_channels - RATIO_EPS), 1), self.full_channels, c)
+        k_r = runtime_count(r, self.full_channels, c, RATIO_EPS)
         rho = self.tradeoff
         # the first k of a stable descending sort are the channels of rank_desc(u_r) < k
         u_sorted, order = torch.sort(u_r, descending=True, stable=True)

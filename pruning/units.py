@@ -24,11 +24,16 @@ __all__ = ["Unit", "UnitRule", "get_units", "register_unit_rule", "trace_shapes"
 
 @dataclass(frozen=True)
 class UnitRule:
-    """Where a unit sits in a model: module paths of its conv, its BN and the conv that reads its outputs."""
+    """Where a unit sits in a model: module paths of its conv, its BN and the conv that reads its outputs.
+
+    ``consumer_bn``: the BatchNorm applied to the consumer's output and to nothing else, if any (deployment folds
+    it into the consumer's weights); ``None`` where the rule does not say.
+    """
 
     conv: str
     bn: str
     consumer: str
+    consumer_bn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Unit:
         conv: Module path of the conv (in a gated model, the ``GatedConv`` at the same path).
         bn: Module path of its BatchNorm (``Identity`` once gated).
         consumer: Module path of the conv that reads this unit's output channels.
+        consumer_bn: Module path of the BatchNorm that only the consumer's output goes through, or ``None``.
         producer: Index of the unit whose output channels are this unit's input channels, or ``None`` when the
             input is not prunable (image, residual stream).
         in_channels: C_in of the unpruned conv.
@@ -65,6 +71,7 @@ class Unit:
     out_hw: tuple[int, int]
     macs: int
     params: int
+    consumer_bn: str | None = None
 
 
 RuleFn = Callable[[nn.Module], list[UnitRule]]
@@ -92,7 +99,7 @@ def _resnet_units(model: nn.Module) -> list[UnitRule]:
     rules = []
     for name, mod in model.named_modules():
         if isinstance(mod, BasicBlock):
-            rules.append(UnitRule(f"{name}.conv1", f"{name}.bn1", f"{name}.conv2"))
+            rules.append(UnitRule(f"{name}.conv1", f"{name}.bn1", f"{name}.conv2", f"{name}.bn2"))
     return rules
 
 
@@ -101,7 +108,7 @@ def _plain_units(model: nn.Module) -> list[UnitRule]:
     feats = model.get_submodule("features")
     convs = [i for i, m in enumerate(feats.children()) if _is_conv_like(m)]
     pairs = zip(convs[:-1], convs[1:], strict=True)
-    return [UnitRule(f"features.{a}", f"features.{a + 1}", f"features.{b}") for a, b in pairs]
+    return [UnitRule(f"features.{a}", f"features.{a + 1}", f"features.{b}", f"features.{b + 1}") for a, b in pairs]
 
 
 def _is_conv_like(m: nn.Module) -> bool:
@@ -165,6 +172,7 @@ def get_units(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) 
                 out_hw=(ho, wo),
                 macs=k * k * ho * wo * c_in * c_out,
                 params=k * k * c_in * c_out,
+                consumer_bn=r.consumer_bn,
             )
         )
     return units
