@@ -236,7 +236,7 @@ class _DynamicUnit(nn.Module):
         source: Any
 
     def __init__(self, unit: _CompactUnit, record: _Record, source_record: _Record | None, ratio: float,
-                 source: nn.Module | None) -> None:  # fmt: skip
+                 source: nn.Module | None, in_hw: tuple[int, int] = (1, 1)) -> None:  # fmt: skip
         super().__init__()
         frozen, in_index = _register_compact(self, unit)
         c = unit.conv.out_channels
@@ -272,18 +272,24 @@ class _DynamicUnit(nn.Module):
             tables = lean_tables(self.unit_index, self.pred_weight, self.pred_bias, self.in_index, self.out_index)
         self.lean = tables is not None
         lean_weight, lean_bias = torch.zeros(0, 0), torch.zeros(0)
-        if tables is not None:  # [u_r | first layer] = GAP @ [pred_weight.T | W] + [pred_bias | b]
-            lean_weight = torch.cat([self.pred_weight.t(), tables[0]], 1).contiguous()
+        # [u_r | first layer] = GAP @ [pred_weight.T | W] + [pred_bias | b], the GAP's 1 / (H·W) folded in for the
+        # traced input size (the spatial sum is then one kernel; other sizes rescale the sum)
+        self.in_area = int(in_hw[0]) * int(in_hw[1])
+        if tables is not None:
+            lean_weight = (torch.cat([self.pred_weight.t(), tables[0]], 1) / self.in_area).contiguous()
             lean_bias = torch.cat([self.pred_bias, tables[1]])
         self.register_buffer("lean_weight", lean_weight)
         self.register_buffer("lean_bias", lean_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        gap = _gap(x)
         source = self.source
         if source is not None:
             if self.lean and hasattr(source, "lean_count"):  # one addmm: [u_r | the agent's first layer]
-                z = torch.addmm(self.lean_bias, gap, self.lean_weight[: x.shape[1]])
+                total = torch.sum(x, (2, 3))
+                area = x.shape[2] * x.shape[3]
+                if area != self.in_area:
+                    total = total.mul_(self.in_area / area)
+                z = torch.addmm(self.lean_bias, total, self.lean_weight[: x.shape[1]])
                 u_r = z[:, : self.channels]
                 n = source.lean_count(self.unit_index, z[:, self.channels :])
                 in_idx = self.prefix_index[: x.shape[1]] if self.source_prefix else self.no_index
@@ -291,6 +297,7 @@ class _DynamicUnit(nn.Module):
                     source.record(self.unit_index, n)
                     return self._prefix_forward(x, u_r, n, in_idx)
                 return self._gather_forward(x, u_r, self._kept_count(n, u_r[0]), in_idx)
+        gap = _gap(x)
         pred_weight = self.pred_weight
         in_idx = self.no_index
         source_record = self.source_record
@@ -489,7 +496,7 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
                     raise ValueError("per-sample runtime ratios cannot be compiled into the model; give one per unit")
                 ratio = float(t)
             reader = None if u.producer is None else records[u.producer].shared()
-            _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source_module))
+            _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source_module, u.in_hw))
             consumer = model.get_submodule(u.consumer)
             if isinstance(consumer, _CompactConsumer):
                 conv = consumer.conv

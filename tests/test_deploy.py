@@ -146,6 +146,14 @@ def test_dynamic_torchscript_exact_and_folded_agents_keep_the_eager_counts(
             _assert_close(_logits(module, x), torch.cat(expected))
 
 
+def test_dynamic_torchscript_with_the_agent_on_another_input_size() -> None:
+    """The lean path folds the GAP's 1 / (H·W) for 32×32 inputs; other sizes rescale and keep the eager channels."""
+    dyn, _, _, _ = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix", "resnet8")
+    x = torch.randn(3, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    expected = torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))])
+    _assert_close(_logits(to_torchscript(dynamic_deployable(dyn)), x), expected)
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_dynamic_torchscript_with_the_agent_raises_on_non_finite_logits(exact: bool) -> None:
     dyn, _, _, x = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix", "resnet8")
