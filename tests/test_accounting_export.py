@@ -56,7 +56,9 @@ def _static_plans(num_units: int, seed: int) -> list[list[float]]:
 def model(request):
     """(name, plain model with realistic random weights, its gated copy with random predictors and u_s)."""
     name = request.param
-    base = randomize_(get_model(name), seed=21)
+    with torch.random.fork_rng():  # the conv weights too: the same model whatever ran before
+        torch.manual_seed(21)
+        base = randomize_(get_model(name), seed=21)
     gated = randomize_gates_(gate_model(base), seed=21).eval()
     return name, base, gated
 
