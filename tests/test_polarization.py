@@ -70,10 +70,10 @@ def test_polarization_splits_the_factors_and_l1_at_the_same_lambda_does_not() ->
     for g in (polar, l1):
         assert float(g.min()) >= 0.0 and float(g.max()) <= 1.0  # clamped to [0, a] throughout
 
-    def shares(g: torch.Tensor) -> tuple[float, float, float]:
-        low = float((g <= 0.05).float().mean())
-        high = float((g >= 0.75).float().mean())
-        return low, 1.0 - low - high, high
+    def shares(g: torch.Tensor) -> tuple[float, float, float]:  # counted, so a share of exactly 5% reads 0.05
+        n = g.numel()
+        low, high = int((g <= 0.05).sum()), int((g >= 0.75).sum())
+        return low / n, (n - low - high) / n, high / n
 
     low, middle, high = shares(polar)
     assert low >= 0.3 and high >= 0.3, (low, high)  # both modes populated
