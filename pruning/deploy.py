@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .export import DynamicModel, _CompactConsumer, _CompactUnit, _set, folded_unit, prefix_count, runtime_count
 from .gating import GatedConv, gated_units, is_gated
@@ -437,21 +438,6 @@ class _OneByOne(nn.Module):
         return out
 
 
-def _with_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A copy of ``conv`` with the eval-mode ``bn`` after it folded in (scaled weight, a bias)."""
-    assert bn.running_var is not None and bn.running_mean is not None  # the caller checks track_running_stats
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.affine:
-        scale = bn.weight.detach() * scale
-    shift = (bn.bias.detach() if bn.affine else torch.zeros_like(scale)) - bn.running_mean * scale
-    if conv.bias is not None:
-        shift = shift + conv.bias.detach() * scale
-    folded = copy.deepcopy(conv)
-    folded.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
-    folded.bias = nn.Parameter(shift, requires_grad=False)
-    return folded
-
-
 def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
     """A :class:`pruning.export.DynamicModel` as TorchScript-compatible modules (one image at a time).
 
@@ -503,7 +489,7 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
                 bn_path = None if exact else u.consumer_bn
                 bn = None if bn_path is None else model.get_submodule(bn_path)
                 if bn_path is not None and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                    conv = _with_bn(conv, bn)
+                    conv = fuse_conv_bn_eval(conv, bn)  # torch's own fold: a new conv, scaled weight, a bias
                     _set(model, bn_path, nn.Identity())
                 _set(model, u.consumer, _DynamicConsumer(conv, records[u.index].shared()))
     return _OneByOne(model, check=source_module is not None).eval()
