@@ -290,7 +290,8 @@ class _DynamicUnit(nn.Module):
                 area = x.shape[2] * x.shape[3]
                 if area != self.in_area:
                     total = total.mul_(self.in_area / area)
-                z = torch.addmm(self.lean_bias, total, self.lean_weight[: x.shape[1]])
+                lean_weight = self.lean_weight[: x.shape[1]] if self.source_prefix else self.lean_weight
+                z = torch.addmm(self.lean_bias, total, lean_weight)
                 u_r = z[:, : self.channels]
                 n = source.lean_count(self.unit_index, z[:, self.channels :])
                 in_idx = self.prefix_index[: x.shape[1]] if self.source_prefix else self.no_index
@@ -482,7 +483,10 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
                     raise ValueError("per-sample runtime ratios cannot be compiled into the model; give one per unit")
                 ratio = float(t)
             reader = None if u.producer is None else records[u.producer].shared()
-            _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source_module, u.in_hw))
+            source = source_module
+            if source is not None and hasattr(source, "for_unit"):  # a module of its own (so that freezing works)
+                source = source.for_unit(g.unit_index)
+            _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source, u.in_hw))
             consumer = model.get_submodule(u.consumer)
             if isinstance(consumer, _CompactConsumer):
                 conv = consumer.conv

@@ -140,6 +140,9 @@ def test_dynamic_torchscript_exact_and_folded_agents_keep_the_eager_counts(
         assert lean == [False] * len(lean) if exact else (all(lean) if name != "tiny_cnn" or order == "prefix"
                                                           else lean == [True, False, False])  # fmt: skip
         module = to_torchscript(deployable, optimize_numerics=False)
+        # the fast form is frozen (parameters inlined as constants): every unit holds its own source module, sharing
+        # the state tensors; the exact form keeps one source module (unfrozen)
+        assert (not list(module.named_buffers()) and not list(module.parameters())) is not exact
         if exact:
             assert torch.equal(_logits(module, x), torch.cat(expected))
         else:
