@@ -812,7 +812,8 @@ class _ScriptedSource(nn.Module):
         if not self.fold:
             return self
         view = copy.copy(self)  # shallow: the same tensors and submodules, in dicts of its own
-        view._parameters, view._buffers, view._modules = dict(self._parameters), dict(self._buffers), dict(self._modules)
+        view._parameters, view._buffers = dict(self._parameters), dict(self._buffers)
+        view._modules = dict(self._modules)
 
         def only(tables: list[torch.Tensor]) -> list[torch.Tensor]:  # no tensor in two copies' lists
             return [t if i == unit else t.new_zeros(0) for i, t in enumerate(tables)]

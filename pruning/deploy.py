@@ -484,8 +484,9 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
                 ratio = float(t)
             reader = None if u.producer is None else records[u.producer].shared()
             source = source_module
-            if source is not None and hasattr(source, "for_unit"):  # a module of its own (so that freezing works)
-                source = source.for_unit(g.unit_index)
+            for_unit = getattr(source, "for_unit", None)
+            if callable(for_unit):  # a module of its own per unit, so that freezing works
+                source = for_unit(g.unit_index)
             _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source, u.in_hw))
             consumer = model.get_submodule(u.consumer)
             if isinstance(consumer, _CompactConsumer):
