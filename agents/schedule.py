@@ -612,9 +612,12 @@ class JointTrainer:
             return PruningPlan(
                 runtime_keep=runtime, tradeoff=1.0, static_scores=self.order_scores(), runtime_order=order
             )
+        # a static side ranks by the frozen ranking whenever there is one, also before static_keep is set (the
+        # static phase's selection scores its candidates with the channels the static env scored them with)
+        scores = self.frozen_scores() if self.static_scores is not None else self.order_scores()
         return PruningPlan(
             static_keep=static, runtime_keep=runtime, tradeoff=self.tradeoff if runtime else None,
-            static_scores=self.order_scores(), runtime_order=order,
+            static_scores=scores, runtime_order=order,
         )  # fmt: skip
 
     def uniform_plan(self, ratio: float) -> PruningPlan:

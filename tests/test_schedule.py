@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -12,12 +13,13 @@ from torch import nn
 
 from agents.cli import agent_specs
 from agents.policies import budget_prior_action, fit_macs_curve
-from agents.schedule import RUNTIME_MIN_KEEP, JointTrainer, ScheduleConfig
+from agents.schedule import RUNTIME_MIN_KEEP, SELECT_IMAGES, JointTrainer, ScheduleConfig
 from envs.static import StaticPruningEnv
 from pruning.data import get_dataset
 from pruning.gating import clear_plan, gate_model, gated_units, set_plan, stored_masks
 from pruning.models import get_model
-from pruning.train import dataset_for_model, fractional_epochs, recalibrate_bn
+from pruning.plan import PruningPlan
+from pruning.train import dataset_for_model, evaluate, fractional_epochs, recalibrate_bn
 
 HP = ["runtime.n_steps=8", "runtime.batch_size=32", "static.n_steps=12", "static.batch_size=12"]
 
@@ -261,6 +263,28 @@ def test_static_plan_is_the_best_explored_episode_that_meets_the_budget(tmp_path
     assert out["chosen"] == best["name"] and out["keep"] == best["keep"]
     after = trainer.model.state_dict()  # scored on copies: no weight or BN statistic of the run changed
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_static_selection_scores_the_channels_the_static_env_scored(tmp_path: Path) -> None:
+    """Before the static plan is set, a candidate is scored with the frozen ranking (the env's criterion), not
+    with ``u_s``: its loss equals the loss of the same keep ratios under an explicit plan with those scores."""
+    trainer = _trainer(tmp_path, "static", budget=0.5, static_select=2)
+    trainer.build_agents()
+    assert trainer.static_keep is None
+    scores = [-sc for sc in trainer._criterion_scores()]  # a ranking far from u_s's index order
+    trainer.static_scores = [[float(v) for v in sc] for sc in scores]
+    keep = [0.5, 0.4, 0.6]
+    plan = trainer._plan_with(keep)
+    assert plan.static_scores is not None
+    assert all(torch.equal(a, b) for a, b in zip(plan.static_scores, scores, strict=True))
+    out = trainer.select_static(keep, [{"keep": [0.6, 0.5, 0.4], "reward": 1.0}])
+    model = copy.deepcopy(trainer.model)
+    set_plan(model, PruningPlan(static_keep=keep, static_scores=scores))
+    train_set = trainer.data["train"]
+    idx = np.linspace(0, len(train_set), num=min(SELECT_IMAGES, len(train_set)), endpoint=False)
+    recalibrate_bn(model, train_set.subset(torch.from_numpy(idx.astype(np.int64))), batch_size=trainer.config.batch_size)
+    expected = evaluate(model, trainer._probe(SELECT_IMAGES), cost_model=trainer.cost_model)
+    assert out["candidates"][0]["val_loss"] == pytest.approx(float(expected["loss"]), rel=1e-6)
 
 
 @pytest.mark.parametrize("select", [0, 3])
