@@ -282,7 +282,8 @@ def test_static_selection_scores_the_channels_the_static_env_scored(tmp_path: Pa
     set_plan(model, PruningPlan(static_keep=keep, static_scores=scores))
     train_set = trainer.data["train"]
     idx = np.linspace(0, len(train_set), num=min(SELECT_IMAGES, len(train_set)), endpoint=False)
-    recalibrate_bn(model, train_set.subset(torch.from_numpy(idx.astype(np.int64))), batch_size=trainer.config.batch_size)
+    calib = train_set.subset(torch.from_numpy(idx.astype(np.int64)))
+    recalibrate_bn(model, calib, batch_size=trainer.config.batch_size)
     expected = evaluate(model, trainer._probe(SELECT_IMAGES), cost_model=trainer.cost_model)
     assert out["candidates"][0]["val_loss"] == pytest.approx(float(expected["loss"]), rel=1e-6)
 
