@@ -18,6 +18,11 @@ line::
 
     r20_e1_050_best_hand=<x> r20_e1_050_learned=<x> ... r56_e1_050_learned=<x> learned_budget_misses=<n>
 
+for the four cells :data:`LINE_CELLS`, just after a line of the same ``<label>_best_hand`` / ``<label>_learned``
+fields for the other cells (the B = 0.25 cells at ResNet-20 E = 3 and at ResNet-56)::
+
+    r20_e3_025_best_hand=<x> r20_e3_025_learned=<x> r56_e1_025_best_hand=<x> r56_e1_025_learned=<x>
+
 (``best_hand`` / ``learned``: the best mean test top-1 over seeds of the hand-designed / learned rows meeting
 the budget, ``nan`` where none has run; the misses count learned rows over their budget.)
 
@@ -79,13 +84,17 @@ class BenchCell:
     seeds: tuple[int, ...]
 
 
-#: The grid, in report order (labels are those of the final line).
+#: The grid, in report order.
 CELLS: dict[str, BenchCell] = {
     "r20_e1_050": BenchCell("resnet20", 0.5, 1.0, (0, 1)),
     "r20_e1_025": BenchCell("resnet20", 0.25, 1.0, (0, 1)),
     "r20_e3_050": BenchCell("resnet20", 0.5, 3.0, (0,)),
+    "r20_e3_025": BenchCell("resnet20", 0.25, 3.0, (0,)),
     "r56_e1_050": BenchCell("resnet56", 0.5, 1.0, (0,)),
+    "r56_e1_025": BenchCell("resnet56", 0.25, 1.0, (0,)),
 }
+#: The cells of the final line, in its order; the other cells get a line of the same form just above it.
+LINE_CELLS = ("r20_e1_050", "r20_e1_025", "r20_e3_050", "r56_e1_050")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -188,7 +197,10 @@ def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
         title = f"{label}: {cell.model}, B = {cell.budget:g}, E = {cell.epochs:g} epoch(s), seeds {seeds}"
         tables.append(format_table(groups[label], expected=list(DEFAULT_ROWS), title=title))
     print("\n".join(tables), flush=True)
-    line = summary_line(groups)
+    fields = summary_line(groups).split()  # the misses (last field) count the learned rows of every cell
+    ours = [f for f in fields if any(f.startswith(label + "_") for label in LINE_CELLS)]
+    others = [f for f in fields[:-1] if f not in ours]
+    line = (" ".join(others) + "\n" if others else "") + " ".join([*ours, fields[-1]])
     every = [r for rows in groups.values() for r in rows]
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     pareto_plot(every, args.plot)
