@@ -601,10 +601,18 @@ class JointTrainer:
         """
         return self._plan_with(self.static_keep, deterministic=deterministic)
 
-    def _plan_with(self, static: Sequence[float] | None, *, deterministic: bool = True) -> PruningPlan:
-        """:meth:`plan` with ``static`` in place of :attr:`static_keep`."""
+    def _plan_with(
+        self, static: Sequence[float] | None, *, deterministic: bool = True, model: nn.Module | None = None
+    ) -> PruningPlan:
+        """:meth:`plan` with ``static`` in place of :attr:`static_keep`, its runtime agent bound to ``model``.
+
+        ``model`` (default: the run's CNN) is the model the plan will be set on: the runtime agent charges each
+        unit's MACs from the kept counts of that model's units, so a plan for a copy must be bound to the copy.
+        """
         static = None if static is None else [float(k) for k in static]
-        runtime = self.runtime_source(deterministic=deterministic) if self.runtime_model is not None else None
+        runtime = None
+        if self.runtime_model is not None:
+            runtime = self.runtime_source(model if model is not None else self.model, deterministic=deterministic)
         if runtime is None and static is None:
             return PruningPlan()
         order = self.config.runtime_order
@@ -1030,7 +1038,7 @@ class JointTrainer:
         model = copy.deepcopy(self.model)  # one copy: recalibrate_bn resets the statistics for every plan
         for name, plan_keep, reward in pool:
             clear_plan(model)
-            set_plan(model, self._plan_with(plan_keep))
+            set_plan(model, self._plan_with(plan_keep, model=model))  # the agent reads the copy's units
             recalibrate_bn(model, calib, batch_size=self.config.batch_size)
             scored = evaluate(model, probe, cost_model=self.cost_model)
             candidates.append({

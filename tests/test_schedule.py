@@ -51,6 +51,16 @@ def _floor_episode_macs(trainer: JointTrainer) -> float:
             return max(float(i["macs_fraction"]) for i in infos)
 
 
+def _selection_score(trainer: JointTrainer, model: nn.Module) -> dict:
+    """What :meth:`JointTrainer.select_static` computes for a candidate set on ``model``, done by hand."""
+    train_set = trainer.data["train"]
+    idx = np.linspace(0, len(train_set), num=min(SELECT_IMAGES, len(train_set)), endpoint=False)
+    recalibrate_bn(
+        model, train_set.subset(torch.from_numpy(idx.astype(np.int64))), batch_size=trainer.config.batch_size
+    )
+    return evaluate(model, trainer._probe(SELECT_IMAGES), cost_model=trainer.cost_model)
+
+
 def test_joint_round_zero_runtime_env_can_reach_the_budget(tmp_path: Path) -> None:
     # nothing stored-pruned yet: with R_r = 0.5 the trade-off pruner would drop only half of what the agent drops
     trainer = _trainer(tmp_path, "joint", budget=0.3)
@@ -280,11 +290,7 @@ def test_static_selection_scores_the_channels_the_static_env_scored(tmp_path: Pa
     out = trainer.select_static(keep, [{"keep": [0.6, 0.5, 0.4], "reward": 1.0}])
     model = copy.deepcopy(trainer.model)
     set_plan(model, PruningPlan(static_keep=keep, static_scores=scores))
-    train_set = trainer.data["train"]
-    idx = np.linspace(0, len(train_set), num=min(SELECT_IMAGES, len(train_set)), endpoint=False)
-    calib = train_set.subset(torch.from_numpy(idx.astype(np.int64)))
-    recalibrate_bn(model, calib, batch_size=trainer.config.batch_size)
-    expected = evaluate(model, trainer._probe(SELECT_IMAGES), cost_model=trainer.cost_model)
+    expected = _selection_score(trainer, model)
     assert out["candidates"][0]["val_loss"] == pytest.approx(float(expected["loss"]), rel=1e-6)
 
 
@@ -306,3 +312,25 @@ def test_static_phase_keeps_the_selected_episode(tmp_path: Path, select: int) ->
         assert 2 <= len(cands) <= select + 1 and cands[0]["keep"] == record["deterministic_keep"]
         assert record["static_keep"] == min(cands, key=lambda c: c["val_loss"])["keep"]
     assert trainer.static_episodes == []  # consumed by the selection
+
+
+def test_joint_static_selection_binds_the_runtime_agent_to_the_copy_it_scores(tmp_path: Path) -> None:
+    """In joint mode the candidates are scored on a copy of the CNN with the runtime agent in the loop: the agent
+    must read the kept counts of the copy's units, not those of the run's model (which last ran another batch)."""
+    trainer = _trainer(tmp_path, "joint", budget=0.5, static_select=2)
+    trainer.build_agents()
+    assert trainer.runtime_model is not None
+    set_plan(trainer.model, trainer.plan())
+    with torch.no_grad():  # the run's model last saw a batch of 3: its units' masks have 3 rows
+        trainer.model.eval()(trainer.data["val"][0][0].unsqueeze(0).repeat(3, 1, 1, 1))
+    clear_plan(trainer.model)  # as after a static phase: the plan goes, the units' last masks stay
+    assert all(g.last_keep is not None and g.last_keep.shape[0] == 3 for g in gated_units(trainer.model))
+    keep = [0.6, 0.5, 0.7]
+    out = trainer.select_static(keep, [{"keep": [0.7, 0.6, 0.5], "reward": 1.0}])
+    model = copy.deepcopy(trainer.model)
+    clear_plan(model)
+    set_plan(model, trainer._plan_with(keep, model=model))
+    expected = _selection_score(trainer, model)
+    first = out["candidates"][0]
+    assert first["macs_fraction"] == pytest.approx(float(expected["macs_fraction"]), rel=1e-9)
+    assert first["val_loss"] == pytest.approx(float(expected["loss"]), rel=1e-6)
