@@ -615,7 +615,8 @@ def static_row(ctx: RowContext, spec: str, *, budget: float | None = None) -> Ro
     The policy spec (:func:`agents.compare.parse_policy`, e.g. ``"l1"``, ``"neuron_merging:criterion=l2_gm"``)
     solves its keep counts for the budget exactly on the static env's cost model, its channels are sliced
     (or merged), and the pruned model is fine-tuned with the recipe. Its MAC fraction is that of the exported
-    model, the same for every image.
+    model, the same for every image. ``extra["val_top1"]`` is the trained model's top-1 on the whole ``val``
+    split, so a recipe setting (the learning rate, say) can be chosen without looking at the test split.
 
     Args:
         ctx: The row context.
@@ -643,10 +644,11 @@ def static_row(ctx: RowContext, spec: str, *, budget: float | None = None) -> Ro
         raise BudgetUnreachable(str(err)) from err
     test = evaluate(res.model, ctx.test_set(res.model))
     test.update(macs_fraction=res.mac_fraction, macs_fraction_max=res.mac_fraction)
+    val_top1 = float(evaluate(res.model, ctx.val_set(res.model))["top1"])  # for recipe choices made on val
     name = f"{spec} {getattr(policy.build(ctx.cell.seed), 'allocation', '')}".strip()
     return ctx.result(
         policy=name, test=test, params_fraction=res.params_fraction, training=record,
-        extra={"keep_ratios": res.keep_ratios, **res.info},
+        extra={"keep_ratios": res.keep_ratios, "val_top1": val_top1, **res.info},
     )  # fmt: skip
 
 

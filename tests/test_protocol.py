@@ -150,6 +150,7 @@ def test_every_row_trains_E_epochs_with_one_cosine_and_meets_the_budget(tmp_path
         assert r.test_images == 128 and 0 <= r.test_top1 <= 100 and r.train_seconds > 0
     by = {r.row: r for r in rows}
     assert by["l1"].kind == "static" and by["l1"].mac_fraction_max == by["l1"].mac_fraction  # a static plan
+    assert all(0 <= by[n].extra["val_top1"] <= 100 for n in ("l1", "hand:l2", "hand:random"))  # for val choices
     assert by["fbs"].kind == "runtime" and by["fbs"].params_fraction == 1.0  # nothing removed, runtime only
     assert by["fbs"].extra["ratio"] == by["fbs"].extra["ratio_before_training"]  # constant counts per image
     assert len({json.dumps(r.settings, sort_keys=True) for r in rows}) == 1  # one base, one recipe, one cell
