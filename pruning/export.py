@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gating import GatedConv, gate_model, gated_units, is_gated, rank_desc, set_plan, stored_masks
-from .models import get_model
+from .models import PlainConvNet, ResNetCifar, get_model
 from .models.weights import input_normalization, load_checkpoint_file
 from .plan import RATIO_EPS, PruningPlan, RuntimeSource
 from .units import get_units
@@ -44,6 +44,7 @@ from .units import get_units
 __all__ = [
     "DynamicModel",
     "export_static",
+    "fold_dropped_constants",
     "folded_unit",
     "last_kept_count",
     "load_exported",
@@ -147,6 +148,67 @@ def _slice_units(model: nn.Module, idx: Sequence[torch.Tensor], *, plain: bool) 
 def _set(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
+
+
+#: Model classes whose units feed their consumer through ``BN → ReLU`` (what :func:`fold_dropped_constants` needs).
+_RELU_AFTER_BN = (ResNetCifar, PlainConvNet)
+
+
+def fold_dropped_constants(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """A copy of a plain ``model`` whose consumers absorb the constant output of the channels ``plan`` drops.
+
+    Slicing a channel removes what it fed to the next conv. For a channel whose output is constant that is a
+    loss the consumer can take over: a unit channel ``c`` with BN scale ``γ_c = 0`` (what Polarization's
+    clamp leaves) or an all-zero filter (gRDA's zero filters) outputs ``v_c = ReLU(β_c − γ_c·μ_c/√(σ_c² + ε))``
+    (its ``ReLU(BN(0))``) at every pixel. Its contribution to the consumer's output channel ``o`` away from
+    the zero-padded border is ``b_o = Σ_c v_c·Σ_{i,j} W[o, c, i, j]``, which this function adds through the
+    consumer: subtracted from the running mean of the consumer's own BatchNorm (``consumer_bn`` of the unit
+    rule; ``BN(y + b)`` with mean ``μ`` equals ``BN(y)`` with mean ``μ − b``), else added to the consumer
+    conv's bias (created if absent). :func:`export_static` of the copy with the same plan then slices the
+    channels out.
+
+    Exact at every output pixel whose receptive field lies inside the input (the border pixels of a padded
+    consumer saw zeros there and get a slightly different value); for a dropped channel that is not constant
+    ``v_c`` is its output at zero conv response, an approximation. Channels the plan keeps are untouched.
+
+    Args:
+        model: A plain model (eval-mode statistics are used) of a class whose units go through BN then ReLU
+            (:class:`~pruning.models.ResNetCifar`, :class:`~pruning.models.PlainConvNet`).
+        plan: The static plan to be exported.
+
+    Returns:
+        The folded copy (``model`` is not modified), in ``model``'s training mode.
+
+    Raises:
+        TypeError: ``model`` is gated, or of a class whose unit activation is not known to be ReLU.
+    """
+    if is_gated(model):
+        raise TypeError("fold_dropped_constants takes a plain model; export a gated model with export_static")
+    if not isinstance(model, _RELU_AFTER_BN):
+        names = ", ".join(c.__name__ for c in _RELU_AFTER_BN)
+        raise TypeError(f"{type(model).__name__}: the fold assumes BN → ReLU after each unit ({names} do)")
+    gated = gate_model(copy.deepcopy(model), predictor=False)
+    set_plan(gated, plan)
+    dropped = [~m for m in stored_masks(gated)]
+    out = copy.deepcopy(model)
+    for u, drop in zip(get_units(out), dropped, strict=True):
+        if not bool(drop.any()):
+            continue
+        bn = out.get_submodule(u.bn)
+        consumer = out.get_submodule(u.consumer)
+        assert isinstance(bn, nn.BatchNorm2d) and isinstance(consumer, nn.Conv2d)
+        with torch.no_grad():
+            std = (bn.running_var + bn.eps).sqrt()  # type: ignore[operator]
+            v = F.relu(bn.bias - bn.weight * bn.running_mean / std) * drop.to(std)  # type: ignore[operator]
+            b = torch.einsum("ocij,c->o", consumer.weight, v.to(consumer.weight))
+            cbn = out.get_submodule(u.consumer_bn) if u.consumer_bn is not None else None
+            if isinstance(cbn, nn.BatchNorm2d) and cbn.running_mean is not None:
+                cbn.running_mean.sub_(b)
+            elif consumer.bias is not None:
+                consumer.bias.add_(b)
+            else:
+                consumer.bias = nn.Parameter(b.clone())
+    return out
 
 
 def export_static(model: nn.Module, plan: PruningPlan | None = None) -> nn.Module:

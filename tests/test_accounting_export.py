@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pruning.accounting import CostModel, model_cost, sparsity_to_mac_fraction
-from pruning.export import DynamicModel, export_static, load_exported, save_exported
+from pruning.export import DynamicModel, export_static, fold_dropped_constants, load_exported, save_exported
 from pruning.gating import applied_masks, clear_plan, gate_model, gated_units, is_gated, set_plan, stored_masks
 from pruning.models import IMAGENET_NORMALIZATION, get_model, input_normalization
 from pruning.plan import PruningPlan, keep_count
@@ -414,3 +415,51 @@ def test_runtime_source_sees_the_same_inputs_after_export(name):
     for i in range(3):
         with torch.no_grad():
             torch.testing.assert_close(dyn(x[i : i + 1]), masked[i : i + 1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "tiny_cnn"])
+@pytest.mark.parametrize("constant_by", ["zero_scale", "zero_filter"])
+def test_fold_keeps_the_constant_output_of_dropped_channels(name: str, constant_by: str) -> None:
+    """Channels made constant (BN scale 0, as Polarization leaves them, or an all-zero filter, as gRDA does)
+    still feed ReLU(BN(0)) to the consumer in the unpruned model: sliced with the fold, the first consumer's
+    BN output equals the unpruned model's away from the padded border, and the logits are far closer than
+    plain slicing's."""
+    torch.manual_seed(0)
+    model = randomize_(get_model(name, num_classes=10), seed=3)
+    units = get_units(model)
+    scores = [torch.arange(u.out_channels, dtype=torch.float32) for u in units]  # keep the upper half
+    plan = PruningPlan(static_keep=[0.5] * len(units), static_scores=scores)
+    with torch.no_grad():
+        for u in units:
+            dropped = torch.arange(u.out_channels // 2)
+            bn = model.get_submodule(u.bn)
+            bn.bias[dropped] = 0.3 + torch.rand(len(dropped))  # a clearly positive constant after the ReLU
+            if constant_by == "zero_scale":
+                bn.weight[dropped] = 0.0
+            else:
+                model.get_submodule(u.conv).weight[dropped] = 0.0
+    x = images(4)
+    first = units[0].consumer_bn
+    assert first is not None
+
+    def run(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        handle = m.get_submodule(first).register_forward_hook(lambda _m, _i, out: seen.append(out))
+        with torch.no_grad():
+            logits = m(x)
+        handle.remove()
+        return logits, seen[0]
+
+    ref_logits, ref_bn = run(model.eval())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_dropped_constants(model, plan)
+    fold_logits, fold_bn = run(export_static(folded, plan))
+    plain_logits, plain_bn = run(export_static(model, plan))
+    inner = (..., slice(1, -1), slice(1, -1))
+    ref_bn = ref_bn[:, ref_bn.shape[1] - fold_bn.shape[1] :]  # a plain net's consumer BN is the next unit's: sliced
+    assert torch.allclose(fold_bn[inner], ref_bn[inner], atol=1e-4)
+    assert not torch.allclose(plain_bn[inner], ref_bn[inner], atol=1e-2)  # what plain slicing loses
+    assert (fold_logits - ref_logits).abs().max() < 0.5 * (plain_logits - ref_logits).abs().max()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input is not modified
+    with pytest.raises(TypeError, match="plain model"):
+        fold_dropped_constants(gate_model(copy.deepcopy(model)), plan)

@@ -52,6 +52,7 @@ class GRDABaseline(TrainedBaseline):
         search: Search ``c`` (starting at ``c``) for the budget instead of one run with ``c``.
         tolerance: The search's tolerance, absolute in MAC fraction. Default 0.05.
         max_trials: Most training runs of the search. Default 6.
+        fold: Move the dropped filters' constant output into their consumers before slicing (default).
 
     Raises:
         ValueError: non-positive ``lr`` or ``batch_size``, negative ``c``, ``mu`` or ``zero_tol``, ``c = 0``
@@ -70,6 +71,7 @@ class GRDABaseline(TrainedBaseline):
         search: bool = False,
         tolerance: float = 0.05,
         max_trials: int = 6,
+        fold: bool = True,
     ) -> None:
         super().__init__(budget=budget)
         if not (lr > 0 and batch_size > 0):
@@ -81,11 +83,12 @@ class GRDABaseline(TrainedBaseline):
             raise ValueError(f"the search starts at c and scales it, so c must be > 0, got {c}")
         self.batch_size, self.zero_tol = int(batch_size), float(zero_tol)
         self.search, self.tolerance, self.max_trials = bool(search), float(tolerance), int(max_trials)
+        self.fold = bool(fold)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(lr={self.lr}, c={self.c}, mu={self.mu}, zero_tol={self.zero_tol}, "
-            f"search={self.search}, budget={self.budget})"
+            f"search={self.search}, fold={self.fold}, budget={self.budget})"
         )
 
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
@@ -127,7 +130,8 @@ class GRDABaseline(TrainedBaseline):
             "c": c,
             "mu": self.mu,
             "epochs": float(context.epochs),
+            "fold": self.fold,
             "steps": whole * -(-len(data) // self.batch_size),
             **extra,
         }
-        return static_result(base, work, plan, train_seconds=seconds, info=info)
+        return static_result(base, work, plan, train_seconds=seconds, info=info, fold=self.fold)

@@ -6,8 +6,9 @@ to ``[0, 1]`` after every step) for ``context.epochs`` passes, thresholds the fa
 their histogram (bin width 0.01), keeps in every unit the channels above the threshold (at least one), and
 slices them out with :func:`pruning.export.export_static`. No fine-tuning follows (the paper fine-tunes; the
 shared budget of ``context.epochs`` goes to the sparsity training). A channel whose factor reached 0 still
-feeds the constant ``ReLU(β)`` of its BN to the consumer, which slicing removes: after a short sparsity run
-that, more than the regulariser, is what the exported model loses.
+feeds the constant ``ReLU(β)`` of its BN to the consumer; slicing alone would remove it (after a short
+sparsity run that, more than the regulariser, was what the exported model lost), so by default
+(``fold=True``) :func:`pruning.export.fold_dropped_constants` first moves it into the consumer's BatchNorm.
 
 **The budget is a target, not a constraint.** The keep ratios are whatever the threshold leaves, so the MAC
 fraction reported is the measured one and may miss ``context.budget``. With ``search=True`` the paper's
@@ -27,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from pruning.accounting import model_cost
-from pruning.export import export_static
+from pruning.export import export_static, fold_dropped_constants
 from pruning.methods.polarization import search_lambda_t, sparsity_train, threshold_plan
 from pruning.plan import PruningPlan
 from pruning.train import TrainConfig, fractional_epochs
@@ -48,6 +49,7 @@ def static_result(
     *,
     train_seconds: float,
     info: dict[str, Any],
+    fold: bool = False,
 ) -> BuiltModel:
     """Slice ``plan``'s channels out of ``trained`` and cost the result against ``base``.
 
@@ -57,13 +59,15 @@ def static_result(
         plan: A static plan (keep ratios and scores).
         train_seconds: Wall time of the training, reported as is.
         info: Method-specific values to report.
+        fold: Fold the constant output of the dropped channels into their consumers first
+            (:func:`pruning.export.fold_dropped_constants`; for methods that make channels constant).
 
     Returns:
         A :class:`BuiltModel` whose ``model`` is ``export_static(trained, plan)`` (eval mode), with
         ``macs_fraction`` = its MACs per image (:func:`pruning.accounting.model_cost`) over ``base``'s,
         ``params_fraction`` = its parameter count over ``base``'s, and the per-unit keep ratios of the plan.
     """
-    pruned = export_static(trained, plan)
+    pruned = export_static(fold_dropped_constants(trained, plan) if fold else trained, plan)
     macs = int(model_cost(pruned).macs[0])
     base_macs = int(model_cost(base).macs[0])
     keep = [float(k) for k in (plan.static_keep if plan.static_keep is not None else [])]
@@ -100,6 +104,8 @@ class PolarizationBaseline(TrainedBaseline):
         lam_range: Initial λ bracket of the search. Default ``(0, 2·lam)``.
         tolerance: The search's δ, absolute in MAC fraction. Default 0.05 (the paper's 5%).
         max_trials: Most training runs of the search. Default 6.
+        fold: Move the constant ``ReLU(β)`` of the dropped channels into their consumers before slicing
+            (default; ``False``: slice them out with their output, as before).
 
     Raises:
         ValueError: a negative ``lam``, a non-positive ``lr`` or ``batch_size``.
@@ -118,6 +124,7 @@ class PolarizationBaseline(TrainedBaseline):
         lam_range: tuple[float, float] | None = None,
         tolerance: float = 0.05,
         max_trials: int = 6,
+        fold: bool = True,
     ) -> None:
         super().__init__(budget=budget)
         if not lam >= 0:
@@ -127,12 +134,12 @@ class PolarizationBaseline(TrainedBaseline):
         self.lam, self.t, self.lr, self.batch_size = float(lam), float(t), float(lr), int(batch_size)
         self.per_unit, self.search = bool(per_unit), bool(search)
         self.lam_range = lam_range if lam_range is not None else (0.0, 2.0 * self.lam)
-        self.tolerance, self.max_trials = float(tolerance), int(max_trials)
+        self.tolerance, self.max_trials, self.fold = float(tolerance), int(max_trials), bool(fold)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(lam={self.lam}, t={self.t}, lr={self.lr}, per_unit={self.per_unit}, "
-            f"search={self.search}, budget={self.budget})"
+            f"search={self.search}, fold={self.fold}, budget={self.budget})"
         )
 
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
@@ -165,5 +172,5 @@ class PolarizationBaseline(TrainedBaseline):
             info["steps"] = int(history["steps"])
         seconds = time.perf_counter() - t0
         plan, thresholds = threshold_plan(work, per_unit=self.per_unit)
-        info.update(threshold=thresholds if self.per_unit else thresholds[0], lam=lam, t=t)
-        return static_result(base, work, plan, train_seconds=seconds, info=info)
+        info.update(threshold=thresholds if self.per_unit else thresholds[0], lam=lam, t=t, fold=self.fold)
+        return static_result(base, work, plan, train_seconds=seconds, info=info, fold=self.fold)
