@@ -197,9 +197,12 @@ def fold_dropped_constants(model: nn.Module, plan: PruningPlan) -> nn.Module:
         bn = out.get_submodule(u.bn)
         consumer = out.get_submodule(u.consumer)
         assert isinstance(bn, nn.BatchNorm2d) and isinstance(consumer, nn.Conv2d)
+        mean, var = bn.running_mean, bn.running_var
+        if mean is None or var is None or bn.weight is None or bn.bias is None:
+            raise ValueError(f"{u.bn}: the fold needs a BatchNorm with running statistics and an affine scale")
         with torch.no_grad():
-            std = (bn.running_var + bn.eps).sqrt()  # type: ignore[operator]
-            v = F.relu(bn.bias - bn.weight * bn.running_mean / std) * drop.to(std)  # type: ignore[operator]
+            std = (var + bn.eps).sqrt()
+            v = F.relu(bn.bias - bn.weight * mean / std) * drop.to(std)
             b = torch.einsum("ocij,c->o", consumer.weight, v.to(consumer.weight))
             cbn = out.get_submodule(u.consumer_bn) if u.consumer_bn is not None else None
             if isinstance(cbn, nn.BatchNorm2d) and cbn.running_mean is not None:
