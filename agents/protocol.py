@@ -83,12 +83,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from agents.baselines import TrainContext, TrainedBaseline, get_baseline
 from agents.compare import _Bench, _run_static, draw_pareto, finetune, parse_policy
 from agents.schedule import BUDGET_TOLERANCE
 from pruning.accounting import CostModel
 from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset
 from pruning.gating import clear_plan, gate_model, set_plan
+from pruning.methods.channel_gating import measure_gating
 from pruning.plan import PruningPlan
 from pruning.registry import Registry
 from pruning.runs import UsageError, write_json
@@ -107,6 +109,8 @@ __all__ = [
     "RowContext",
     "RowResult",
     "RowSpec",
+    "SEED_METHODS",
+    "SEED_SHARE",
     "best_hand",
     "best_learned",
     "fbs_row",
@@ -121,6 +125,7 @@ __all__ = [
     "row_path",
     "row_run_dir",
     "run_protocol",
+    "seed_method_row",
     "split_epochs",
     "static_row",
     "summary_line",
@@ -146,8 +151,26 @@ LEARNED_ROWS = {"static_agent": "static", "runtime_agent": "runtime", "runtime_p
 #: Learned rows whose runtime keep counts take a prefix of a fixed channel order instead of each image's top-k by
 #: ``u_r`` (:attr:`agents.schedule.ScheduleConfig.runtime_order`): the same agent, sliceable after export.
 PREFIX_ROWS = frozenset({"runtime_prefix"})
+#: The training-based methods of the ``seed:<name>`` rows and the options each runs with under the protocol:
+#: every one is brought to the budget (polarization and gRDA prune at one global threshold set at the budget
+#: after their training; SCOP and Channel Gating solve their rate for it).
+SEED_METHODS: dict[str, dict[str, Any]] = {
+    "polarization": {"search": True, "tolerance": 0.02, "max_trials": 4, "meet_budget": True},
+    "grda": {"meet_budget": True},
+    "scop": {},
+    "channel_gating": {},
+}
+#: Share of ``E`` a static seed method spends in its own training (sparsity, gRDA, control factors); the rest
+#: is the recipe's fine-tune of the sliced model. Channel Gating trains its gated model for all of ``E``.
+SEED_SHARE = 0.5
 #: Every row, in table order (what :func:`run_protocol` runs when ``rows`` is not given).
-DEFAULT_ROWS = ("l1", *(f"hand:{name}" for name in HAND_POLICIES), "fbs", *LEARNED_ROWS)
+DEFAULT_ROWS = (
+    "l1",
+    *(f"hand:{name}" for name in HAND_POLICIES),
+    "fbs",
+    *LEARNED_ROWS,
+    *(f"seed:{n}" for n in SEED_METHODS),
+)
 ROW_FORMAT = "prunegym.protocol.row.v1"
 _RUNS_DIR = "runs"
 
@@ -495,14 +518,15 @@ class RowContext:
         """The test images of the final score (the whole split unless ``test_images``), normalised for ``model``."""
         return self.bench.test_set(model)
 
-    def finetune(self, model: nn.Module) -> dict[str, Any]:
-        """Train ``model`` in place for the cell's ``E`` epochs with the recipe; return what it did.
+    def finetune(self, model: nn.Module, epochs: float | None = None) -> dict[str, Any]:
+        """Train ``model`` in place with the recipe for ``epochs`` (default the cell's ``E``); return what it did.
 
         Returns:
             :func:`agents.compare.finetune`'s record (steps, images, learning rates, seconds).
         """
         return finetune(
-            model, self.train_set(model), self.cell.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
+            model, self.train_set(model), self.cell.epochs if epochs is None else epochs, lr=self.recipe.lr,
+            batch_size=self.recipe.batch_size,
             seed=self.cell.seed, device=self.device, desc=f"{self.row} {self.cell.name}", teacher=self.teacher(),
             distill=self.recipe.distill, distill_temperature=self.recipe.distill_temperature,
         )  # fmt: skip
@@ -730,6 +754,76 @@ def fbs_row(ctx: RowContext) -> RowResult:
     )  # fmt: skip
 
 
+def seed_method_row(ctx: RowContext, name: str) -> RowResult:
+    """A training-based seed method (:data:`SEED_METHODS`) inside the cell's ``E``.
+
+    The static methods (polarization, gRDA, SCOP) run their own training for ``SEED_SHARE·E`` epochs with
+    their own optimizer (it is part of the method: gRDA *is* an optimizer, SCOP trains its control factors
+    with Adam, polarization trains with SGD at a constant rate), starting from the base; the model they
+    slice is then fine-tuned with the recipe for the remaining ``(1 − SEED_SHARE)·E``. Channel Gating trains
+    its gated model for all of ``E`` with SGD, Nesterov, cosine from the recipe's learning rate (the
+    recipe, plus its threshold loss). Distillation, when on, applies to every weight-training step (not to
+    SCOP's control factors, which change no CNN weight). The row's training record adds the method's steps
+    (of the trained copy that is kept; a search's other trials are recorded in ``extra["search_images"]``,
+    not counted: like the RL episodes of the learned rows they change no weight that is kept) to the
+    fine-tune's. MACs: the exported model's for the static methods; Channel Gating's mean and maximum per
+    image from the gates each test image used (:func:`pruning.methods.channel_gating.measure_gating`).
+    """
+    base = ctx.base()
+    epochs = ctx.cell.epochs
+    dynamic = name == "channel_gating"
+    share = 1.0 if dynamic else SEED_SHARE
+    options = dict(SEED_METHODS[name])
+    if dynamic:
+        options["lr"] = ctx.recipe.lr
+    method = get_baseline(name, budget=ctx.cell.budget, **options)
+    assert isinstance(method, TrainedBaseline)
+    train_set = ctx.train_set(base)
+    context = TrainContext(
+        train_set=train_set, val_set=ctx.val_set(base), budget=ctx.cell.budget, seed=ctx.cell.seed,
+        epochs=share * epochs, device=ctx.device, progress=ctx.progress, teacher=ctx.teacher(),
+        distill=ctx.recipe.distill, distill_temperature=ctx.recipe.distill_temperature,
+    )  # fmt: skip
+    try:
+        built = method.build(base, context)
+    except ValueError as err:
+        if "budget" in str(err):
+            raise BudgetUnreachable(str(err)) from err
+        raise
+    subset, whole = fractional_epochs(train_set, share * epochs, seed=ctx.cell.seed)
+    batch = int(getattr(method, "batch_size", ctx.recipe.batch_size))
+    method_images = whole * len(subset)
+    trials = built.info.get("trials") or [None]
+    record: dict[str, Any] = {
+        "steps": whole * -(-len(subset) // batch), "images": method_images, "seconds": built.train_seconds,
+        "lr_first": float(getattr(method, "lr", math.nan)), "lr_last": float(getattr(method, "lr", math.nan)),
+    }  # fmt: skip
+    if share < 1.0:
+        tune = ctx.finetune(built.model, epochs=(1.0 - share) * epochs)
+        record.update(
+            steps=record["steps"] + int(tune.get("steps", 0)), images=method_images + int(tune.get("images", 0)),
+            seconds=record["seconds"] + float(tune.get("seconds", 0.0)), lr_last=tune.get("lr_last", math.nan),
+        )  # fmt: skip
+    model = built.model.eval()
+    test_set = ctx.test_set(model)
+    test = dict(evaluate(model, test_set))
+    if dynamic:
+        gating = measure_gating(model, test_set, base_macs=CostModel(base).base_macs)
+        test.update(macs_fraction=gating.macs_fraction, macs_fraction_max=gating.macs_fraction_max)
+    else:
+        test.update(macs_fraction=built.macs_fraction, macs_fraction_max=built.macs_fraction)
+    info = {k: v for k, v in built.info.items() if k not in ("gate_rates",)}
+    extra = {
+        "method_epochs": share * epochs, "finetune_epochs": (1.0 - share) * epochs, "method_lr": record["lr_first"],
+        "search_images": method_images * len(trials), "keep_ratios": built.keep_ratios,
+        "val_top1": float(evaluate(model, ctx.val_set(model))["top1"]), **info,
+    }  # fmt: skip
+    return ctx.result(
+        policy=f"{name} ({share:g}·E own training{'' if dynamic else ' + fine-tune'})", test=test,
+        params_fraction=built.params_fraction, training=record, extra=extra,
+    )  # fmt: skip
+
+
 def _first_logged_lr(progress_csv: Path) -> float:
     """The first CNN-training learning rate a run logged (``gate/.../train/lr``, ``cnn/train/lr``), else ``nan``."""
     if not progress_csv.is_file():
@@ -891,6 +985,9 @@ def _register_defaults() -> None:
     for row, mode in LEARNED_ROWS.items():
         order = "prefix" if row in PREFIX_ROWS else "u_r"
         _ROWS.add(row, RowSpec(row, functools.partial(learned_row, mode=mode, runtime_order=order), kind="learned"))
+    for name in SEED_METHODS:
+        kind = "runtime" if name == "channel_gating" else "static"
+        _ROWS.add(f"seed:{name}", RowSpec(f"seed:{name}", functools.partial(seed_method_row, name=name), kind=kind))
 
 
 _register_defaults()
@@ -1332,14 +1429,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=None, help=f"rows (default: all: {' '.join(DEFAULT_ROWS)})")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the recipe (every row)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step of the recipe (every row)")
-    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
-                   help="distil from the unpruned base with this weight in every row's training (default 0: off)")
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="distil from the unpruned base with this weight in every row's training (default 0: off)",
+    )
     p.add_argument("--test-images", type=int, default=None, help="score N evenly strided test images (default all)")
-    p.add_argument("--num-val", type=int, default=None,
-                   help=f"validation images of PFP's calibration (default 512) and of the static env ({L.num_val})")
+    p.add_argument(
+        "--num-val",
+        type=int,
+        default=None,
+        help=f"validation images of PFP's calibration (default 512) and of the static env ({L.num_val})",
+    )
     p.add_argument("--out", default="runs/protocol", help="result folder (row files, tables, plot)")
-    p.add_argument("--runs-dir", default=None,
-                   help="where the learned rows' checkpoints go (default: inside --out)")
+    p.add_argument("--runs-dir", default=None, help="where the learned rows' checkpoints go (default: inside --out)")
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
     g = p.add_argument_group("learned rows")
@@ -1348,10 +1453,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--runtime-steps", type=int, default=L.runtime_steps, help="runtime-agent timesteps per round")
     g.add_argument("--static-steps", type=int, default=L.static_steps, help="static-agent timesteps per round")
     g.add_argument("--n-envs", type=int, default=L.n_envs, help="images per runtime-env batch")
-    g.add_argument("--static-min-keep", type=float, default=L.static_min_keep,
-                   help="the static agent's keep floor (default min(0.2, B/2))")
-    g.add_argument("--static-select", type=int, default=L.static_select,
-                   help="best-rewarded static episodes re-scored against the deterministic one (0: deterministic)")
+    g.add_argument(
+        "--static-min-keep",
+        type=float,
+        default=L.static_min_keep,
+        help="the static agent's keep floor (default min(0.2, B/2))",
+    )
+    g.add_argument(
+        "--static-select",
+        type=int,
+        default=L.static_select,
+        help="best-rewarded static episodes re-scored against the deterministic one (0: deterministic)",
+    )
     g.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     return p

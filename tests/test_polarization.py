@@ -22,7 +22,9 @@ from pruning.methods.polarization import (
     sparsity_train,
     threshold_plan,
 )
+from pruning.methods.search import threshold_to_budget
 from pruning.models import get_model
+from pruning.plan import PruningPlan
 from pruning.train import TrainConfig, dataset_for_model, fractional_epochs
 from pruning.units import get_units, unit_conv
 
@@ -217,3 +219,26 @@ def test_baseline_is_registered_and_refuses_env_use() -> None:
     assert isinstance(get_baseline("polarization"), PolarizationBaseline)
     with pytest.raises(TypeError, match="training-based"):
         get_baseline("polarization").allocate(None, 0.5)  # type: ignore[arg-type]
+
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.55, 0.9])
+def test_threshold_to_budget_is_the_lowest_global_threshold_that_meets_the_budget(budget: float) -> None:
+    model = get_model("resnet8")
+    units = get_units(model)
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.rand(u.out_channels, generator=g) for u in units]
+    plan, tau = threshold_to_budget(model, scores, budget)
+    assert plan.static_keep is not None
+    keep = [round(k * u.out_channels) for k, u in zip(plan.static_keep, units, strict=True)]
+    assert keep == [max(1, int((s > tau).sum())) for s in scores]  # exactly the channels above one threshold
+    assert float(model_cost(model, plan).macs_fraction[0]) <= budget
+    # the next lower score (one channel more) breaks the budget
+    lower = max(float(s[s <= tau].max()) for s in scores if bool((s <= tau).any()))
+    more = [max(1, int((s >= lower).sum())) / u.out_channels for s, u in zip(scores, units, strict=True)]
+    looser = PruningPlan(static_keep=more, static_scores=scores)
+    assert float(model_cost(model, looser).macs_fraction[0]) > budget
+    with pytest.raises(ValueError, match="raise the budget"):
+        threshold_to_budget(model, scores, 0.01)
+    with pytest.raises(ValueError, match="one score per output channel"):
+        threshold_to_budget(model, scores[:-1], budget)

@@ -25,6 +25,8 @@ from agents.protocol import (
     GATE_SHARE,
     HAND_POLICIES,
     LEARNED_ROWS,
+    SEED_METHODS,
+    SEED_SHARE,
     Cell,
     LearnedSettings,
     Recipe,
@@ -196,7 +198,11 @@ def test_learned_rows_train_E_epochs_and_meet_the_budget(tmp_path: Path) -> None
     splits = {s: dataset_for_model(get_dataset("synthetic", split=s), base) for s in ("train", "val", "test")}
     for row in ("runtime_prefix", "static_agent"):
         trainer = load_learned_row(
-            tmp_path / "rows", by[row].cell, row, base, {"train": splits["train"], "val": splits["val"]},
+            tmp_path / "rows",
+            by[row].cell,
+            row,
+            base,
+            {"train": splits["train"], "val": splits["val"]},
             runs_dir=tmp_path / "ckpt",
         )
         again = trainer.evaluate_plan(splits["test"])
@@ -342,6 +348,8 @@ def test_bench_report_line_and_results_section(
         _row("hand:a", 60.0, 0.49, group=group, seed=0), _row("hand:a", 64.0, 0.49, group=group, seed=1),
         _row("hand:b", 99.0, 0.60, group=group), _row("joint", 55.5, 0.50, kind="learned", group=group),
         _row("runtime_agent", 70.0, 0.58, kind="learned", group=group),
+        _row("seed:scop", 61.0, 0.49, group=group), _row("hand:pfp", 58.0, 0.49, group=group),
+        _row("seed:grda", 40.0, 0.55, group=group),
     ]  # fmt: skip
     for r in rows:
         cell = out / f"{group}_s{r.seed}"
@@ -352,7 +360,10 @@ def test_bench_report_line_and_results_section(
     md.write_text(before + "\n## Fair protocol\nold table\n\n## After\nkept too\n")
     argv = ["--report-only", "--out", str(out), "--results-md", str(md), "--plot", str(tmp_path / "p.png")]
     assert bench.main(argv) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr().out.strip().splitlines()
+    line, seed_line = printed[-1], next(p for p in printed if p.startswith("seed_methods_rows="))
+    # SCOP's claim (above PFP) holds in the one cell where both ran; gRDA's row misses its budget
+    assert seed_line == "seed_methods_rows=2 seed_methods_budget_misses=1 directions_reproduced=1/1"
     assert line == (
         "r20_e1_050_best_hand=62.00 r20_e1_050_learned=55.50 r20_e1_025_best_hand=nan r20_e1_025_learned=nan "
         "r20_e3_050_best_hand=nan r20_e3_050_learned=nan r56_e1_050_best_hand=nan r56_e1_050_learned=nan "
@@ -363,6 +374,10 @@ def test_bench_report_line_and_results_section(
     assert text.count("## Fair protocol") == 1 and "old table" not in text and text.endswith("## After\nkept too\n")
     assert "| static_agent | not run |" in text and text.count("| best_hand | not run |") == len(bench.CELLS) - 1
     assert line in text and "![test top-1 vs mean MAC fraction](p.png)" in text
+    seeds = text[text.index("## Seed methods under the fair protocol") :]
+    assert seed_line in seeds
+    assert text.index("## Fair protocol") < text.index("## Seed methods") < text.index("## After")
+    assert "| `seed:scop` |" in seeds and "r20_e1_050: 61.00 vs hand:pfp 58.00 | yes (1/1 cells) |" in seeds
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
     # a distilled grid is a table of its own: its own section, the labels-only one kept as it was
     assert bench.main([*argv, "--distill", "0.5"]) == 0
@@ -449,3 +464,26 @@ def test_distillation_applies_to_every_row_alike(tmp_path: Path, monkeypatch: py
     assert len(calls) == steps.count == sum(r.train_steps for r in rows) > 0  # every CNN step distilled
     with pytest.raises(ValueError, match="distill must be a weight"):
         Recipe(distill=-0.1)
+
+
+def test_seed_method_rows_train_E_epochs_in_all_and_meet_the_budget(tmp_path: Path) -> None:
+    names = [f"seed:{n}" for n in SEED_METHODS]
+    with _Steps() as steps:
+        rows = run_protocol(rows=names, budgets=[0.6], epochs=[1.0], out_dir=tmp_path, **TINY)
+    by = {r.row: r for r in rows}
+    assert set(by) == set(names)
+    for r in rows:
+        # the method's own training and the recipe's fine-tune add up to E: every image counted once
+        assert r.error is None and r.train_images == N_TRAIN and r.train_epochs == pytest.approx(1.0)
+        assert r.meets_budget and r.mac_fraction <= 0.6 + BUDGET_TOLERANCE, (r.row, r.mac_fraction)
+        assert 0 <= r.test_top1 <= 100 and 0 <= r.extra["val_top1"] <= 100
+    for n in ("seed:polarization", "seed:grda", "seed:scop"):
+        assert by[n].kind == "static" and by[n].mac_fraction_max == by[n].mac_fraction
+        assert by[n].extra["method_epochs"] == pytest.approx(SEED_SHARE)
+        assert by[n].extra["finetune_epochs"] == pytest.approx(1.0 - SEED_SHARE)
+        assert by[n].params_fraction < 1.0  # channels were sliced out
+    assert by["seed:channel_gating"].kind == "runtime" and by["seed:channel_gating"].extra["finetune_epochs"] == 0
+    # the optimizer steps that ran are the rows' own plus the search trials that were not kept
+    trials = len(by["seed:polarization"].extra["trials"])
+    extra_steps = (trials - 1) * -(-int(N_TRAIN * SEED_SHARE) // 128)
+    assert steps.count == sum(r.train_steps for r in rows) + extra_steps

@@ -350,11 +350,13 @@ class BaselinePolicy(abc.ABC):
                 )
         counts = np.asarray(self.allocate(target, budget), dtype=np.int64)
         if counts.shape != (target.num_units,):
-            raise ValueError(f"{type(self).__name__}.allocate returned shape {counts.shape}, expected "
-                             f"({target.num_units},)")
+            raise ValueError(
+                f"{type(self).__name__}.allocate returned shape {counts.shape}, expected ({target.num_units},)"
+            )
         self._target, self.keep_counts = target, counts
-        self._actions = np.stack([self._action(target, int(k), int(c)) for k, c in zip(counts, target.channels,
-                                                                                        strict=True)])
+        self._actions = np.stack(
+            [self._action(target, int(k), int(c)) for k, c in zip(counts, target.channels, strict=True)]
+        )
         return self
 
     def keep_ratios(self) -> list[float]:
@@ -437,6 +439,11 @@ class TrainContext:
             trains on a quarter of an epoch's batches). Every training-based method gets the same value.
         device: Where to train.
         progress: Show progress bars.
+        teacher: Distil from this model (the unpruned base) in the method's weight training, with weight
+            ``distill`` and temperature ``distill_temperature`` (:func:`pruning.train.distillation_loss`);
+            ``distill = 0`` (default) trains on labels only. Methods that train CNN weights pass it on.
+        distill: Weight of the distillation term, in ``[0, 1]``.
+        distill_temperature: Its softmax temperature.
     """
 
     train_set: Any
@@ -446,6 +453,14 @@ class TrainContext:
     epochs: float = 1.0
     device: str = "cpu"
     progress: bool = False
+    teacher: nn.Module | None = None
+    distill: float = 0.0
+    distill_temperature: float = 4.0
+
+    @property
+    def distill_weight(self) -> float:
+        """``distill`` when there is a teacher, else 0 (what :class:`pruning.train.TrainConfig` takes)."""
+        return self.distill if self.teacher is not None else 0.0
 
 
 @dataclass

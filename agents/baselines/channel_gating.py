@@ -138,10 +138,10 @@ class ChannelGatingBaseline(TrainedBaseline):
         if whole > 0:
             config = TrainConfig(
                 epochs=whole, batch_size=self.batch_size, lr=self.lr, weight_decay=1e-4, seed=context.seed,
-                device=context.device,
+                device=context.device, distill=context.distill_weight, distill_temperature=context.distill_temperature,
             )  # fmt: skip
             history = train(
-                model, data, config, progress=context.progress, desc="channel gating",
+                model, data, config, progress=context.progress, desc="channel gating", teacher=context.teacher,
                 extra_loss=lambda m: threshold_loss(m, target, THRESHOLD_LOSS_WEIGHT),
             )  # fmt: skip
         seconds = time.perf_counter() - start

@@ -23,15 +23,29 @@ import copy
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
+from pruning.accounting import model_cost
 from pruning.methods.grda import conv_sparsity, grda_builder, search_c, zero_filter_plan
+from pruning.methods.search import threshold_to_budget
 from pruning.train import TrainConfig, fractional_epochs, train
+from pruning.units import get_units, unit_conv
 
 from .base import BuiltModel, TrainContext, TrainedBaseline, register_baseline
 from .polarization import static_result
 
 __all__ = ["GRDABaseline"]
+
+
+def _relative_l1(model: nn.Module) -> list[torch.Tensor]:
+    """Each unit filter's L1 norm over its unit's mean filter L1 norm (0 for an all-zero filter)."""
+    out = []
+    mods = dict(model.named_modules())
+    for unit in get_units(model):
+        norms = unit_conv(mods[unit.conv]).weight.detach().abs().sum(dim=(1, 2, 3))
+        out.append(norms / norms.mean().clamp_min(1e-12))
+    return out
 
 
 @register_baseline("grda")
@@ -53,6 +67,11 @@ class GRDABaseline(TrainedBaseline):
         tolerance: The search's tolerance, absolute in MAC fraction. Default 0.05.
         max_trials: Most training runs of the search. Default 6.
         fold: Move the dropped filters' constant output into their consumers before slicing (default).
+        meet_budget: Use gRDA as a channel method at the budget: its zero-filter plan completed by one rule,
+            a global threshold on each filter's L1 norm over its unit's mean filter L1 norm (all-zero filters
+            score 0 and go first; :func:`pruning.methods.search.threshold_to_budget`), set where the plan costs
+            at most the budget. ``info["zero_filter_macs_fraction"]`` keeps what the zero filters alone
+            removed. Default ``False`` (the zero filters decide).
 
     Raises:
         ValueError: non-positive ``lr`` or ``batch_size``, negative ``c``, ``mu`` or ``zero_tol``, ``c = 0``
@@ -72,6 +91,7 @@ class GRDABaseline(TrainedBaseline):
         tolerance: float = 0.05,
         max_trials: int = 6,
         fold: bool = True,
+        meet_budget: bool = False,
     ) -> None:
         super().__init__(budget=budget)
         if not (lr > 0 and batch_size > 0):
@@ -83,12 +103,12 @@ class GRDABaseline(TrainedBaseline):
             raise ValueError(f"the search starts at c and scales it, so c must be > 0, got {c}")
         self.batch_size, self.zero_tol = int(batch_size), float(zero_tol)
         self.search, self.tolerance, self.max_trials = bool(search), float(tolerance), int(max_trials)
-        self.fold = bool(fold)
+        self.fold, self.meet_budget = bool(fold), bool(meet_budget)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(lr={self.lr}, c={self.c}, mu={self.mu}, zero_tol={self.zero_tol}, "
-            f"search={self.search}, fold={self.fold}, budget={self.budget})"
+            f"search={self.search}, fold={self.fold}, meet_budget={self.meet_budget}, budget={self.budget})"
         )
 
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
@@ -97,28 +117,31 @@ class GRDABaseline(TrainedBaseline):
         Returns:
             The exported model and its costs; ``info`` holds ``conv_sparsity``, ``unit_conv_sparsity``,
             ``zero_filters`` (per unit), ``zero_tol``, ``lr``, ``c`` (the chosen one with the search), ``mu``,
-            ``epochs``, ``steps`` (of the returned run) and, with the search, ``trials`` (c, MAC fraction
-            and conv sparsity of each run) and ``search_hit``.
+            ``epochs``, ``steps`` (of the returned run), with the search ``trials`` (c, MAC fraction
+            and conv sparsity of each run) and ``search_hit``, with ``meet_budget`` the
+            ``zero_filter_macs_fraction``.
         """
         data, whole = fractional_epochs(context.train_set, context.epochs, seed=context.seed)
         config = TrainConfig(
             epochs=whole, batch_size=self.batch_size, lr=self.lr, schedule="constant", weight_decay=0.0,
-            seed=context.seed, device=context.device,
+            seed=context.seed, device=context.device, distill=context.distill_weight,
+            distill_temperature=context.distill_temperature,
         )  # fmt: skip
+        target = self.budget if self.budget is not None else context.budget
         extra: dict[str, Any] = {}
         t0 = time.perf_counter()
         if self.search:
             result = search_c(
-                base, data, config, target=self.budget if self.budget is not None else context.budget, c0=self.c,
-                mu=self.mu, tolerance=self.tolerance, max_trials=self.max_trials, zero_tol=self.zero_tol,
-                progress=context.progress, desc="grda",
+                base, data, config, target=target, c0=self.c, mu=self.mu, tolerance=self.tolerance,
+                max_trials=self.max_trials, zero_tol=self.zero_tol, progress=context.progress, desc="grda",
+                teacher=context.teacher,
             )  # fmt: skip
             work, c = result.model, result.best.c
             extra = {"trials": [vars(tr).copy() for tr in result.trials], "search_hit": result.hit}
         else:
             work, c = copy.deepcopy(base), self.c
             train(work, data, config, make_optimizer=grda_builder(c=c, mu=self.mu), progress=context.progress,
-                  desc="grda")  # fmt: skip
+                  desc="grda", teacher=context.teacher)  # fmt: skip
         seconds = time.perf_counter() - t0
         plan, zeros = zero_filter_plan(work, tol=self.zero_tol)
         info: dict[str, Any] = {
@@ -134,4 +157,7 @@ class GRDABaseline(TrainedBaseline):
             "steps": whole * -(-len(data) // self.batch_size),
             **extra,
         }
+        if self.meet_budget:
+            info["zero_filter_macs_fraction"] = float(model_cost(work, plan).macs_fraction[0])
+            plan, info["score_threshold"] = threshold_to_budget(work, _relative_l1(work), target)
         return static_result(base, work, plan, train_seconds=seconds, info=info, fold=self.fold)

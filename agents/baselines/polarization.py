@@ -29,7 +29,8 @@ from torch import nn
 
 from pruning.accounting import model_cost
 from pruning.export import export_static, fold_dropped_constants
-from pruning.methods.polarization import search_lambda_t, sparsity_train, threshold_plan
+from pruning.methods.polarization import scale_factors, search_lambda_t, sparsity_train, threshold_plan
+from pruning.methods.search import threshold_to_budget
 from pruning.plan import PruningPlan
 from pruning.train import TrainConfig, fractional_epochs
 
@@ -106,6 +107,11 @@ class PolarizationBaseline(TrainedBaseline):
         max_trials: Most training runs of the search. Default 6.
         fold: Move the constant ``ReLU(β)`` of the dropped channels into their consumers before slicing
             (default; ``False``: slice them out with their output, as before).
+        meet_budget: Prune at the budget instead of at the valley: after the training (and the search, if
+            any), one global threshold on ``|γ|`` is set where the plan costs at most the budget
+            (:func:`pruning.methods.search.threshold_to_budget`, network slimming's rule), so the row meets
+            its budget whatever the valley gave; ``info["valley_macs_fraction"]`` keeps what the valley
+            would have cost. Default ``False`` (the valley decides).
 
     Raises:
         ValueError: a negative ``lam``, a non-positive ``lr`` or ``batch_size``.
@@ -125,6 +131,7 @@ class PolarizationBaseline(TrainedBaseline):
         tolerance: float = 0.05,
         max_trials: int = 6,
         fold: bool = True,
+        meet_budget: bool = False,
     ) -> None:
         super().__init__(budget=budget)
         if not lam >= 0:
@@ -135,11 +142,12 @@ class PolarizationBaseline(TrainedBaseline):
         self.per_unit, self.search = bool(per_unit), bool(search)
         self.lam_range = lam_range if lam_range is not None else (0.0, 2.0 * self.lam)
         self.tolerance, self.max_trials, self.fold = float(tolerance), int(max_trials), bool(fold)
+        self.meet_budget = bool(meet_budget)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(lam={self.lam}, t={self.t}, lr={self.lr}, per_unit={self.per_unit}, "
-            f"search={self.search}, fold={self.fold}, budget={self.budget})"
+            f"search={self.search}, fold={self.fold}, meet_budget={self.meet_budget}, budget={self.budget})"
         )
 
     def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
@@ -147,30 +155,34 @@ class PolarizationBaseline(TrainedBaseline):
 
         Returns:
             The exported model and its measured costs; ``info`` holds ``threshold`` (per unit with
-            ``per_unit``), ``lam``, ``t``, ``epochs``, ``steps`` and, with the search, ``trials`` (λ, t,
-            threshold, MAC fraction of each run) and ``search_hit``.
+            ``per_unit``), ``lam``, ``t``, ``epochs``, ``steps``, with the search ``trials`` (λ, t,
+            threshold, MAC fraction of each run) and ``search_hit``, with ``meet_budget`` the
+            ``valley_macs_fraction``.
         """
         data, whole = fractional_epochs(context.train_set, context.epochs, seed=context.seed)
         config = TrainConfig(
             epochs=whole, batch_size=self.batch_size, lr=self.lr, schedule="constant", seed=context.seed,
-            device=context.device,
+            device=context.device, distill=context.distill_weight,
+            distill_temperature=context.distill_temperature,
         )  # fmt: skip
-        info: dict[str, Any] = {"epochs": float(context.epochs)}
+        info: dict[str, Any] = {"epochs": float(context.epochs), "steps": whole * -(-len(data) // self.batch_size)}
+        target = self.budget if self.budget is not None else context.budget
         t0 = time.perf_counter()
         if self.search:
-            target = self.budget if self.budget is not None else context.budget
             result = search_lambda_t(
                 base, data, config, target=target, lam_range=self.lam_range, t0=self.t, tolerance=self.tolerance,
-                max_trials=self.max_trials, progress=context.progress,
+                max_trials=self.max_trials, progress=context.progress, teacher=context.teacher,
             )  # fmt: skip
             work, lam, t = result.model, result.best.lam, result.best.t
             info["trials"] = [vars(tr).copy() for tr in result.trials]
             info["search_hit"] = result.hit
         else:
             work, lam, t = copy.deepcopy(base), self.lam, self.t
-            history = sparsity_train(work, data, config, lam=lam, t=t, progress=context.progress)
-            info["steps"] = int(history["steps"])
+            sparsity_train(work, data, config, lam=lam, t=t, progress=context.progress, teacher=context.teacher)
         seconds = time.perf_counter() - t0
         plan, thresholds = threshold_plan(work, per_unit=self.per_unit)
         info.update(threshold=thresholds if self.per_unit else thresholds[0], lam=lam, t=t, fold=self.fold)
+        if self.meet_budget:
+            info["valley_macs_fraction"] = float(model_cost(work, plan).macs_fraction[0])
+            plan, info["threshold"] = threshold_to_budget(work, [g.detach().abs() for g in scale_factors(work)], target)
         return static_result(base, work, plan, train_seconds=seconds, info=info, fold=self.fold)
