@@ -797,7 +797,9 @@ def seed_method_row(ctx: RowContext, name: str) -> RowResult:
     trials = built.info.get("trials") or [None]
     record: dict[str, Any] = {
         "steps": whole * -(-len(subset) // batch), "images": method_images, "seconds": built.train_seconds,
-        "lr_first": float(getattr(method, "lr", math.nan)), "lr_last": float(getattr(method, "lr", math.nan)),
+        "lr_first": float(getattr(method, "lr", math.nan)),
+        # the static methods train at a constant rate; Channel Gating's cosine ends near 0 (its last rate unlogged)
+        "lr_last": math.nan if dynamic else float(getattr(method, "lr", math.nan)),
     }  # fmt: skip
     if share < 1.0:
         tune = ctx.finetune(built.model, epochs=(1.0 - share) * epochs)

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from pruning.accounting import model_cost
+from pruning.criteria import l1_criterion
 from pruning.methods.grda import conv_sparsity, grda_builder, search_c, zero_filter_plan
 from pruning.methods.search import threshold_to_budget
 from pruning.train import TrainConfig, fractional_epochs, train
-from pruning.units import get_units, unit_conv
+from pruning.units import get_units
 
 from .base import BuiltModel, TrainContext, TrainedBaseline, register_baseline
 from .polarization import static_result
@@ -40,12 +41,8 @@ __all__ = ["GRDABaseline"]
 
 def _relative_l1(model: nn.Module) -> list[torch.Tensor]:
     """Each unit filter's L1 norm over its unit's mean filter L1 norm (0 for an all-zero filter)."""
-    out = []
-    mods = dict(model.named_modules())
-    for unit in get_units(model):
-        norms = unit_conv(mods[unit.conv]).weight.detach().abs().sum(dim=(1, 2, 3))
-        out.append(norms / norms.mean().clamp_min(1e-12))
-    return out
+    norms = [l1_criterion(model, unit) for unit in get_units(model)]
+    return [n / n.mean().clamp_min(1e-12) for n in norms]
 
 
 @register_baseline("grda")
