@@ -111,6 +111,7 @@ __all__ = [
     "RowSpec",
     "SEED_METHODS",
     "SEED_SHARE",
+    "SEED_VARIANTS",
     "best_hand",
     "best_learned",
     "fbs_row",
@@ -160,6 +161,12 @@ SEED_METHODS: dict[str, dict[str, Any]] = {
     "grda": {"meet_budget": True},
     "scop": {},
     "channel_gating": {"consumers": True},
+}
+#: Variants of a seed method, rows ``seed:<variant>`` outside :data:`DEFAULT_ROWS`: ``variant -> (method, the
+#: options that replace its SEED_METHODS entry)``. SCOP's default draws its Gaussian controls independently of
+#: each image (better on val: :mod:`pruning.methods.scop`); ``scop_conditional`` runs the model-X knockoffs.
+SEED_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "scop_conditional": ("scop", {"conditional_knockoffs": True}),
 }
 #: Share of ``E`` a static seed method spends in its own training (sparsity, gRDA, control factors); the rest
 #: is the recipe's fine-tune of the sliced model. Channel Gating trains its gated model for all of ``E``.
@@ -532,6 +539,15 @@ class RowContext:
             distill=self.recipe.distill, distill_temperature=self.recipe.distill_temperature,
         )  # fmt: skip
 
+    def train_context(self, epochs: float) -> TrainContext:
+        """What a training-based method gets for ``epochs`` of its own training in this cell (distillation included)."""
+        base = self.base()
+        return TrainContext(
+            train_set=self.train_set(base), val_set=self.val_set(base), budget=self.cell.budget, seed=self.cell.seed,
+            epochs=epochs, device=self.device, progress=self.progress, teacher=self.teacher(),
+            distill=self.recipe.distill, distill_temperature=self.recipe.distill_temperature,
+        )  # fmt: skip
+
     def teacher(self) -> nn.Module | None:
         """The model every row distils from when :attr:`Recipe.distill` is on (the plain base), else ``None``."""
         return self.base() if self.recipe.distill > 0 else None
@@ -756,7 +772,7 @@ def fbs_row(ctx: RowContext) -> RowResult:
 
 
 def seed_method_row(ctx: RowContext, name: str) -> RowResult:
-    """A training-based seed method (:data:`SEED_METHODS`) inside the cell's ``E``.
+    """A training-based seed method (:data:`SEED_METHODS`, or a :data:`SEED_VARIANTS` variant) inside the cell's ``E``.
 
     The static methods (polarization, gRDA, SCOP) run their own training for ``SEED_SHARE·E`` epochs with
     their own optimizer (it is part of the method: gRDA *is* an optimizer, SCOP trains its control factors
@@ -772,19 +788,16 @@ def seed_method_row(ctx: RowContext, name: str) -> RowResult:
     """
     base = ctx.base()
     epochs = ctx.cell.epochs
-    dynamic = name == "channel_gating"
+    method_name, variant = SEED_VARIANTS.get(name, (name, {}))
+    dynamic = method_name == "channel_gating"
     share = 1.0 if dynamic else SEED_SHARE
-    options = dict(SEED_METHODS[name])
+    options = {**SEED_METHODS[method_name], **variant}
     if dynamic:
         options["lr"] = ctx.recipe.lr
-    method = get_baseline(name, budget=ctx.cell.budget, **options)
+    method = get_baseline(method_name, budget=ctx.cell.budget, **options)
     assert isinstance(method, TrainedBaseline)
-    train_set = ctx.train_set(base)
-    context = TrainContext(
-        train_set=train_set, val_set=ctx.val_set(base), budget=ctx.cell.budget, seed=ctx.cell.seed,
-        epochs=share * epochs, device=ctx.device, progress=ctx.progress, teacher=ctx.teacher(),
-        distill=ctx.recipe.distill, distill_temperature=ctx.recipe.distill_temperature,
-    )  # fmt: skip
+    context = ctx.train_context(share * epochs)
+    train_set = context.train_set
     try:
         built = method.build(base, context)
     except ValueError as err:
@@ -988,8 +1001,8 @@ def _register_defaults() -> None:
     for row, mode in LEARNED_ROWS.items():
         order = "prefix" if row in PREFIX_ROWS else "u_r"
         _ROWS.add(row, RowSpec(row, functools.partial(learned_row, mode=mode, runtime_order=order), kind="learned"))
-    for name in SEED_METHODS:
-        kind = "runtime" if name == "channel_gating" else "static"
+    for name in [*SEED_METHODS, *SEED_VARIANTS]:
+        kind = "runtime" if SEED_VARIANTS.get(name, (name,))[0] == "channel_gating" else "static"
         _ROWS.add(f"seed:{name}", RowSpec(f"seed:{name}", functools.partial(seed_method_row, name=name), kind=kind))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,23 @@ def add_machine_args(p: argparse.ArgumentParser, *, data_file: str) -> None:
                    help="checkpoints directory (default ../shared/models relative to the repository)")
     p.add_argument("--data-dir", type=Path, default=SHARED / "data",
                    help=f"data root holding cifar10/{data_file} (default ../shared/data)")
+
+
+def resolve_shared(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply ``PRUNEGYM_SHARED`` / ``PRUNEGYM_DATA`` to ``--models-dir`` / ``--data-dir`` left at their defaults.
+
+    ``PRUNEGYM_SHARED`` names a folder holding ``models/`` and ``data/``; ``PRUNEGYM_DATA`` a data root alone.
+    Flags given on the command line win. Returns ``args`` (changed in place).
+    """
+    shared = os.environ.get("PRUNEGYM_SHARED")
+    if shared and args.models_dir == SHARED / "models":
+        args.models_dir = Path(shared) / "models"
+    if args.data_dir == SHARED / "data":
+        if shared:
+            args.data_dir = Path(shared) / "data"
+        elif os.environ.get("PRUNEGYM_DATA"):
+            args.data_dir = Path(os.environ["PRUNEGYM_DATA"])
+    return args
 
 
 def alternating_times(

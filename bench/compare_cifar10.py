@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import SHARED, add_machine_args
+from _common import add_machine_args, resolve_shared
 
 from agents.compare import aggregate, compare, default_policies, draw_pareto, markdown_table, read_csv, write_csv
 
@@ -84,14 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot-only", action="store_true", help="redraw the Pareto figures from <out>/results.csv")
     add_machine_args(p, data_file="test.npz")
     a = p.parse_args(argv)
-    shared = os.environ.get("PRUNEGYM_SHARED")
-    if shared and a.models_dir == SHARED / "models":
-        a.models_dir = Path(shared) / "models"
-    if a.data_dir == SHARED / "data":
-        if shared:
-            a.data_dir = Path(shared) / "data"
-        elif os.environ.get("PRUNEGYM_DATA"):
-            a.data_dir = Path(os.environ["PRUNEGYM_DATA"])
+    resolve_shared(a)
     if a.quick:
         a.models, a.budgets, a.test_images, a.finetune_epochs = ["resnet20"], [0.5], 500, [0]
     return a

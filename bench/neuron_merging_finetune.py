@@ -26,14 +26,13 @@ import copy
 import dataclasses
 import functools
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import REPO, SHARED, add_machine_args
+from _common import REPO, add_machine_args, resolve_shared
 from torch import nn
 
 from agents.protocol import Recipe, RowContext, RowResult, register_row, run_protocol, static_row
@@ -87,11 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="row files (reused)")
     add_machine_args(p, data_file="test.npz")
     a = p.parse_args(argv)
-    shared = os.environ.get("PRUNEGYM_SHARED")
-    if shared and a.models_dir == SHARED / "models":
-        a.models_dir = Path(shared) / "models"
-    if shared and a.data_dir == SHARED / "data":
-        a.data_dir = Path(shared) / "data"
+    resolve_shared(a)
     return a
 
 

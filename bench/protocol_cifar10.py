@@ -4,8 +4,9 @@ Runs :func:`agents.protocol.run_protocol` on the grid of :data:`CELLS` (ResNet-2
 checkpoints fine-tuned on the JPEG copy of CIFAR-10: ``<models-dir>/<model>_cifar10jpeg.pt``, data in
 ``<data-dir>/cifar10``), every row of :data:`agents.protocol.DEFAULT_ROWS` unless ``--rows`` says otherwise.
 Finished rows are kept in ``--out`` (one small JSON file per cell and row, default
-``bench/records/protocol_cifar10/``, or ``protocol_cifar10_distill<ALPHA>/`` with ``--distill``: committed, so
-any clone can rebuild the tables and continue the grid) and reused, so the grid can be run a piece at a time
+``bench/records/protocol_cifar10/``, or ``protocol_cifar10_distill<ALPHA>/`` with ``--distill``, with ``_lr<LR>``
+added for a peak learning rate other than the grid's :data:`GRID_LR`: committed, so any clone can rebuild the
+tables and continue the grid) and reused, so the grid can be run a piece at a time
 (``--cells``, ``--rows``, ``--seeds``) and an interrupted run continues where it stopped. The learned rows'
 checkpoints go to ``--runs-dir`` (default ``runs/protocol_cifar10``, not committed; only
 ``bench/deploy_latency.py`` and ``bench/per_input_cifar10.py`` read them).
@@ -13,8 +14,9 @@ checkpoints go to ``--runs-dir`` (default ``runs/protocol_cifar10``, not committ
 At the end (also with ``--report-only``, which runs nothing) it prints the tables of every cell, writes them
 into ``docs/results.md`` under the heading ``## Fair protocol`` (``## Fair protocol, distilled (alpha A)``
 with ``--distill``; replacing that section, keeping the rest of
-the file; rows not run yet say "not run"), draws ``docs/protocol_pareto[_distill<ALPHA>].png``, and prints one
-line::
+the file; rows not run yet say "not run"), followed by the seed methods' section and the learning rate chosen on
+val for each (model, E) (:func:`lr_section`; cells run at another rate tabled there), draws
+``docs/protocol_pareto[_distill<ALPHA>].png``, and prints one line::
 
     r20_e1_050_best_hand=<x> r20_e1_050_learned=<x> ... r56_e1_050_learned=<x> learned_budget_misses=<n>
 
@@ -39,6 +41,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -49,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import PROTOCOL_RECORDS, PROTOCOL_RUNS, REPO, SHARED, add_machine_args
+from _common import PROTOCOL_RECORDS, PROTOCOL_RUNS, REPO, add_machine_args, resolve_shared
 
 from agents.protocol import (
     BUDGET_TOLERANCE,
@@ -61,6 +64,8 @@ from agents.protocol import (
     LearnedSettings,
     Recipe,
     RowResult,
+    best_hand,
+    best_learned,
     format_table,
     pareto_plot,
     read_cell,
@@ -98,6 +103,11 @@ CELLS: dict[str, BenchCell] = {
 #: The cells of the final line, in its order; the other cells get a line of the same form just above it.
 LINE_CELLS = ("r20_e1_050", "r20_e1_025", "r20_e3_050", "r56_e1_050")
 SEED_HEADING = "## Seed methods under the fair protocol"
+LR_HEADING = "## The recipe's learning rate, chosen on val"
+#: The grid's peak learning rate (the recipe's default) and the candidates chosen from on val for each (model, E):
+#: the ``l1`` row's top-1 on the whole val split, at B = 0.5, seed 0. Runs at another rate go to ``<out>_lr<lr>``.
+GRID_LR = 0.01
+LR_CANDIDATES = (0.01, 0.02)
 
 
 @dataclass(frozen=True)
@@ -129,11 +139,51 @@ DIRECTIONS = (
               "was not read, so the direction is our reading)"),
     Direction("seed:grda", None,
               "no FLOP claim: unstructured sparsity at SGD's accuracy (Chao et al., \"Directional Pruning of Deep "
-              "Neural Networks\", NeurIPS 2020); the row here is gRDA as a channel method, our completion"),
+              "Neural Networks\", NeurIPS 2020, Fig. 1: WRN28x10 CIFAR-100 76.81% at 9.7% active weights vs SGD "
+              "76.6%); tested with `bench/grda_unstructured.py` as: at the sparsity gRDA reaches, at least the "
+              "accuracy of global magnitude pruning with the same E (the `seed:grda` row is gRDA as a channel "
+              "method, our completion)"),
     Direction("hand:neuron_merging", None,
               "merging above plain pruning without fine-tuning (Kim et al., \"Neuron Merging: Compensating for "
-              "Pruned Neurons\", NeurIPS 2020); under the protocol every row is fine-tuned, so not tested here"),
+              "Pruned Neurons\", NeurIPS 2020); every protocol row is fine-tuned, so tested with "
+              "`bench/neuron_merging_finetune.py` at its no-fine-tune stage (the same L1 channels sliced vs merged)"),
 )
+#: Where the two benches that test a direction outside the protocol table keep their rows.
+GRDA_RECORDS = REPO / "bench" / "records" / "grda_unstructured"
+NM_RECORDS = REPO / "bench" / "records" / "neuron_merging_finetune"
+
+
+def _records(folder: Path, pattern: str) -> list[dict]:
+    return [json.loads(f.read_text(encoding="utf-8")) for f in sorted(folder.glob(f"*/{pattern}"))]
+
+
+def bench_direction(row: str, grda_dir: Path, nm_dir: Path) -> tuple[list[str], list[bool]]:
+    """The cells and verdicts of a direction tested by its own bench (gRDA unstructured, Neuron Merging as pruned)."""
+    cells: list[str] = []
+    verdicts: list[bool] = []
+    if row == "seed:grda":
+        recs = {r["row"]: r for r in _records(grda_dir, "unstructured-*.json")}
+        for name, r in sorted(recs.items()):
+            rival = recs.get(name.replace(":grda:", ":magnitude:"))
+            if ":grda:" in name and rival is not None:
+                cells.append(f"{r['group']} {name.split(':')[-1]}: {r['test_top1']:.2f} at sparsity "
+                             f"{r['extra']['conv_sparsity']:.3f} vs magnitude {rival['test_top1']:.2f}")  # fmt: skip
+                verdicts.append(r["test_top1"] >= rival["test_top1"])
+    elif row == "hand:neuron_merging":
+        recs = {(r["group"], r["row"]): r for r in _records(nm_dir, "probe-*.json")}
+        for (group, name), r in sorted(recs.items()):
+            rival = recs.get((group, "probe:l1"))
+            if name == "probe:neuron_merging" and rival is not None:
+                mine, theirs = r["extra"]["stages"]["no_finetune"], rival["extra"]["stages"]["no_finetune"]
+                cells.append(f"{group} as pruned: {mine:.2f} vs sliced {theirs:.2f}")
+                verdicts.append(mine > theirs)
+    return cells, verdicts
+
+
+def lr_out(grid_dir: Path, lr: float) -> Path:
+    """The folder of the grid's runs at peak learning rate ``lr``: ``grid_dir`` at :data:`GRID_LR`, else
+    ``<grid_dir>_lr<lr>``."""
+    return grid_dir if lr == GRID_LR else grid_dir.with_name(f"{grid_dir.name}_lr{lr:g}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -142,15 +192,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="rows to run (default every row)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="run only these of each cell's seeds")
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the recipe (default 0.01)")
+    p.add_argument("--lr", type=float, default=GRID_LR,
+                   help=f"peak learning rate of the recipe (default {GRID_LR:g}; other rates: rows in <out>_lr<LR>)")
     p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
                    help="distil from the base model with this weight in every row's training (default 0: off)")
     p.add_argument("--test-images", type=int, default=None, help="score N test images, evenly strided (default all)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--out", type=Path, default=None,
-                   help="row files, reused (default bench/records/protocol_cifar10[_distill<ALPHA>])")
+                   help="row files, reused (default bench/records/protocol_cifar10[_distill<ALPHA>][_lr<LR>])")
     p.add_argument("--runs-dir", type=Path, default=None,
-                   help="the learned rows' checkpoints (default runs/protocol_cifar10[_distill<ALPHA>])")
+                   help="the learned rows' checkpoints (default runs/protocol_cifar10[_distill<ALPHA>][_lr<LR>])")
     p.add_argument("--static-min-keep", type=float, default=None,
                    help="the static agent's keep floor (default min(0.2, B/2); a learned row's setting)")
     p.add_argument("--static-episodes", type=int, default=STATIC_EPISODES,
@@ -159,6 +210,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="best static episodes re-scored against the deterministic one (a learned row's setting)")
     p.add_argument("--static-num-val", type=int, default=LearnedSettings.num_val,
                    help=f"validation images a static-env episode scores (default {LearnedSettings.num_val})")
+    p.add_argument("--grda-records", type=Path, default=GRDA_RECORDS,
+                   help="bench/grda_unstructured.py's rows, for gRDA's direction (default its --out)")
+    p.add_argument("--nm-records", type=Path, default=NM_RECORDS,
+                   help="bench/neuron_merging_finetune.py's rows, for Neuron Merging's direction (default its --out)")
     p.add_argument("--report-only", action="store_true", help="run nothing: report what --out holds")
     p.add_argument("--results-md", type=Path, default=REPO / "docs" / "results.md", help="where the tables go")
     p.add_argument("--plot", type=Path, default=None,
@@ -166,17 +221,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_machine_args(p, data_file="test.npz")
     a = p.parse_args(argv)
     suffix = f"_distill{a.distill:g}" if a.distill > 0 else ""
-    a.out = a.out or PROTOCOL_RECORDS.with_name(PROTOCOL_RECORDS.name + suffix)
-    a.runs_dir = a.runs_dir or PROTOCOL_RUNS.with_name(PROTOCOL_RUNS.name + suffix)
+    a.grid_out = a.out or PROTOCOL_RECORDS.with_name(PROTOCOL_RECORDS.name + suffix)
+    a.out = a.out or lr_out(a.grid_out, a.lr)
+    a.runs_dir = a.runs_dir or lr_out(PROTOCOL_RUNS.with_name(PROTOCOL_RUNS.name + suffix), a.lr)
     a.plot = a.plot or REPO / "docs" / f"protocol_pareto{suffix}.png"
-    shared = os.environ.get("PRUNEGYM_SHARED")
-    if shared and a.models_dir == SHARED / "models":
-        a.models_dir = Path(shared) / "models"
-    if a.data_dir == SHARED / "data":
-        if shared:
-            a.data_dir = Path(shared) / "data"
-        elif os.environ.get("PRUNEGYM_DATA"):
-            a.data_dir = Path(os.environ["PRUNEGYM_DATA"])
+    resolve_shared(a)
     return a
 
 
@@ -245,8 +294,15 @@ def direction_holds(rows: Sequence[RowResult], d: Direction) -> tuple[float, flo
     return (sum(mine[s].test_top1 for s in seeds) / len(seeds), sum(theirs[s].test_top1 for s in seeds) / len(seeds))
 
 
-def seed_section(groups: dict[str, list[RowResult]], heading: str = SEED_HEADING) -> tuple[list[str], str]:
-    """The docs section of the seed methods (one reproduction line per method) and its last line."""
+def seed_section(
+    groups: dict[str, list[RowResult]], heading: str = SEED_HEADING, *, grda_dir: Path = GRDA_RECORDS,
+    nm_dir: Path = NM_RECORDS,
+) -> tuple[list[str], str]:
+    """The docs section of the seed methods (one reproduction line per method) and its last line.
+
+    A direction with no rival row in the table is read from its own bench's records (``grda_dir``,
+    ``nm_dir``) where they exist.
+    """
     seed_rows = [r for rows in groups.values() for r in rows if r.row.startswith("seed:")]
     misses = [r for r in seed_rows if not r.meets_budget]
     lines = [
@@ -275,6 +331,8 @@ def seed_section(groups: dict[str, list[RowResult]], heading: str = SEED_HEADING
                 cells.append(f"{label}: {pair[0]:.2f} vs {d.rival} {pair[1]:.2f}")
                 verdicts.append(pair[0] > pair[1])
         if d.rival is None:
+            cells, verdicts = bench_direction(d.row, grda_dir, nm_dir)
+        if d.rival is None and not verdicts:
             verdict = "not tested"
         elif not verdicts:
             verdict = "not run"
@@ -292,9 +350,52 @@ def seed_section(groups: dict[str, list[RowResult]], heading: str = SEED_HEADING
     return [*lines, "", "```text", last, "```"], last
 
 
+def lr_section(grid_dir: Path, heading: str = LR_HEADING) -> list[str]:
+    """The docs section of the learning-rate choice: per (model, E) the ``l1`` row's val top-1 at each candidate.
+
+    The choice is made on val only (``extra["val_top1"]`` of the ``l1`` row at B = 0.5, seed 0, in
+    ``lr_out(grid_dir, lr)``); a (model, E) missing a candidate's row is "not chosen yet". The cells run at a
+    rate other than :data:`GRID_LR` follow as tables.
+    """
+    lines = [
+        heading,
+        "",
+        f"The grid above trains every row at the recipe's peak lr {GRID_LR:g}. For each (model, E) the rate is "
+        "chosen from " + ", ".join(f"{lr:g}" for lr in LR_CANDIDATES) + " by the `l1` row's top-1 on the whole "
+        "val split (B = 0.5, seed 0), never by a test score; a cell run at another rate keeps its rows in "
+        "`<records>_lr<lr>/` and is tabled below. Best hand-designed / learned: test top-1 at B 0.5 at that rate.",
+        "",
+        "| model, E | `l1` val top-1 per lr | chosen on val | best hand-designed / learned at each lr (B 0.5) |",
+        "|---|---|---|---|",
+    ]
+    tables: list[str] = []
+    for label, cell in CELLS.items():
+        if cell.budget != 0.5:
+            continue
+        vals, scores = {}, []
+        for lr in LR_CANDIDATES:
+            rows = cell_rows(lr_out(grid_dir, lr), cell)
+            l1 = [r for r in rows if r.row == "l1" and r.seed == 0 and "val_top1" in r.extra]
+            if l1:
+                vals[lr] = float(l1[0].extra["val_top1"])
+            hand, learned = best_hand(rows), best_learned(rows)
+            if hand or learned:
+                scores.append(f"lr {lr:g}: " + " / ".join("–" if b is None else f"{b[1]:.2f} (`{b[0]}`)"
+                                                          for b in (hand, learned)))  # fmt: skip
+            if lr != GRID_LR and rows:
+                title = f"{label} at lr {lr:g}: {cell.model}, B = {cell.budget:g}, E = {cell.epochs:g} epoch(s)"
+                tables.append(format_table(rows, expected=list(DEFAULT_ROWS), title=title))
+        chosen = max(vals, key=lambda lr: vals[lr]) if len(vals) == len(LR_CANDIDATES) else None
+        lines.append(
+            f"| {cell.model}, E = {cell.epochs:g} | " + (", ".join(f"{lr:g}: {v:.2f}" for lr, v in vals.items()) or "–")
+            + f" | {'not chosen yet' if chosen is None else f'**{chosen:g}**'} | {'; '.join(scores) or '–'} |"
+        )  # fmt: skip
+    return [*lines, "", *tables]
+
+
 def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
     """Tables of every cell, the docs section, the figure; returns the final line."""
-    groups = {label: cell_rows(args.out, cell) for label, cell in CELLS.items()}
+    groups = {label: cell_rows(args.grid_out, cell) for label, cell in CELLS.items()}
     tables = []
     for label, cell in CELLS.items():
         seeds = ", ".join(str(s) for s in cell.seeds)
@@ -308,7 +409,7 @@ def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
     every = [r for rows in groups.values() for r in rows]
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     pareto_plot(every, args.plot)
-    recipe = Recipe(lr=args.lr, distill=args.distill).as_dict()
+    recipe = Recipe(lr=GRID_LR, distill=args.distill).as_dict()
     heading = HEADING if args.distill <= 0 else f"{HEADING}, distilled (alpha {args.distill:g})"
     distilled = (
         f" plus knowledge distillation from the unpruned base in every step of every row (loss (1 - α)·CE + "
@@ -340,15 +441,17 @@ def report(args: argparse.Namespace, command: str, wall: float | None) -> str:
         "```",
     ]
     seed_heading = SEED_HEADING + heading.removeprefix(HEADING)  # the same suffix
-    seeds, seed_line = seed_section(groups, seed_heading)
+    seeds, seed_line = seed_section(groups, seed_heading, grda_dir=args.grda_records, nm_dir=args.nm_records)
     print(seed_line, flush=True)
     md = args.results_md
     text = md.read_text(encoding="utf-8") if md.is_file() else "# Results\n"
     md.parent.mkdir(parents=True, exist_ok=True)
-    if any(line.rstrip() == seed_heading for line in text.splitlines()):
-        text = replace_section(replace_section(text, heading, "\n".join(intro)), seed_heading, "\n".join(seeds))
-    else:  # a new section goes right after the protocol's
-        text = replace_section(text, heading, "\n".join([*intro, "", *seeds]))
+    lr_heading = LR_HEADING + heading.removeprefix(HEADING)
+    sections = [(heading, intro), (seed_heading, seeds), (lr_heading, lr_section(args.grid_out, lr_heading))]
+    for i, (name, body) in enumerate(sections):
+        if i and not any(line.rstrip() == name for line in text.splitlines()):  # new: right after the one before
+            name, body = sections[i - 1][0], [*sections[i - 1][1], "", *body]
+        text = replace_section(text, name, "\n".join(body))
     md.write_text(text, encoding="utf-8")
     return line
 

@@ -160,6 +160,23 @@ def test_build_trains_with_grda_and_slices_zero_filters_without_touching_base() 
     assert isinstance(get_baseline("grda"), GRDABaseline)
 
 
+def test_train_copy_is_the_unstructured_model_that_build_slices() -> None:
+    base = randomize_(get_model("tiny_cnn"), seed=0)
+    train_set = dataset_for_model(get_dataset("synthetic", split="train", size=128), base)
+    val_set = dataset_for_model(get_dataset("synthetic", split="val", size=32), base)
+    context = TrainContext(train_set=train_set, val_set=val_set, budget=0.5, epochs=2)
+    method = GRDABaseline(lr=0.1, c=1.5, batch_size=32)
+    work, info, seconds = method.train_copy(base, context)
+    # nothing sliced: the base's shapes, exact zeros where gRDA's threshold cut, the sparsity it reports
+    assert [p.shape for p in work.parameters()] == [p.shape for p in base.parameters()]
+    assert info["conv_sparsity"] == conv_sparsity(work) > 0.0 and seconds > 0.0
+    assert info["steps"] == 8 and info["images"] == 256
+    # the same seed trains the same weights, and build slices exactly its all-zero filters
+    built = method.build(base, context)
+    _, zeros = zero_filter_plan(work)
+    assert built.info["zero_filters"] == zeros and built.info["conv_sparsity"] == info["conv_sparsity"]
+
+
 def test_search_c_brackets_the_target_on_a_log_scale_and_returns_the_closest_run() -> None:
     # the zero-filter MACs fall steeply over a narrow range of c (a filter drops only when its last weight does),
     # and multi-threaded CPU training is not bit-exact, so the assertions hold for whatever each run measures

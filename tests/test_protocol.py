@@ -27,6 +27,7 @@ from agents.protocol import (
     LEARNED_ROWS,
     SEED_METHODS,
     SEED_SHARE,
+    SEED_VARIANTS,
     Cell,
     LearnedSettings,
     Recipe,
@@ -358,7 +359,9 @@ def test_bench_report_line_and_results_section(
     md = tmp_path / "results.md"
     before = "# Results\n\n## Before\nkept\n```text\n## not a heading\n```\n"
     md.write_text(before + "\n## Fair protocol\nold table\n\n## After\nkept too\n")
-    argv = ["--report-only", "--out", str(out), "--results-md", str(md), "--plot", str(tmp_path / "p.png")]
+    grda_dir, nm_dir = tmp_path / "grda", tmp_path / "nm"
+    argv = ["--report-only", "--out", str(out), "--results-md", str(md), "--plot", str(tmp_path / "p.png"),
+            "--grda-records", str(grda_dir), "--nm-records", str(nm_dir)]  # fmt: skip
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     line, seed_line = printed[-1], next(p for p in printed if p.startswith("seed_methods_rows="))
@@ -379,6 +382,24 @@ def test_bench_report_line_and_results_section(
     assert text.index("## Fair protocol") < text.index("## Seed methods") < text.index("## After")
     assert "| `seed:scop` |" in seeds and "r20_e1_050: 61.00 vs hand:pfp 58.00 | yes (1/1 cells) |" in seeds
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+    # the directions with no rival row are read from their own benches' rows: gRDA below magnitude pruning at
+    # its sparsity (not reproduced), merging above slicing before any fine-tune (reproduced)
+    for folder, name, top1, extra in [
+        (grda_dir, "unstructured:grda:c=0.5", 50.0, {"conv_sparsity": 0.9}),
+        (grda_dir, "unstructured:magnitude:c=0.5", 70.0, {"conv_sparsity": 0.9}),
+        (nm_dir, "probe:l1", 80.0, {"stages": {"no_finetune": 10.0}}),
+        (nm_dir, "probe:neuron_merging", 79.0, {"stages": {"no_finetune": 12.0}}),
+    ]:
+        r = _row(name, top1, 1.0, group="g")
+        r.extra.update(extra)
+        (folder / "g_s0").mkdir(parents=True, exist_ok=True)
+        row_path(folder / "g_s0", name).write_text(json.dumps(r.to_dict()))
+    assert bench.main(argv) == 0
+    assert "seed_methods_rows=2 seed_methods_budget_misses=1 directions_reproduced=2/3" in capsys.readouterr().out
+    seeds = md.read_text().split("## Seed methods under the fair protocol")[1]
+    assert "g c=0.5: 50.00 at sparsity 0.900 vs magnitude 70.00 | no (0/1 cells) |" in seeds
+    assert "g as pruned: 12.00 vs sliced 10.00 | yes (1/1 cells) |" in seeds
+    text = md.read_text()
     # a distilled grid is a table of its own: its own section, the labels-only one kept as it was
     assert bench.main([*argv, "--distill", "0.5"]) == 0
     both = md.read_text()
@@ -386,6 +407,24 @@ def test_bench_report_line_and_results_section(
     assert both.count("\n## Fair protocol\n") == 1 and both.count("\n## Fair protocol, distilled (alpha 0.5)\n") == 1
     assert "α = 0.5, T = 4" in both.split("## Fair protocol, distilled")[1]
     assert bench.parse_args(["--distill", "0.5"]).out.name == "protocol_cifar10_distill0.5"
+    assert bench.parse_args(["--distill", "0.5", "--lr", "0.02"]).out.name == "protocol_cifar10_distill0.5_lr0.02"
+    # the lr is chosen on val (the l1 row's val top-1), never by a test score; the other rate's cell is tabled
+    lr_rows = {0.01: (70.0, 50.0), 0.02: (69.0, 99.0)}  # val top-1, test top-1 of l1 at each rate
+    for lr, (val, test) in lr_rows.items():
+        r = _row("l1", test, 0.49, group=group)
+        r.extra["val_top1"] = val
+        cell = bench.lr_out(out, lr) / f"{group}_s0"
+        cell.mkdir(parents=True, exist_ok=True)
+        row_path(cell, "l1").write_text(json.dumps(r.to_dict()))
+    assert bench.main(argv) == 0
+    final = md.read_text()
+    assert final.count("\n## The recipe's learning rate, chosen on val\n") == 1
+    assert final.count("\n## Seed methods") == 2
+    assert final.index("## Seed methods under the fair protocol\n") < final.index("## The recipe's learning rate")
+    lr_text = final.split("## The recipe's learning rate, chosen on val")[1]
+    assert "| resnet20, E = 1 | 0.01: 70.00, 0.02: 69.00 | **0.01** |" in lr_text
+    assert "| resnet56, E = 1 | – | not chosen yet |" in lr_text
+    assert "### r20_e1_050 at lr 0.02" in lr_text and "| l1 | l1 | 99.00 |" in lr_text
     assert bench.parse_args([]).out.relative_to(ROOT).as_posix() == "bench/records/protocol_cifar10"
     # the static search is sized in whole plans: as many episodes for the 27-unit ResNet-56 as for ResNet-20
     assert bench.static_steps("resnet20", bench.STATIC_EPISODES) == LearnedSettings().static_steps == 1800
@@ -467,17 +506,22 @@ def test_distillation_applies_to_every_row_alike(tmp_path: Path, monkeypatch: py
 
 
 def test_seed_method_rows_train_E_epochs_in_all_and_meet_the_budget(tmp_path: Path) -> None:
-    names = [f"seed:{n}" for n in SEED_METHODS]
+    names = [f"seed:{n}" for n in SEED_METHODS] + ["seed:scop_conditional"]
     with _Steps() as steps:
         rows = run_protocol(rows=names, budgets=[0.6], epochs=[1.0], out_dir=tmp_path, **TINY)
     by = {r.row: r for r in rows}
     assert set(by) == set(names)
+    # a variant runs its method with the variant's options in place of the default's
+    assert SEED_VARIANTS["scop_conditional"] == ("scop", {"conditional_knockoffs": True})
+    assert by["seed:scop"].extra["knockoffs"].startswith("gaussian, independent of x")  # the default
+    assert by["seed:scop_conditional"].extra["knockoffs"].startswith("gaussian model-X")
+    assert "seed:scop_conditional" not in DEFAULT_ROWS
     for r in rows:
         # the method's own training and the recipe's fine-tune add up to E: every image counted once
         assert r.error is None and r.train_images == N_TRAIN and r.train_epochs == pytest.approx(1.0)
         assert r.meets_budget and r.mac_fraction <= 0.6 + BUDGET_TOLERANCE, (r.row, r.mac_fraction)
         assert 0 <= r.test_top1 <= 100 and 0 <= r.extra["val_top1"] <= 100
-    for n in ("seed:polarization", "seed:grda", "seed:scop"):
+    for n in ("seed:polarization", "seed:grda", "seed:scop", "seed:scop_conditional"):
         assert by[n].kind == "static" and by[n].mac_fraction_max == by[n].mac_fraction
         assert by[n].extra["method_epochs"] == pytest.approx(SEED_SHARE)
         assert by[n].extra["finetune_epochs"] == pytest.approx(1.0 - SEED_SHARE)

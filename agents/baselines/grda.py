@@ -108,15 +108,17 @@ class GRDABaseline(TrainedBaseline):
             f"search={self.search}, fold={self.fold}, meet_budget={self.meet_budget}, budget={self.budget})"
         )
 
-    def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
-        """Train a copy of ``base`` with gRDA for ``context.epochs`` and drop its all-zero filters (``base`` unchanged).
+    def train_copy(self, base: nn.Module, context: TrainContext) -> tuple[nn.Module, dict[str, Any], float]:
+        """Train a copy of ``base`` with gRDA for ``context.epochs`` (with ``search``, the search's best run).
+
+        The unstructured result, before any filter is dropped: what gRDA's paper reports (sparsity at an
+        accuracy), and what :meth:`build` slices.
 
         Returns:
-            The exported model and its costs; ``info`` holds ``conv_sparsity``, ``unit_conv_sparsity``,
-            ``zero_filters`` (per unit), ``zero_tol``, ``lr``, ``c`` (the chosen one with the search), ``mu``,
-            ``epochs``, ``steps`` (of the returned run), with the search ``trials`` (c, MAC fraction
-            and conv sparsity of each run) and ``search_hit``, with ``meet_budget`` the
-            ``zero_filter_macs_fraction``.
+            ``(model, info, seconds)``: the trained copy (``base`` unchanged), ``info`` with ``conv_sparsity``,
+            ``unit_conv_sparsity``, ``lr``, ``c`` (the chosen one with the search), ``mu``, ``epochs``,
+            ``steps`` and ``images`` (of the returned run), with the search ``trials`` and ``search_hit``,
+            and the training's wall time.
         """
         data, whole = fractional_epochs(context.train_set, context.epochs, seed=context.seed)
         config = TrainConfig(
@@ -140,20 +142,31 @@ class GRDABaseline(TrainedBaseline):
             train(work, data, config, make_optimizer=grda_builder(c=c, mu=self.mu), progress=context.progress,
                   desc="grda", teacher=context.teacher)  # fmt: skip
         seconds = time.perf_counter() - t0
-        plan, zeros = zero_filter_plan(work, tol=self.zero_tol)
         info: dict[str, Any] = {
             "conv_sparsity": conv_sparsity(work, tol=self.zero_tol),
             "unit_conv_sparsity": conv_sparsity(work, tol=self.zero_tol, units_only=True),
-            "zero_filters": zeros,
-            "zero_tol": self.zero_tol,
             "lr": self.lr,
             "c": c,
             "mu": self.mu,
             "epochs": float(context.epochs),
-            "fold": self.fold,
             "steps": whole * -(-len(data) // self.batch_size),
+            "images": whole * len(data),
             **extra,
         }
+        return work, info, seconds
+
+    def build(self, base: nn.Module, context: TrainContext) -> BuiltModel:
+        """Train a copy of ``base`` with gRDA for ``context.epochs`` and drop its all-zero filters (``base`` unchanged).
+
+        Returns:
+            The exported model and its costs; ``info`` holds what :meth:`train_copy` reports plus
+            ``zero_filters`` (per unit), ``zero_tol`` and ``fold``, with ``meet_budget`` the
+            ``zero_filter_macs_fraction`` and the ``score_threshold``.
+        """
+        work, info, seconds = self.train_copy(base, context)
+        target = self.budget if self.budget is not None else context.budget
+        plan, zeros = zero_filter_plan(work, tol=self.zero_tol)
+        info.update(zero_filters=zeros, zero_tol=self.zero_tol, fold=self.fold)
         if self.meet_budget:
             info["zero_filter_macs_fraction"] = float(model_cost(work, plan).macs_fraction[0])
             plan, info["score_threshold"] = threshold_to_budget(work, _relative_l1(work), target)
