@@ -11,7 +11,8 @@ Two kinds of model (:mod:`pruning.deploy` builds them):
   included. A ``u_r``-order run picks channels by top-k and has no ONNX form.
 * ``static``: the exported static model with runtime pruning off (every stored channel; in a gated export
   the predictors still scale the channels per image). Any batch size; TorchScript or ONNX (checked in ONNX
-  Runtime).
+  Runtime). ``--channels-last`` stores a static TorchScript file's weights channels-last (NHWC), which runs
+  oneDNN's NHWC convolutions: the fastest static form measured in ``bench/deploy_latency.py`` at batch 128.
 
 The file is checked against the PyTorch model before it is written (logits within ``--atol``) and written
 atomically: an error leaves nothing behind. Inputs are normalised images ``(N, 3, 32, 32)`` (the
@@ -23,6 +24,7 @@ Examples::
     prunegym export runs/JointPruning__ppo__0__20261125-101500                  # dynamic TorchScript
     prunegym export runs/JointPruning__ppo__0__20261125-101500 --format onnx    # ONNX (dynamic for prefix runs)
     prunegym export RUN_DIR --kind static --format torchscript --out model.pt
+    prunegym export RUN_DIR --kind static --channels-last                         # NHWC weights (oneDNN)
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def export_run(
     kind: str = "auto",
     out: str | Path | None = None,
     atol: float = 1e-4,
+    channels_last: bool = False,
 ) -> tuple[Path, str]:
     """Export a finished run's pruned model to a file.
 
@@ -74,6 +77,9 @@ def export_run(
             pruning off) or ``"auto"`` (dynamic when the run has a runtime agent and ``fmt`` allows it).
         out: Destination file; default ``RUN_DIR/model_<kind><suffix>`` (``.torchscript.pt``, ``.onnx``).
         atol: Largest absolute logit difference between the file and PyTorch accepted.
+        channels_last: A static TorchScript file with channels-last (NHWC) weights
+            (:func:`pruning.deploy.to_torchscript`); inputs stay NCHW. Measured in ``bench/deploy_latency.py``
+            (form ``TorchScript CL``).
 
     Returns:
         ``(path, kind)``: the written file and the kind exported.
@@ -81,8 +87,8 @@ def export_run(
     Raises:
         FileNotFoundError: the run is not finished (no ``results.json``) or a file is missing.
         ValueError: an unknown format or kind, a dynamic ONNX export of a ``u_r``-order run, a dynamic export of
-            a run without a runtime agent, or an agent that cannot be fused (a policy SB3's ``predict`` alone can
-            run).
+            a run without a runtime agent, ``channels_last`` for anything but a static TorchScript file, or an
+            agent that cannot be fused (a policy SB3's ``predict`` alone can run).
         ImportError: ONNX export without ``onnx`` / ``onnxscript`` / ``onnxruntime`` (the ``export`` extra).
         RuntimeError: the file's logits disagree with PyTorch's (nothing is written).
     """
@@ -111,6 +117,11 @@ def export_run(
         )
     if kind == "dynamic" and not has_agent:
         raise ValueError(f"{root} has no runtime agent ({AGENT_FILES['runtime']}); export --kind static")
+    if channels_last and (kind != "static" or fmt != "torchscript"):
+        raise ValueError(
+            f"channels_last applies to static TorchScript files only (asked: --kind {kind} --format {fmt}); "
+            "add --kind static --format torchscript, or drop --channels-last"
+        )
     path = Path(out) if out is not None else root / f"model_{kind}{FORMATS[fmt]}"
     example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     if kind == "dynamic":
@@ -127,7 +138,7 @@ def export_run(
     module = static_deployable(load_exported(root / EXPORTED_FILE))
     if fmt == "onnx":
         return save_onnx(module, path, example, atol=atol), kind
-    return save_torchscript(module, path, example, atol=atol), kind
+    return save_torchscript(module, path, example, atol=atol, channels_last=channels_last), kind
 
 
 def _prefix_order(exported: Path) -> bool:
@@ -153,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="destination file (default RUN_DIR/model_<kind><suffix>)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest logit difference to PyTorch accepted")
+    p.add_argument("--channels-last", action="store_true",
+                   help="static TorchScript only: channels-last (NHWC) weights, oneDNN's NHWC kernels")  # fmt: skip
     return p
 
 
@@ -169,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        path, kind = export_run(args.run_dir, fmt=args.fmt, kind=args.kind, out=args.out, atol=args.atol)
+        path, kind = export_run(
+            args.run_dir, fmt=args.fmt, kind=args.kind, out=args.out, atol=args.atol, channels_last=args.channels_last
+        )
         from agents.cli import EXPORTED_FILE
 
         norm = _normalization(load_exported(args.run_dir / EXPORTED_FILE))

@@ -18,17 +18,22 @@ to ``--protocol-out``, their checkpoints to ``--runs-dir``; the cell ``<model>_e
 
 A row that has not been trained yet is replaced by the same structure on the untrained base (fresh predictors,
 ``u_r = γ``, channels ranked by L1 norm, a randomly initialised PPO agent), and says so ("untrained").
-Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script + freeze) and ONNX Runtime (CPU
-provider: the fixed-shape ones, and the prefix-order dynamic ones as one graph with the keep counts computed inside
-it, :func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX form), at 2 and 1 threads,
+Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script + freeze), for the fixed-shape
+contenders also TorchScript with channels-last weights (``TorchScript CL``: oneDNN's NHWC convolutions,
+``to_torchscript(..., channels_last=True)``), and ONNX Runtime (CPU provider: the fixed-shape ones, and the
+prefix-order dynamic ones as one graph with the keep counts computed inside it,
+:func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX form), at 2 and 1 threads,
 batch 1 and batch 128 (dynamic models at batch 128: eager only, the masked batched path). The forms of one
 setting are timed in one loop, alternating, each call timed alone, fastest of ``--repeats`` (batch 1) or
 ``--repeats-b128`` (batch 128).
 
 Printed per contender: ms, speed-up over ``dense`` **in the same form** (eager vs eager, TorchScript vs
 TorchScript, ONNX Runtime vs ONNX Runtime), MAC reduction (per image, agent MLP included) and speed-up / MAC
-reduction, and test top-1 on ``--test-images`` evenly strided test images (all forms compute the same logits:
-checked). The last line::
+reduction, the speed-up over the fastest form of ``dense`` at that setting (``vs best``: what a user who deploys the
+dense model as fast as it runs here gains), and test top-1 on ``--test-images`` evenly strided test images (all
+forms compute the same logits: checked). Then the issue's targets, each at every thread count (speed-up in the
+contender's fastest form over dense in that form, divided by the MAC reduction: static export of ResNet-56 at
+batch 1 and 128 >= 0.7, the agent-driven dynamic models at batch 1 >= 0.5), and the last line::
 
     r20_static_b1_ratio=<x> r56_static_b1_ratio=<x> r56_static_b128_ratio=<x> r20_dynamic_agent_b1_ratio=<x>
     r56_dynamic_agent_b1_ratio=<x> r20_prefix_b1_ratio=<x> r20_prefix_ts_b1_ratio=<x> r20_prefix_ort_b1_ratio=<x>
@@ -83,7 +88,7 @@ from pruning.models import get_model
 from pruning.plan import PruningPlan
 from pruning.train import dataset_for_model
 
-FORMS = ("eager", "TorchScript", "ONNX Runtime")
+FORMS = ("eager", "TorchScript", "TorchScript CL", "ONNX Runtime")
 #: Contenders of the last line and their key there.
 LINE_KEYS = {"static": "static", "agent gather": "dynamic_agent", "agent prefix": "prefix"}
 
@@ -261,7 +266,9 @@ def _compile(c: Contender, example: torch.Tensor, folder: Path) -> float:
                 got = session.run(None, {"images": x.numpy()})[0]
                 diff = max(diff, float(np.abs(got - c.eager(x).numpy()).max()))
         return diff
-    c.forms["TorchScript"] = to_torchscript(static_deployable(c.eager) if c.name != "dense" else c.eager)
+    module = static_deployable(c.eager) if c.name != "dense" else c.eager
+    c.forms["TorchScript"] = to_torchscript(module)
+    c.forms["TorchScript CL"] = to_torchscript(module, channels_last=True)
     path = save_onnx(static_deployable(c.eager), folder / f"{c.name}.onnx", example)
     c.forms["ONNX Runtime"] = path  # type: ignore[assignment]  # sessions are made per thread count
     import onnxruntime as ort
@@ -285,20 +292,44 @@ def _session(path: Path, threads: int) -> Callable[[torch.Tensor], object]:
 
 def table(contenders: Sequence[Contender], t: dict[str, float]) -> dict[str, float]:
     """Print one timing table; return each contender's speed-up in its fastest form (against dense in that form)."""
-    head = f"  {'contender':<16}{'form':<14}{'ms':>9}{'speed-up':>10}{'MAC red.':>10}{'sp/MAC':>8}{'top-1':>8}"
+    head = (f"  {'contender':<16}{'form':<16}{'ms':>9}{'speed-up':>10}{'MAC red.':>10}{'sp/MAC':>8}"
+            f"{'vs best':>9}{'top-1':>8}")  # fmt: skip
     print(head)
     best: dict[str, float] = {}
+    dense_best = min(v for k, v in t.items() if k.startswith("dense|"))
     for c in contenders:
         forms = [f for f in FORMS if f"{c.name}|{f}" in t and f"dense|{f}" in t]
         for form in forms:
             sec = t[f"{c.name}|{form}"]
             sp = t[f"dense|{form}"] / sec
-            print(f"  {c.name:<16}{form:<14}{1e3 * sec:>9.3f}{sp:>9.2f}x{c.reduction:>9.2f}x"
-                  f"{sp / c.reduction:>8.2f}{c.top1:>8.2f}")  # fmt: skip
+            print(f"  {c.name:<16}{form:<16}{1e3 * sec:>9.3f}{sp:>9.2f}x{c.reduction:>9.2f}x"
+                  f"{sp / c.reduction:>8.2f}{dense_best / sec:>8.2f}x{c.top1:>8.2f}")  # fmt: skip
         if forms:
             form = min(forms, key=lambda f: t[f"{c.name}|{f}"])
             best[c.name] = t[f"dense|{form}"] / t[f"{c.name}|{form}"]
     return best
+
+
+#: The issue's targets: (model tag, batch, contender, least speed-up / MAC reduction).
+TARGETS = (
+    ("r56", 1, "static", 0.7),
+    ("r56", 128, "static", 0.7),
+    ("r20", 1, "agent prefix", 0.5),
+    ("r56", 1, "agent prefix", 0.5),
+    ("r20", 1, "agent gather", 0.5),
+    ("r56", 1, "agent gather", 0.5),
+)
+
+
+def print_targets(ratios: dict[tuple[str, int, int, str], float], threads: Sequence[int]) -> None:
+    """One line per target: speed-up / MAC reduction at each thread count (fastest form vs dense in that form)."""
+    print("\ntargets (speed-up in the fastest form over dense in that form, / MAC reduction):")
+    for tag, batch, name, least in TARGETS:
+        got = [(n, ratios.get((tag, n, batch, name), math.nan)) for n in threads]
+        if all(math.isnan(v) for _, v in got):
+            continue
+        cells = "  ".join(f"{n} thread(s) {v:.2f} ({'met' if v >= least else 'MISSED'})" for n, v in got)
+        print(f"  {tag} {name:<13} batch {batch:<4} >= {least}:  {cells}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -306,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.manual_seed(0)
     line: dict[str, float] = {}
+    ratios: dict[tuple[str, int, int, str], float] = {}  # (model tag, threads, batch, contender): sp / MAC
     onnx_diff = 0.0
     folder = Path(tempfile.mkdtemp())
     for name in args.models:
@@ -333,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 t = fastest(fns, inputs, repeats, f"{name} {threads}t b{batch}")
                 print(f"\n{name}, {threads} thread(s), batch {batch}, fastest of {repeats} (alternating):")
                 best = table(contenders, t)
+                for c in contenders:
+                    if c.name in best:
+                        ratios[(tag, threads, batch, c.name)] = best[c.name] / c.reduction
                 if threads == args.threads[0]:
                     for c_name, key in LINE_KEYS.items():
                         if c_name in best:
@@ -340,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for form, key in (("TorchScript", "ts"), ("ONNX Runtime", "ort")):
                         if f"agent prefix|{form}" in t:
                             line[f"{tag}_prefix_{key}_b{batch}_ratio"] = t[f"dense|{form}"] / t[f"agent prefix|{form}"]
+    print_targets(ratios, args.threads)
     want = ["r20_static_b1_ratio", "r56_static_b1_ratio", "r56_static_b128_ratio", "r20_dynamic_agent_b1_ratio",
             "r56_dynamic_agent_b1_ratio", "r20_prefix_b1_ratio", "r20_prefix_ts_b1_ratio",
             "r20_prefix_ort_b1_ratio"]  # fmt: skip

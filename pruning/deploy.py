@@ -683,7 +683,9 @@ def dynamic_onnx_deployable(dyn: DynamicModel) -> nn.Module:
 # -----------------------------------------------------------------------------------------------------------
 
 
-def to_torchscript(module: nn.Module, *, freeze: bool = True, optimize_numerics: bool = True) -> torch.jit.ScriptModule:
+def to_torchscript(
+    module: nn.Module, *, freeze: bool = True, optimize_numerics: bool = True, channels_last: bool = False
+) -> torch.jit.ScriptModule:
     """Compile ``module`` with ``torch.jit.script`` (eval mode), frozen by default (constants inlined).
 
     Args:
@@ -693,10 +695,22 @@ def to_torchscript(module: nn.Module, *, freeze: bool = True, optimize_numerics:
         optimize_numerics: Let freezing fold BN into convs and the like (results change by float rounding);
             ``False`` keeps every operation (with ``dynamic_deployable(..., exact=True)``: the eager model's
             logits bit for bit).
+        channels_last: Store the 4-d weights channels-last (NHWC), so every convolution runs oneDNN's NHWC
+            kernels and its output stays NHWC (inputs may stay NCHW; the logits change by float rounding). For
+            fixed-shape models (:func:`static_deployable`, plain models): ``bench/deploy_latency.py`` measures it
+            as the form ``TorchScript CL``. ``module`` itself is not changed. Not for :func:`dynamic_deployable`
+            models, whose batch-1 kernel reads NCHW (``ValueError``).
 
     ``torch.jit`` is deprecated in recent PyTorch but still the way to a file that runs without Python code
     (``torch.jit.load``, or LibTorch in C++); its deprecation warnings are silenced here.
     """
+    if channels_last:
+        if any(isinstance(m, _DynamicUnit) for m in module.modules()):
+            raise ValueError(
+                "channels_last is for fixed-shape models (static_deployable, plain models); a dynamic model's "
+                "batch-1 units read NCHW: compile it with channels_last=False"
+            )
+        module = copy.deepcopy(module).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -732,7 +746,13 @@ def _check(what: str, got: torch.Tensor, expected: torch.Tensor, atol: float) ->
 
 
 def save_torchscript(
-    module: nn.Module, path: str | Path, example: torch.Tensor, *, atol: float = 1e-4, optimize_numerics: bool = True
+    module: nn.Module,
+    path: str | Path,
+    example: torch.Tensor,
+    *,
+    atol: float = 1e-4,
+    optimize_numerics: bool = True,
+    channels_last: bool = False,
 ) -> Path:
     """Compile ``module`` (:func:`to_torchscript`), check it on ``example`` and write it atomically.
 
@@ -742,13 +762,15 @@ def save_torchscript(
         example: Inputs the reloaded file must map to ``module``'s logits.
         atol: Largest absolute logit difference accepted.
         optimize_numerics: See :func:`to_torchscript`.
+        channels_last: See :func:`to_torchscript` (fixed-shape models only).
 
     Raises:
         RuntimeError: the reloaded file disagrees with ``module`` (nothing is written).
+        ValueError: ``channels_last`` for a dynamic model.
     """
     with torch.no_grad():
         expected = module.eval()(example)
-    scripted = to_torchscript(module, optimize_numerics=optimize_numerics)
+    scripted = to_torchscript(module, optimize_numerics=optimize_numerics, channels_last=channels_last)
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():

@@ -293,6 +293,29 @@ def test_export_command_static_onnx(tmp_path: Path) -> None:
     assert kind == "static" and path.is_file()
 
 
+def test_export_command_static_channels_last(tmp_path: Path) -> None:
+    """--channels-last writes NHWC conv weights; the file computes the NCHW file's logits from NCHW inputs."""
+    run = _run_dir(tmp_path)
+    nchw, _ = export_run(run, kind="static", out=tmp_path / "nchw.pt")
+    nhwc, kind = export_run(run, kind="static", out=tmp_path / "nhwc.pt", channels_last=True)
+    assert kind == "static"
+    a, b = torch.jit.load(str(nchw)), torch.jit.load(str(nhwc))
+    x = images(3, seed=9)
+    _assert_close(_logits(b, x), _logits(a, x))
+    frozen = [t for t in b.graph.nodes() if t.kind() == "prim::Constant" and t.output().type().kind() == "TensorType"]
+    weights = [n.output().toIValue() for n in frozen if n.output().toIValue().dim() == 4]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)  # NHWC, not NCHW (a 1x1 conv with 1 input is both)
+
+
+def test_channels_last_is_refused_for_dynamic_models(tmp_path: Path) -> None:
+    dyn, *_ = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix")
+    with pytest.raises(ValueError, match="fixed-shape"):
+        to_torchscript(dynamic_deployable(dyn), channels_last=True)
+    with pytest.raises(ValueError, match="static TorchScript"):
+        export_run(_run_dir(tmp_path), kind="dynamic", channels_last=True)
+
+
 def test_export_command_dynamic_onnx_of_a_prefix_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
