@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
 from pruning.checkpoint import load_model, save_model
 from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset, get_dataset, list_datasets
@@ -65,8 +67,8 @@ from pruning.train import dataset_for_model, evaluate, seed_everything
 from .algos import get_algo
 from .hyperparams import load_hyperparams
 from .schedule import (
-    RUNTIME_ENV_ID,
-    STATIC_ENV_ID,
+    MODE_DEFAULTS,
+    MODES,
     AgentSpec,
     JointTrainer,
     ScheduleConfig,
@@ -102,6 +104,17 @@ REFERENCE_ROWS = ("l1", "fbs")
 BASE_FILE = "base.pt"
 #: Share of each round's RL timesteps given to the static agent when ``--total-timesteps`` sets both.
 STATIC_SHARE = 0.1
+#: ``train_agent.py``'s defaults where they are not :class:`ScheduleConfig`'s; every other option built from a field
+#: (:func:`build_parser`) defaults to the field's default. ``mode``: the static agent alone, which wins the fair
+#: table at one epoch, while the dataclass keeps Chen et al.'s joint schedule (whose gate stage, rounds and CNN
+#: epochs are its defaults, and which its other callers build). ``device``: ``auto`` becomes cuda when there is
+#: one (:func:`pruning.runs.common_settings`; the dataclass needs a real device). ``None``: filled in later, by
+#: :func:`resolve_config` from ``--mode`` (:func:`agents.schedule.schedule_defaults`) or ``--total-timesteps``, and
+#: (``n_envs``) by :func:`run` from the hyperparameter file; the dataclass's default where nothing else sets it.
+CLI_DEFAULTS: dict[str, Any] = {
+    "mode": "static", "device": "auto", "rounds": None, "gate_epochs": None, "cnn_epochs": None,
+    "runtime_steps": None, "static_steps": None, "n_envs": None,
+}  # fmt: skip
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -119,8 +132,58 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _shown(value: Any) -> str:
+    """A default as ``--help`` prints it: ``0.4``, ``2``, ``0.2 0``."""
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+
+def _mode_note(name: str) -> str:
+    """``"default: 2; static mode 1"``: the help note of a setting whose default depends on ``--mode``."""
+    by_mode = "".join(
+        f"; {mode} mode {_shown(values[name])}" for mode, values in MODE_DEFAULTS.items() if name in values
+    )
+    return f"default: {_shown(getattr(ScheduleConfig, name))}{by_mode}"
+
+
+def _add_setting(group: argparse._ArgumentGroup, name: str, *, defaults: bool, note: str = "", **kwargs: Any) -> None:
+    """Add the :class:`ScheduleConfig` field ``name`` to ``group`` as the option ``--name-with-dashes``.
+
+    The default is the field's, or :data:`CLI_DEFAULTS`'s where ``train_agent.py``'s differs; the help is the
+    field's ``metadata["help"]``; the annotation gives the type: ``bool`` becomes ``--name/--no-name``,
+    ``X | None`` takes an ``X``, ``tuple[X, X]`` two ``X`` values.
+
+    Args:
+        group: The parser's option group.
+        name: A field of :class:`ScheduleConfig`.
+        defaults: ``False`` makes the default ``argparse.SUPPRESS`` (:func:`build_parser`).
+        note: Appended to the field's help in parentheses (what only the command line needs to say).
+        **kwargs: More ``add_argument`` settings (``type``, ``choices``, ``metavar``); they win over the derived ones.
+    """
+    spec = {f.name: f for f in dataclasses.fields(ScheduleConfig)}[name]
+    hint = typing.get_type_hints(ScheduleConfig)[name]
+    parts = [a for a in typing.get_args(hint) if a is not type(None)]
+    options: dict[str, Any]
+    if hint is bool:
+        options = {"action": argparse.BooleanOptionalAction}
+    elif typing.get_origin(hint) is tuple:
+        options = {"type": parts[0], "nargs": len(parts)}
+    else:
+        kind = parts[0] if parts else hint
+        options = {} if kind is str else {"type": kind}
+    default = CLI_DEFAULTS.get(name, spec.default)
+    group.add_argument(
+        f"--{name.replace('_', '-')}",
+        default=default if defaults else argparse.SUPPRESS,
+        help=spec.metadata["help"] + (f" ({note})" if note else ""),
+        **{**options, **kwargs},
+    )
+
+
 def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     """The argument parser of ``train_agent.py`` / ``prunegym train``.
+
+    The schedule's options are :class:`ScheduleConfig`'s fields (:func:`_add_setting`): one default and one help
+    text per setting, in the dataclass.
 
     Args:
         defaults: With ``False`` every default is ``argparse.SUPPRESS`` (used to apply overrides on ``--resume``).
@@ -128,6 +191,9 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
 
     def d(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
+
+    def setting(group: argparse._ArgumentGroup, name: str, **kwargs: Any) -> None:
+        _add_setting(group, name, defaults=defaults, **kwargs)
 
     p = argparse.ArgumentParser(
         prog="train_agent.py",
@@ -152,26 +218,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="download CIFAR into the data root when it is not there",
     )  # fmt: skip
     g = p.add_argument_group("pruning")
-    g.add_argument(
-        "--mode",
-        default=d("static"),
-        choices=["runtime", "static", "joint"],
-        help="train the static agent (one plan; the default: it wins the fair table at one epoch), the runtime "
-        "agent, or both (Chen, Chen & Pan's joint mode)",
-    )
-    g.add_argument("--budget", type=_fraction, default=d(0.5), help="MAC budget: fraction of the base MACs per image")
-    g.add_argument(
-        "--param-budget",
-        type=_fraction,
-        default=d(None),
-        help="stored-parameter budget of the static agent (fraction of the base backbone)",
-    )
-    g.add_argument(
-        "--tradeoff",
-        type=float,
-        default=d(0.5),
-        help="R_r in joint mode: share of pruning done at runtime (Chen et al.: 0.5)",
-    )
+    setting(g, "mode", choices=list(MODES), note="the static agent alone wins the fair table at one epoch")
+    setting(g, "budget", type=_fraction)
+    setting(g, "param_budget", type=_fraction)
+    setting(g, "tradeoff")
     g = p.add_argument_group("agents")
     g.add_argument(
         "--algo",
@@ -187,80 +237,34 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "--hyperparams", nargs="+", default=d([]), metavar="KEY=VALUE",
         help="hyperparameter overrides (YAML values); prefix runtime. or static. to set one agent only",
     )  # fmt: skip
-    g.add_argument(
-        "--n-envs", type=int, default=d(None), help="images per runtime-env batch (default: the YAML's n_envs, else 64)"
-    )
+    setting(g, "n_envs", note=f"default: the YAML's n_envs, else {ScheduleConfig.n_envs}")
     g = p.add_argument_group("schedule")
-    g.add_argument(
-        "--rounds", type=int, default=d(None),
-        help=f"repeats of {{RL phase, CNN phase}} (default {ScheduleConfig.rounds}; static mode 1)",
-    )  # fmt: skip
+    setting(g, "rounds", note=_mode_note("rounds"))
     g.add_argument(
         "--total-timesteps",
         type=int,
         default=d(None),
         help="RL timesteps of the whole run, split over rounds (and 90/10 runtime/static in joint mode)",
     )
-    g.add_argument("--runtime-steps", type=int, default=d(None), help="runtime-agent timesteps per RL phase")
-    g.add_argument("--static-steps", type=int, default=d(None), help="static-agent timesteps per RL phase")
-    g.add_argument(
-        "--gate-epochs",
-        type=float,
-        nargs=2,
-        default=d(None),
-        metavar=("A", "B"),
-        help="gate-stage passes over the training set (predictors; then u_s too); fractions allowed "
-        f"(default {' '.join(f'{e:g}' for e in ScheduleConfig.gate_epochs)}; static mode 0 0)",
-    )
-    g.add_argument(
-        "--cnn-epochs", type=float, default=d(None),
-        help=f"passes over the training set per CNN phase (default {ScheduleConfig.cnn_epochs:g}; static mode 1)",
-    )  # fmt: skip
-    g.add_argument(
-        "--cnn-lr", type=float, default=d(0.01),
-        help="peak lr of the run's one SGD schedule (Nesterov 0.9, cosine over the gate stage and all CNN phases)",
-    )  # fmt: skip
-    g.add_argument("--weight-decay", type=float, default=d(1e-4), help="L2 on weights in every CNN-training phase")
-    g.add_argument(
-        "--gate-prune", action=argparse.BooleanOptionalAction, default=d(True),
-        help="train the gate stage under the uniform plan at the budget (--no-gate-prune: the paper's unpruned one)",
-    )  # fmt: skip
-    g.add_argument(
-        "--bn-recalibration", type=int, default=d(ScheduleConfig.bn_recalibration),
-        help="images that re-estimate BatchNorm statistics under the masks before each RL phase (0: off)",
-    )  # fmt: skip
-    g.add_argument(
-        "--runtime-budget", default=d(ScheduleConfig.runtime_budget), choices=["image", "mean"],
-        help="runtime reward's budget: a cap per image (paper) or a Lagrangian on the batch-mean MAC fraction",
-    )  # fmt: skip
-    g.add_argument(
-        "--static-min-keep", type=float, default=d(None),
-        help="smallest keep ratio of the static agent's action (the static env's min_keep; default min(0.2, B/2))",
-    )  # fmt: skip
-    g.add_argument(
-        "--distill", type=float, default=d(ScheduleConfig.distill), metavar="ALPHA",
-        help="distil from the unpruned base with this weight in every CNN-training step (the fair table's rows too)",
-    )  # fmt: skip
-    g.add_argument(
-        "--static-select", type=int, default=d(ScheduleConfig.static_select),
-        help="best-rewarded static episodes re-scored on val against the deterministic one (0: deterministic)",
-    )  # fmt: skip
-    g.add_argument(
-        "--runtime-order", default=d(ScheduleConfig.runtime_order), choices=list(RUNTIME_ORDERS),
-        help="which channels a runtime keep count keeps: u_r (each image's top-k) or prefix (the first k of the "
-        "static ranking: contiguous slices after export)",
-    )  # fmt: skip
-    g.add_argument(
-        "--static-criterion", default=d(ScheduleConfig.static_criterion),
-        help="which channels a static keep ratio keeps: l1 (filter norm) or u_s (learned static importance)",
-    )  # fmt: skip
-    g.add_argument(
-        "--num-val", type=int, default=d(ScheduleConfig.num_val), help="validation images per static-env episode"
-    )
-    g.add_argument("--checkpoint-every", type=int, default=d(10_000), help="RL timesteps between checkpoints")
+    for steps in ("runtime_steps", "static_steps"):
+        setting(g, steps, note=f"default: a share of --total-timesteps, else {getattr(ScheduleConfig, steps)}")
+    setting(g, "gate_epochs", metavar=("A", "B"), note=_mode_note("gate_epochs"))
+    setting(g, "cnn_epochs", note=_mode_note("cnn_epochs"))
+    setting(g, "cnn_lr")
+    setting(g, "weight_decay")
+    setting(g, "gate_prune")
+    setting(g, "bn_recalibration")
+    setting(g, "runtime_budget", choices=["image", "mean"])
+    setting(g, "static_min_keep")
+    setting(g, "distill", metavar="ALPHA", note="the fair table's rows too")
+    setting(g, "static_select")
+    setting(g, "runtime_order", choices=list(RUNTIME_ORDERS))
+    setting(g, "static_criterion")
+    setting(g, "num_val")
+    setting(g, "checkpoint_every")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d(0), help="seed of agents, data order and envs")
-    g.add_argument("--device", default=d("auto"), help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    setting(g, "seed")
+    setting(g, "device", note="or auto: cuda when available")
     g.add_argument(
         "--out", default=d(None), metavar="RUN_DIR", help="run directory (default: runs/<env>__<algo>__<seed>__<time>)"
     )
@@ -327,10 +331,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if cfg.get("n_envs") is not None and cfg["n_envs"] < 1:
         raise UsageError(
             f"--n-envs must be >= 1 (images per runtime-env batch), got {cfg['n_envs']}; "
-            "leave it out to use the hyperparameter file's n_envs (else 64)"
+            f"leave it out to use the hyperparameter file's n_envs (else {ScheduleConfig.n_envs})"
         )
     try:
-        schedule = config_from_dict({**cfg, "gate_epochs": cfg["gate_epochs"], "n_envs": cfg.get("n_envs") or 64})
+        schedule = config_from_dict({**cfg, "n_envs": cfg.get("n_envs") or ScheduleConfig.n_envs})
     except ValueError as err:
         raise UsageError(str(err)) from err
     del schedule
@@ -423,13 +427,6 @@ def _load_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     return gate_model(model, inplace=True)
 
 
-def _strided(dataset: ImageDataset, count: int | None) -> ImageDataset:
-    if count is None or count >= len(dataset):
-        return dataset
-    idx = np.linspace(0, len(dataset), num=count, endpoint=False).astype(np.int64)
-    return dataset.subset(torch.from_numpy(idx))
-
-
 def fair_reference(cfg: dict[str, Any], run_dir: Path, epochs: float, num_classes: int) -> dict[str, dict[str, Any]]:
     """The hand-designed rows of the fair protocol beside the run: static ``l1`` and runtime ``fbs``.
 
@@ -487,7 +484,7 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
     model = _load_model(cfg, num_classes).to(cfg["device"])
     data = {split: dataset_for_model(ds, model) for split, ds in data.items()}
     hp_envs = specs["runtime"].hyperparams.get("n_envs") if specs["runtime"] is not None else None
-    n_envs = next((int(v) for v in (cfg.get("n_envs"), hp_envs) if v is not None), 64)
+    n_envs = next((int(v) for v in (cfg.get("n_envs"), hp_envs) if v is not None), ScheduleConfig.n_envs)
     try:
         schedule = config_from_dict({**cfg, "n_envs": n_envs})
     except ValueError as err:  # e.g. runtime.n_envs=0 from --hyperparams
@@ -508,7 +505,7 @@ def run(cfg: dict[str, Any], run_dir: Path, *, resume: bool = False, argv: Seque
         config=schedule, runtime_agent=specs["runtime"], static_agent=specs["static"], run_dir=run_dir,
         progress=not cfg["quiet"], teacher=teacher,
     )  # fmt: skip
-    test = _strided(data["test"], cfg.get("test_images"))
+    test = data["test"].strided(cfg.get("test_images"), what="test_images")
     has_checkpoint = resume and (run_dir / "checkpoint.pt").is_file()
     if not has_checkpoint:
         try:  # algorithm / hyperparameter mistakes surface here, before anything is trained or saved

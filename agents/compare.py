@@ -86,7 +86,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -297,16 +296,6 @@ def _model_name(model: str | Path | nn.Module) -> str:
     return Path(model).stem if (isinstance(model, Path) or Path(model).suffix) else str(model)
 
 
-def _strided(data: ImageDataset, count: int | None, what: str = "test_images") -> ImageDataset:
-    n = len(data)
-    if count is None or count >= n:
-        return data
-    if count <= 0:
-        raise ValueError(f"{what} must be positive, got {count}")
-    idx = np.linspace(0, n, num=count, endpoint=False).astype(np.int64)
-    return data.subset(torch.from_numpy(idx))
-
-
 def measure_latency(
     model: nn.Module,
     batch: int,
@@ -482,7 +471,7 @@ class _Bench:
         """The (strided) test split normalised for ``model`` (one copy per normalisation)."""
         key = input_normalization(model)
         if key not in self._tests:
-            self._tests[key] = _strided(dataset_for_model(self.test_full, model), self.test_images)
+            self._tests[key] = dataset_for_model(self.test_full, model).strided(self.test_images, what="test_images")
         return self._tests[key]
 
     def split(self, name: str, model: nn.Module) -> ImageDataset:
@@ -768,7 +757,7 @@ class _Finetune:
             model.load_state_dict(state)
             model.eval()
             return
-        data = _strided(self.bench.split("train", model), self.bench.finetune_images, "finetune_images")
+        data = self.bench.split("train", model).strided(self.bench.finetune_images, what="finetune_images")
         finetune(model, data, self.epochs, seed=seed, device=self.bench.device, desc=f"finetune {label}")
         model.eval()
         if key is not None:

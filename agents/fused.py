@@ -485,6 +485,11 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         self._charged: Any = 0
         self._n = -1
 
+    @property
+    def lstm_shape(self) -> tuple[int, int]:
+        """``(layers, hidden size)`` of the agent's LSTM state (hidden size 0 for a feed-forward agent)."""
+        return self._lstm
+
     def _initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.zeros(self._lstm[0], n, self._lstm[1], device=self._device)  # what FusedAgent.initial_state gives
         return z, z
@@ -525,9 +530,10 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         if device != self._device:
             self.agent.to(device)
             self._device = device
+        macs = self.mac_coefficients
         if t == 0:
             self._n = n
-            self._charged = self._fixed
+            self._charged = macs.fixed_macs
             self._counts = [None] * len(self.units)
             self._hc = self._initial_state(n)
         elif n != self._n:
@@ -538,9 +544,9 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         else:
             s = t - 1
             kept = last_kept_count(self.units[s])
-            p = self._producer[s]
-            cin = self._counts[p] if p is not None else self._in_channels[s]
-            self._charged = self._charged + (self._unit_coef[s] * cin + self._consumer_coef[s]) * kept
+            p = macs.producer[s]
+            cin = self._counts[p] if p is not None else macs.in_channels[s]
+            self._charged = self._charged + (macs.unit_coef[s] * cin + macs.consumer_coef[s]) * kept
             self._counts[s] = kept
         self.calls += 1
         return self._charged
@@ -742,13 +748,14 @@ class _ScriptedSource(nn.Module):
         super().__init__()
         self.agent = copy.deepcopy(source.fused).cpu()
         num_units = len(source.units)
-        self.fixed = int(source._fixed)
+        macs = source.mac_coefficients
+        self.fixed = int(macs.fixed_macs)
         self.base_macs = int(source.base_macs)
-        self.unit_coef = [int(v) for v in source._unit_coef]
-        self.consumer_coef = [int(v) for v in source._consumer_coef]
-        self.producer = [-1 if p is None else int(p) for p in source._producer]
+        self.unit_coef = [int(v) for v in macs.unit_coef]
+        self.consumer_coef = [int(v) for v in macs.consumer_coef]
+        self.producer = [-1 if p is None else int(p) for p in macs.producer]
         self.track = any(p >= 0 for p in self.producer)  # a unit's input width is another unit's kept count
-        self.in_channels = [int(v) for v in source._in_channels]
+        self.in_channels = [int(v) for v in macs.in_channels]
         self.offset = float(source.action_offset)
         self.min_keep = float(source.min_keep)
         self.decimals = int(RATIO_DECIMALS)
@@ -787,7 +794,7 @@ class _ScriptedSource(nn.Module):
                     self.unit_coef, self.in_channels, self.consumer_coef, source.units, strict=True
                 )
             ]
-        layers, hidden = source._lstm
+        layers, hidden = source.lstm_shape
         self.register_buffer("counts", torch.zeros(num_units, dtype=torch.long), persistent=False)
         # the state every unit's copy shares (tensors: a scripted module's copies do not share attributes)
         self.register_buffer("committed", torch.zeros(1, dtype=torch.long), persistent=False)  # exact: MACs
@@ -963,16 +970,16 @@ class _TracedSource(nn.Module):
         super().__init__()
         self.tables = _ScriptedSource(source, fold)  # the folded first layer and the threshold tables
         self.agent = self.tables.agent
-        self.fixed = int(source._fixed)
-        self.base_macs = int(source.base_macs)
-        self.unit_coef = [int(v) for v in source._unit_coef]
-        self.consumer_coef = [int(v) for v in source._consumer_coef]
-        self.producer = [-1 if p is None else int(p) for p in source._producer]
-        self.in_channels = [int(v) for v in source._in_channels]
+        self.fixed = self.tables.fixed
+        self.base_macs = self.tables.base_macs
+        self.unit_coef = list(self.tables.unit_coef)
+        self.consumer_coef = list(self.tables.consumer_coef)
+        self.producer = list(self.tables.producer)
+        self.in_channels = list(self.tables.in_channels)
         self.offset = float(source.action_offset)
         self.min_keep = float(source.min_keep)
         self.scale = 10.0 ** int(RATIO_DECIMALS)
-        self.lstm = source._lstm
+        self.lstm = source.lstm_shape
         self.__dict__["_kept"] = []  # this image's kept counts, int64 (1,) each, in unit order
         self.__dict__["_state"] = None  # (committed MACs int64 (1,), h, c)
 

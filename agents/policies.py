@@ -84,8 +84,9 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution, Dis
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
-from agents.unwrap import unwrap_env
-from pruning.accounting import CostModel
+from agents.unwrap import pruning_target
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
+from pruning.accounting import CostModel, MacCoefficients
 from pruning.registry import Registry
 
 __all__ = [
@@ -156,23 +157,24 @@ def budget_prior_action(
     return 2.0 * (ratio - min_keep) / (1.0 - min_keep) - 1.0
 
 
-def uniform_macs_curve(cost_model: CostModel) -> tuple[float, float, float]:
+def uniform_macs_curve(costs: CostModel | MacCoefficients) -> tuple[float, float, float]:
     """``(c0, c1, c2)`` with ``c0 + c1·r + c2·r²`` the backbone MAC fraction when every unit keeps ``r·C``.
 
-    :meth:`pruning.accounting.CostModel.from_counts` is a polynomial of degree 2 in the kept counts (each unit's
-    MACs are its kernel coefficient × kept inputs × kept outputs, plus linear consumer terms, no clamping), so
-    three evaluations, at counts ``0``, ``C`` and ``2C``, give the coefficients exactly; ceil rounding of real
+    The MACs (:class:`pruning.accounting.MacCoefficients`) are a polynomial of degree 2 in the kept counts (each
+    unit's MACs are its kernel coefficient × kept inputs × kept outputs, plus linear consumer terms, no clamping),
+    so three evaluations, at counts ``0``, ``C`` and ``2C``, give the coefficients exactly; ceil rounding of real
     keep counts is not modelled. Coefficients within 1e-9 of 0 are set to 0.
 
     Args:
-        cost_model: The env's cost model (``env.unwrapped.cost_model``).
+        costs: The env's MAC coefficients (``pruning_target(env).macs``, :func:`agents.unwrap.pruning_target`)
+            or a cost model (``env.unwrapped.cost_model``).
 
     Returns:
         The three coefficients; they sum to 1 (the unpruned model).
     """
-    full = cost_model.channels.unsqueeze(0)
-    f0, f1, f2 = (float(cost_model.from_counts(k * full, cost_model.channels).macs[0]) / cost_model.base_macs
-                  for k in (0, 1, 2))  # fmt: skip
+    macs = costs.mac_coefficients() if isinstance(costs, CostModel) else costs
+    full = np.asarray(macs.channels, dtype=np.int64)
+    f0, f1, f2 = (float(macs.macs(k * full)[0]) / macs.base_macs for k in (0, 1, 2))
     c2 = (f2 - 2.0 * f1 + f0) / 2.0
     c1 = f1 - f0 - c2
     return tuple(0.0 if abs(c) < _CURVE_TOL else c for c in (f0, c1, c2))  # type: ignore[return-value]
@@ -446,41 +448,44 @@ def complete_policy_kwargs(policy: Any, policy_kwargs: dict[str, Any] | None, en
     """Fill a budget-residual policy's env-dependent arguments from ``env``; other policies pass through.
 
     For a budget-residual policy (by class or registry name) the arguments not already in ``policy_kwargs``
-    are read from the environment behind ``env`` (:func:`agents.unwrap.unwrap_env`): ``budget_index``,
-    ``min_keep`` and, when the env has a :class:`pruning.accounting.CostModel` as ``cost_model``, ``macs_curve``
-    (:func:`uniform_macs_curve`). All are plain numbers, so the model saves and loads with its kwargs. The curve
-    is that of the model's full widths: with a fixed static plan in the runtime env (R_r < 1), or a runtime policy
-    in the loop of the static env, the prior is an approximation.
+    are read from the environment's answer to ``pruning_target()`` (:func:`agents.unwrap.pruning_target`):
+    ``budget_index``, ``min_keep`` and ``macs_curve`` (:func:`uniform_macs_curve` of its MAC coefficients), so any
+    ``VecEnv`` works, a ``SubprocVecEnv`` too. All are plain numbers, so the model saves and loads with its kwargs.
+    The curve is that of the model's full widths: with a fixed static plan in the runtime env (R_r < 1), or a
+    runtime policy in the loop of the static env, the prior is an approximation.
 
     Args:
         policy: A policy class, a name in :data:`POLICIES`, or any other SB3 policy (``"MlpPolicy"``).
         policy_kwargs: The policy keyword arguments so far, or ``None``; not modified.
-        env: The env the model is built on: a Gymnasium env, wrapped or not, ``RuntimePruningVecEnv`` or a
-            ``DummyVecEnv``.
+        env: The env the model is built on: a PruneGym env, wrapped or not, or any ``VecEnv`` of them
+            (``RuntimePruningVecEnv``, ``DummyVecEnv``, ``SubprocVecEnv``).
 
     Returns:
         A new dict: ``policy_kwargs`` plus the filled arguments.
 
     Raises:
-        ValueError: The policy is budget-residual and the env has no ``budget_index`` (or ``min_keep``), i.e. it is
-            not a PruneGym env.
+        ValueError: The policy is budget-residual, ``budget_index`` or ``min_keep`` is not given and the env is
+            not a PruneGym env (it has no ``pruning_target()``).
     """
     out = dict(policy_kwargs or {})
     if not is_budget_residual(policy):
         return out
     name = policy if isinstance(policy, str) else policy.__name__
-    inner = unwrap_env(env)
-    for key in ("budget_index", "min_keep"):
-        if key in out:
-            continue
-        value = getattr(inner, key, None)
-        if value is None:
-            raise ValueError(
-                f"{name} reads the MAC budget from the observation, but the env {type(inner).__name__} has no "
-                f"{key}. Use it on a PruneGym env (prunegym/RuntimePruning-v0, prunegym/StaticPruning-v0, "
-                f"RuntimePruningVecEnv), pass policy_kwargs {key}=..., or use a plain policy such as MlpPolicy"
-            )
-        out[key] = value
-    if "macs_curve" not in out and isinstance(getattr(inner, "cost_model", None), CostModel):
-        out["macs_curve"] = list(uniform_macs_curve(inner.cost_model))
+    if all(key in out for key in ("budget_index", "min_keep", "macs_curve")):
+        return out
+    try:
+        spec = pruning_target(env)
+    except TypeError as err:  # not a PruneGym env: only the curve may be left out
+        key = next((k for k in ("budget_index", "min_keep") if k not in out), None)
+        if key is None:
+            return out
+        raise ValueError(
+            f"{name} reads the MAC budget from the observation, but {err}, so it has no "
+            f"{key}. Use it on a PruneGym env ({RUNTIME_ENV_ID}, {STATIC_ENV_ID}, "
+            f"RuntimePruningVecEnv), pass policy_kwargs {key}=..., or use a plain policy such as MlpPolicy"
+        ) from err
+    found: dict[str, Any] = {"budget_index": spec.budget_index, "min_keep": spec.min_keep}
+    out.update({key: value for key, value in found.items() if key not in out})
+    if "macs_curve" not in out:
+        out["macs_curve"] = list(uniform_macs_curve(spec.macs))
     return out

@@ -78,15 +78,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from agents.baselines import TrainContext, TrainedBaseline, get_baseline
 from agents.compare import _Bench, _run_static, draw_pareto, finetune, parse_policy
-from agents.schedule import BUDGET_TOLERANCE
+from agents.schedule import BUDGET_TOLERANCE, RUNTIME_MIN_KEEP, ScheduleConfig
 from pruning.accounting import CostModel
+from pruning.budget import bisect_monotone
 from pruning.cli import HelpFormatter
 from pruning.data import ImageDataset
 from pruning.gating import clear_plan, gate_model, set_plan
@@ -143,8 +143,6 @@ JOINT_TRADEOFF = 0.5
 PROBE_IMAGES = 1000
 #: Bisection steps of the ``fbs`` ratio (keep counts are a step function: 12 resolve units of 4 096 channels).
 RATIO_HALVINGS = 12
-#: Smallest runtime keep ratio (the runtime env's and the joint schedule's floor).
-RUNTIME_MIN_KEEP = 0.1
 #: The static hand-designed baselines of the ``hand:<name>`` rows.
 HAND_POLICIES = ("l1", "l2", "l2_gm", "neuron_merging", "pfp", "random")
 #: The learned rows and the schedule mode each runs.
@@ -244,7 +242,8 @@ class Recipe:
 class LearnedSettings:
     """How the learned rows train their agents (the CNN side follows :class:`Recipe` and ``E``).
 
-    The defaults: PPO for both agents with the YAML hyperparameters of :mod:`agents.hyperparams`, two rounds
+    The defaults: PPO for both agents with the YAML hyperparameters of :mod:`agents.hyperparams`, and the
+    schedule's own defaults (:class:`agents.schedule.ScheduleConfig`'s fields of the same names): two rounds
     of 40 000 runtime timesteps, and 1 800 static timesteps (200 episodes of a ResNet-20's 9 units; a deeper
     net's episodes are longer: size ``static_steps`` in episodes × units, as ``bench/protocol_cifar10.py`` does).
     """
@@ -257,20 +256,20 @@ class LearnedSettings:
     """``key=value`` overrides (``runtime.`` / ``static.`` prefixes for one agent), as ``--hyperparams``."""
     preset: str | None = None
     """Hyperparameter preset of the YAML files (e.g. ``paper``)."""
-    rounds: int = 2
+    rounds: int = ScheduleConfig.rounds
     """Repeats of {RL phase, CNN phase}."""
-    runtime_steps: int = 40_000
+    runtime_steps: int = ScheduleConfig.runtime_steps
     """Runtime-agent timesteps per RL phase."""
-    static_steps: int = 1800
+    static_steps: int = ScheduleConfig.static_steps
     """Static-agent timesteps per RL phase (one timestep per unit: an episode is one pass over the units)."""
-    n_envs: int = 64
+    n_envs: int = ScheduleConfig.n_envs
     """Images per runtime-env batch."""
-    num_val: int = 256
+    num_val: int = ScheduleConfig.num_val
     """Validation images the static env scores per episode."""
-    static_select: int = 8
+    static_select: int = ScheduleConfig.static_select
     """Best-rewarded static episodes re-scored against the deterministic one for the static plan
     (:attr:`agents.schedule.ScheduleConfig.static_select`; 0: the deterministic episode)."""
-    static_min_keep: float | None = None
+    static_min_keep: float | None = ScheduleConfig.static_min_keep
     """The static agent's keep floor (:attr:`agents.schedule.ScheduleConfig.static_min_keep`; ``None``:
     ``min(0.2, B / 2)``)."""
 
@@ -718,20 +717,7 @@ def uniform_runtime_ratio(
         finally:
             clear_plan(model)
 
-    lo, hi = RUNTIME_MIN_KEEP, 1.0
-    if macs(hi) <= target:
-        return hi
-    for _ in range(halvings):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if macs(mid) <= target else (lo, mid)
-    return lo
-
-
-def _strided(data: ImageDataset, count: int) -> ImageDataset:
-    if count >= len(data):
-        return data
-    idx = np.linspace(0, len(data), num=count, endpoint=False).astype(np.int64)
-    return data.subset(torch.from_numpy(idx))
+    return bisect_monotone(lambda ratio: macs(ratio) <= target, RUNTIME_MIN_KEEP, 1.0, steps=halvings)
 
 
 def fbs_row(ctx: RowContext) -> RowResult:
@@ -746,7 +732,7 @@ def fbs_row(ctx: RowContext) -> RowResult:
     """
     model = gate_model(copy.deepcopy(ctx.base()), predictor=True).to(ctx.device)
     cost_model = CostModel(model)
-    probe = _strided(ctx.val_set(model), PROBE_IMAGES)
+    probe = ctx.val_set(model).strided(PROBE_IMAGES)
     budget = ctx.cell.budget
     before = uniform_runtime_ratio(model, cost_model, probe, budget)
     set_plan(model, PruningPlan(runtime_keep=before, tradeoff=1.0))
@@ -1464,7 +1450,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="redo these rows where finished")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
     g = p.add_argument_group("learned rows")
-    g.add_argument("--algo", default="ppo", help="algorithm of the agents")
+    g.add_argument("--algo", default=L.algo, help="algorithm of the agents")
     g.add_argument("--rounds", type=int, default=L.rounds, help="rounds of {RL phase, CNN phase}")
     g.add_argument("--runtime-steps", type=int, default=L.runtime_steps, help="runtime-agent timesteps per round")
     g.add_argument("--static-steps", type=int, default=L.static_steps, help="static-agent timesteps per round")

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from envs.rewards import MeanBudgetTerm
 from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
 from envs.static import StaticPruningEnv
 from pruning.accounting import CostModel
+from pruning.budget import bisect_monotone
 from pruning.checkpoint import atomic_save, check_plain, model_from_record, model_record
 from pruning.criteria import get_criterion
 from pruning.data import ImageDataset
@@ -87,7 +88,6 @@ log = logging.getLogger(__name__)
 
 #: What each ``mode`` trains.
 MODES: dict[str, tuple[bool, bool]] = {"runtime": (True, False), "static": (False, True), "joint": (True, True)}
-RUNTIME_ENV_ID, STATIC_ENV_ID = "prunegym/RuntimePruning-v0", "prunegym/StaticPruning-v0"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "prunegym.agents.checkpoint.v1"
 #: Smallest runtime keep ratio (the runtime env's default, Chen et al.'s α = 0.1).
@@ -127,73 +127,109 @@ class Phase:
         return self.kind.startswith("rl_")
 
 
+_T = TypeVar("_T")
+
+
+def _setting(default: _T, help: str) -> _T:
+    """A :class:`ScheduleConfig` field: ``default`` and the one-line ``help`` that its command-line option shows."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ScheduleConfig:
-    """Settings of the joint schedule (see the module docstring for the phases)."""
+    """Settings of the joint schedule (see the module docstring for the phases).
 
-    mode: str = "joint"
+    Each field carries its default and, in ``metadata["help"]``, the one-line help of its command-line option:
+    ``train_agent.py`` builds ``--<field-name>`` from them (:func:`agents.cli.build_parser`).
+    """
+
+    mode: str = _setting(
+        "joint", "train the runtime agent, the static agent (one plan) or both (Chen, Chen & Pan's joint mode)"
+    )
     """``runtime``, ``static`` or ``joint`` (:data:`MODES`)."""
-    budget: float = 0.5
+    budget: float = _setting(0.5, "MAC budget: fraction of the base MACs per image")
     """MAC budget: the cap on each image's backbone MAC fraction."""
-    param_budget: float | None = None
+    param_budget: float | None = _setting(
+        None, "stored-parameter budget of the static agent (fraction of the base backbone)"
+    )
     """Stored-parameter budget of the static agent (fraction of the base backbone), or ``None``."""
-    tradeoff: float = 0.5
+    tradeoff: float = _setting(0.5, "R_r in joint mode: share of pruning done at runtime (Chen et al.: 0.5)")
     """R_r of the trade-off pruner in ``joint`` mode (1 in ``runtime`` mode, 0 in ``static`` mode)."""
-    rounds: int = 2
+    rounds: int = _setting(2, "repeats of {RL phase, CNN phase}")
     """Repeats of {RL phase, CNN phase}."""
-    gate_epochs: tuple[float, float] = (0.2, 0.0)
+    gate_epochs: tuple[float, float] = _setting(
+        (0.2, 0.0), "gate-stage passes over the training set (predictors; then u_s too); fractions allowed"
+    )
     """Gate-stage passes over the training set: backbone + predictors (``u_s`` frozen), then ``u_s`` too."""
-    gate_prune: bool = True
+    gate_prune: bool = _setting(
+        True, "train the gate stage under the uniform plan at the budget (off: the paper's unpruned one)"
+    )
     """Train the gate stage under pruning: one uniform keep ratio that meets the budget (runtime ratio when the
     mode trains a runtime agent, else a static L1 plan), so the predictors learn which channels to keep under
     the cut they will face. ``False`` is the paper's gate stage (no pruning: ``u_r`` then barely moves from γ)."""
-    runtime_steps: int = 40_000
+    runtime_steps: int = _setting(40_000, "runtime-agent timesteps per RL phase")
     """Runtime-agent timesteps per RL phase (one step = one unit of one image)."""
-    static_steps: int = 1800
+    static_steps: int = _setting(1800, "static-agent timesteps per RL phase")
     """Static-agent timesteps per RL phase (one step = one unit; an episode scores ``num_val`` images)."""
-    cnn_epochs: float = 0.4
+    cnn_epochs: float = _setting(0.4, "passes over the training set per CNN phase")
     """Passes over the training set per CNN phase (fractions allowed: a seeded subset). With the defaults the run
     trains the CNN for 0.2 + 2 × 0.4 = 1 epoch in all (:attr:`cnn_budget_epochs`)."""
-    cnn_lr: float = 0.01
+    cnn_lr: float = _setting(
+        0.01, "peak lr of the run's one SGD schedule (Nesterov 0.9, cosine over the gate stage and all CNN phases)"
+    )
     """Peak learning rate of the run's one SGD schedule (Nesterov, momentum 0.9), annealed by a cosine over all
     its CNN-training steps: gate stage and CNN phases together (:attr:`cnn_budget_epochs`)."""
-    weight_decay: float = 1e-4
+    weight_decay: float = _setting(1e-4, "L2 on weights in every CNN-training phase")
     """L2 on conv, linear and predictor weights during every CNN-training phase."""
-    distill: float = 0.0
+    distill: float = _setting(0.0, "distil from the unpruned base with this weight in every CNN-training step")
     """Weight of knowledge distillation from :class:`JointTrainer`'s ``teacher`` (the unpruned base) in every
     CNN-training phase (:func:`pruning.train.distillation_loss`); 0: labels only."""
-    distill_temperature: float = 4.0
+    distill_temperature: float = _setting(4.0, "softmax temperature of the distillation term")
     """Softmax temperature of the distillation term."""
-    bn_recalibration: int = 256
+    bn_recalibration: int = _setting(
+        256, "images that re-estimate BatchNorm statistics under the masks before each RL phase (0: off)"
+    )
     """Images whose train-mode forward passes re-estimate the BatchNorm statistics under the current masks
     before each RL phase (and that the static env uses per episode, from ``val`` outside its scored subset).
     0 turns it off."""
-    runtime_budget: str = "image"
+    runtime_budget: str = _setting(
+        "image", "runtime reward's budget: a cap per image (paper) or a Lagrangian on the batch-mean MAC fraction"
+    )
     """How the runtime agent's reward holds the MAC budget: ``"image"`` (Chen et al.'s steep penalty above the cap,
     per image) or ``"mean"`` (:class:`envs.rewards.MeanBudgetTerm`: a Lagrange multiplier on the batch-mean MAC
     fraction, so hard images may spend more and easy ones less; the budget guard then meets the mean)."""
-    static_min_keep: float | None = None
+    static_min_keep: float | None = _setting(
+        None, "smallest keep ratio of the static agent's action (the static env's min_keep; default min(0.2, B/2))"
+    )
     """Smallest keep ratio the static agent's action maps to (the static env's ``min_keep``), also the floor of
     the budget guard's static offset and of the static uniform reference. ``None``: ``min(0.2, budget / 2)``
     (:attr:`static_floor`): AMC's 0.2 where the budget leaves room around it, else half the budget, so the
     agent can always halve a unit's uniform share (at B = 0.25 a ResNet-20 unit's uniform ratio is ~0.24)."""
-    runtime_order: str = "u_r"
+    runtime_order: str = _setting(
+        "u_r",
+        "which channels a runtime keep count keeps: u_r (each image's top-k) or prefix (the first k of the static "
+        "ranking: contiguous slices after export)",
+    )
     """Which channels a runtime keep count keeps (:attr:`pruning.plan.PruningPlan.runtime_order`): ``"u_r"``
     (Chen et al.: each image its top-k by ``u_r``) or ``"prefix"`` (the first k of one fixed order per unit, the
     static ranking, or :attr:`static_criterion`'s scores of the base model where there is no static plan yet:
     per image only the width changes, and the export computes it as a slice of the weights)."""
-    static_criterion: str = "l1"
+    static_criterion: str = _setting(
+        "l1", "which channels a static keep ratio keeps: l1 (filter norm) or u_s (learned static importance)"
+    )
     """Which channels a static keep ratio keeps (a :mod:`pruning.criteria` name): ``"l1"`` (filter norm) or
     ``"u_s"`` (the paper's learned static importance). The ranking is frozen when the static agent is scored."""
-    batch_size: int = 128
+    batch_size: int = _setting(128, "images per CNN/gate step")
     """Images per CNN/gate step."""
-    grad_clip: float | None = 40.0
+    grad_clip: float | None = _setting(40.0, "gradient-norm clip of the CNN/gate phases (None: no clip)")
     """Gradient-norm clip of the CNN/gate phases (the released code's 40); ``None`` does not clip."""
-    n_envs: int = 64
+    n_envs: int = _setting(64, "images per runtime-env batch")
     """Images per runtime-env batch (``RuntimePruningVecEnv`` episodes run together)."""
-    num_val: int = 256
+    num_val: int = _setting(256, "validation images per static-env episode")
     """Validation images the static env scores per episode."""
-    static_select: int = 8
+    static_select: int = _setting(
+        8, "best-rewarded static episodes re-scored on val against the deterministic one (0: deterministic)"
+    )
     """How many of a static RL phase's best-rewarded episodes compete with the agent's deterministic episode
     for the static plan. At the phase's end each of them is re-scored on :data:`SELECT_IMAGES` validation
     images (BN re-estimated under its plan on as many training images; no weight changes) and the lowest
@@ -202,11 +238,11 @@ class ScheduleConfig:
     hardly rises over the phase (-0.99 ± 0.01), so the deterministic episode is about the initial policy mean
     plus drift, while the proxy itself ranks plans consistently (three plans, three val subsets). 0 takes the
     deterministic episode (Chen et al.)."""
-    checkpoint_every: int = 10_000
+    checkpoint_every: int = _setting(10_000, "RL timesteps between checkpoints")
     """RL timesteps between checkpoints inside an RL phase."""
-    seed: int = 0
+    seed: int = _setting(0, "seed of agents, data order and envs")
     """Seeds the agents, the data order and the envs."""
-    device: str = "cpu"
+    device: str = _setting("cpu", "where the CNN runs: cpu, cuda or cuda:N")
     """Where the CNN runs."""
 
     def __post_init__(self) -> None:
@@ -660,27 +696,19 @@ class JointTrainer:
     def uniform_ratio(self, target: float, dataset: ImageDataset, *, halvings: int = 12) -> float:
         """The largest uniform ratio (:meth:`uniform_plan`) whose mean MAC fraction on ``dataset`` is <= ``target``.
 
-        Bisection on ``[min_keep, 1]`` (the MAC fraction grows with the ratio); keep counts are a step function
-        of the ratio, so ``halvings`` = 12 resolves every step of a unit of up to 4 096 channels.
+        Bisection on ``[min_keep, 1]`` (:func:`pruning.budget.bisect_monotone`: the MAC fraction grows with the
+        ratio); keep counts are a step function of the ratio, so ``halvings`` = 12 resolves every step of a unit
+        of up to 4 096 channels.
         """
         lo = RUNTIME_MIN_KEEP if self.config.mode != "static" else self.config.static_floor
-        hi = 1.0
-        if self.measure_plan(self.uniform_plan(hi), dataset)["macs_fraction"] <= target:
-            return hi
-        for _ in range(halvings):
-            mid = 0.5 * (lo + hi)
-            if self.measure_plan(self.uniform_plan(mid), dataset)["macs_fraction"] <= target:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+
+        def fits(ratio: float) -> bool:
+            return bool(self.measure_plan(self.uniform_plan(ratio), dataset)["macs_fraction"] <= target)
+
+        return bisect_monotone(fits, lo, 1.0, steps=halvings)
 
     def _probe(self, images: int) -> ImageDataset:
-        val = self.data["val"]
-        if images >= len(val):
-            return val
-        idx = np.linspace(0, len(val), num=images, endpoint=False).astype(np.int64)
-        return val.subset(torch.from_numpy(idx))
+        return self.data["val"].strided(images)
 
     def recalibrate(self, plan: PruningPlan | None = None) -> int:
         """Re-estimate the CNN's BatchNorm statistics under ``plan`` (default: the agents' current plan).
@@ -739,16 +767,8 @@ class JointTrainer:
         if macs(lo) > budget:
             log.warning("the budget guard cannot bring the plan to the budget %.4f (%.4f at the floor)", budget,
                         macs(lo))  # fmt: skip
-            hi = lo
         else:
-            if macs(hi) <= budget:
-                lo = hi
-            for _ in range(halvings if lo != hi else 0):
-                mid = 0.5 * (lo + hi)
-                if macs(mid) <= budget:
-                    lo = mid
-                else:
-                    hi = mid
+            lo = bisect_monotone(lambda offset: macs(offset) <= budget, lo, hi, steps=halvings)
         after = macs(lo)
         record = {"offset": lo, "kind": kind, "before": before, "after": after}
         self.history.setdefault("budget_guard", []).append(record)

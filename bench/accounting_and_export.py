@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from pruning.accounting import CostModel, model_cost
+from pruning.budget import bisect_bracket
 from pruning.data import ImageDataset, get_dataset, iterate_batches
 from pruning.export import DynamicModel, export_static
 from pruning.gating import applied_masks, gate_model, gated_units, set_plan, stored_masks
@@ -212,10 +213,7 @@ def solve_uniform_ratio(model: nn.Module, target: float) -> float:
         k = torch.stack([keep_count(a, int(c)) for c in cm.channels])
         return float(cm.from_counts(k, k).macs_fraction[0])
 
-    lo, hi = 0.0, 1.0
-    for _ in range(50):  # smallest a with frac(a) >= target
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if frac(mid) >= target else (mid, hi)
+    hi, lo = bisect_bracket(lambda a: frac(a) >= target, 1.0, 0.0, steps=50)  # smallest a with frac(a) >= target
     return hi if abs(frac(hi) - target) <= abs(frac(lo) - target) else lo
 
 

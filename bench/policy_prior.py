@@ -34,10 +34,11 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from agents.algos import make_model
 from agents.hyperparams import load_hyperparams
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
 from envs.runtime import RuntimePruningVecEnv
 from envs.static import StaticPruningEnv
 
-ENV_IDS = {"runtime": "prunegym/RuntimePruning-v0", "static": "prunegym/StaticPruning-v0"}
+ENV_IDS = {"runtime": RUNTIME_ENV_ID, "static": STATIC_ENV_ID}
 POLICIES: dict[str, list[str]] = {
     "mlp": ["policy=MlpPolicy"],
     "mlp_std-4": ["policy=MlpPolicy", "policy_kwargs={log_std_init: -4.0}"],

@@ -40,12 +40,23 @@ from typing import Any
 
 from gymnasium.envs.registration import register, registry
 
-__all__ = ["ENV_IDS", "RuntimePruningEnv", "RuntimePruningVecEnv", "StaticPruningEnv"]
+__all__ = [
+    "ENV_IDS",
+    "RUNTIME_ENV_ID",
+    "STATIC_ENV_ID",
+    "RuntimePruningEnv",
+    "RuntimePruningVecEnv",
+    "StaticPruningEnv",
+]
 
+#: The id of :class:`envs.static.StaticPruningEnv`.
+STATIC_ENV_ID = "prunegym/StaticPruning-v0"
+#: The id of :class:`envs.runtime.RuntimePruningEnv`.
+RUNTIME_ENV_ID = "prunegym/RuntimePruning-v0"
 #: Every environment id of PruneGym and its entry point.
 ENV_IDS: dict[str, str] = {
-    "prunegym/StaticPruning-v0": "envs.static:StaticPruningEnv",
-    "prunegym/RuntimePruning-v0": "envs.runtime:RuntimePruningEnv",
+    STATIC_ENV_ID: "envs.static:StaticPruningEnv",
+    RUNTIME_ENV_ID: "envs.runtime:RuntimePruningEnv",
 }
 
 for _env_id, _entry_point in ENV_IDS.items():

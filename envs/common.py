@@ -1,19 +1,27 @@
-"""Construction helpers shared by PruneGym's environments: the reward data split and the env's private model."""
+"""What PruneGym's environments share: the reward data split, the env's private model, and the target they answer.
+
+Every environment answers ``pruning_target()`` with a :class:`TargetSpec`, plain data that says what is pruned
+and under which budgets. Agents, baselines and policies read it instead of the env's class or attributes, so one
+call works on a wrapped env and on any stable-baselines3 ``VecEnv`` (``venv.env_method("pruning_target")``, in
+other processes too: it pickles).
+"""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pruning.accounting import MacCoefficients
 from pruning.data import ImageDataset, get_dataset
 from pruning.gating import gate_model, is_gated
 from pruning.models import get_model
 
-__all__ = ["build_env_model", "load_reward_split"]
+__all__ = ["TargetSpec", "build_env_model", "load_reward_split"]
 
 
 def load_reward_split(
@@ -75,3 +83,51 @@ def build_env_model(
         raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
     net = base if is_gated(base) else gate_model(base, predictor=predictor, inplace=True)
     return net.eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What an agent needs to know of a PruneGym environment, as plain data: its answer to ``pruning_target()``.
+
+    Every environment class answers it (:meth:`envs.static.StaticPruningEnv.pruning_target`,
+    :meth:`envs.runtime.RuntimePruningEnv.pruning_target`, the same for ``RuntimePruningVecEnv``). The values
+    are those of the call: a budget set later gives a new answer. They pickle and compare by value: the answer
+    of a wrapped env, of a ``DummyVecEnv`` or of a ``SubprocVecEnv`` (``env_method("pruning_target")``) equals the
+    env's own. The live model is not part of it; :func:`agents.unwrap.unwrap_env` reaches it in-process.
+
+    Attributes:
+        kind: ``"static"`` (static keep ratios, one per unit) or ``"runtime"`` (a keep ratio per unit and input).
+        channels: Full output channels per unit.
+        stored: Stored channels per unit: the runtime env's fixed static plan; for the static env all channels
+            (its plan decides the stored counts).
+        min_keep: The smallest keep ratio an action maps to.
+        budget: MAC budget (fraction of the base model's MACs per input), or ``None``.
+        param_budget: Parameter budget (fraction of the base backbone parameters), or ``None``; always ``None`` in
+            the runtime env, whose stored channels are fixed.
+        budget_index: Position of the MAC budget in the observation.
+        action_dim: Size of the action (2 for the static env with ``learn_split``: keep ratio and R_r).
+        tradeoff: R_r, the share of pruning done at runtime (the static env's default when it learns the split).
+        criterion: Name of the static env's channel criterion (which channels a static keep count keeps);
+            ``None`` in the runtime env, which ranks channels per input.
+        runtime_in_loop: Whether a static env runs a runtime policy in the loop (``runtime=``); ``False`` in the
+            runtime env.
+        macs: The model's MACs as a function of the kept counts (:class:`pruning.accounting.MacCoefficients`).
+    """
+
+    kind: str
+    channels: tuple[int, ...]
+    stored: tuple[int, ...]
+    min_keep: float
+    budget: float | None
+    param_budget: float | None
+    budget_index: int
+    action_dim: int
+    tradeoff: float
+    criterion: str | None
+    runtime_in_loop: bool
+    macs: MacCoefficients
+
+    @property
+    def num_units(self) -> int:
+        """L: the number of prunable units (steps of a static episode)."""
+        return len(self.channels)

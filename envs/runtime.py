@@ -26,14 +26,14 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from torch import nn
 
-from pruning.accounting import Cost, CostModel
+from pruning.accounting import Cost, CostModel, MacCoefficients
 from pruning.data import ImageDataset, crop_flip
 from pruning.gating import GatedConv, gated_units, set_plan, stored_masks
 from pruning.plan import RUNTIME_ORDERS, PruningPlan
 from pruning.stepper import UnitStepper
 from pruning.train import dataset_for_model
 
-from .common import build_env_model, load_reward_split
+from .common import TargetSpec, build_env_model, load_reward_split
 from .render import (
     RENDER_FPS,
     RENDER_MODES,
@@ -186,17 +186,18 @@ class PolicyRuntimeSource:
             for g, (rt, _) in zip(gated_units(model), plans, strict=True):
                 g.runtime = rt
         self.base_macs = int(cm.base_macs)
-        self._fixed = int(cm.fixed_macs)
-        self._unit_coef = [int(c) for c in cm.unit_coef]
-        self._consumer_coef = [int(c) for c in cm.consumer_coef]
-        self._producer = list(cm.producer)
-        self._in_channels = [int(c) for c in cm.in_channels]
+        self._macs = cm.mac_coefficients()
         self.units: list[GatedConv] = []
         self.bind(model)
         self._state: Any = None
         self._committed = np.zeros(0)
         self._keep: np.ndarray = np.zeros((0, len(self.units)), dtype=np.int64)
         self.calls = 0
+
+    @property
+    def mac_coefficients(self) -> MacCoefficients:
+        """The MACs of the unpruned structure as a function of the kept counts: what the committed fraction sums."""
+        return self._macs
 
     def bind(self, model: nn.Module) -> PolicyRuntimeSource:
         """Read kept counts from ``model``'s units (an exported copy, a ``DynamicModel``); returns ``self``.
@@ -219,7 +220,7 @@ class PolicyRuntimeSource:
         num_units = len(self.units)
         if t == 0:
             self._state = None
-            self._committed = np.full(n, self._fixed, dtype=np.float64)
+            self._committed = np.full(n, self._macs.fixed_macs, dtype=np.float64)
             self._keep = np.zeros((n, num_units), dtype=np.int64)
         elif self._committed.shape[0] != n:
             raise RuntimeError(
@@ -232,9 +233,10 @@ class PolicyRuntimeSource:
             if last is None:
                 raise RuntimeError(f"unit {s} has not run before unit {t}; units must run in index order")
             kept = np.broadcast_to(last.sum(-1).cpu().numpy().astype(np.int64).reshape(-1), (n,))
-            p = self._producer[s]
-            cin = self._keep[:, p] if p is not None else self._in_channels[s]
-            self._committed = self._committed + (self._unit_coef[s] * cin + self._consumer_coef[s]) * kept
+            m = self._macs
+            p = m.producer[s]
+            cin = self._keep[:, p] if p is not None else m.in_channels[s]
+            self._committed = self._committed + (m.unit_coef[s] * cin + m.consumer_coef[s]) * kept
             self._keep[:, s] = kept
         start = np.full(n, t == 0, dtype=bool)
         obs = runtime_observation(
@@ -723,6 +725,20 @@ class _SharedAttributes:
         span = 1.0 - self._core.min_keep
         a = 1.0 if span == 0 else 2.0 * (r - self._core.min_keep) / span - 1.0
         return np.array([a], dtype=np.float32)
+
+    def pruning_target(self) -> TargetSpec:
+        """What an agent needs to know of this env, as plain data (:class:`envs.common.TargetSpec`).
+
+        Works through wrappers (``env.unwrapped.pruning_target()``) and on the vector env directly or inside
+        VecEnv wrappers (``venv.env_method("pruning_target", indices=[0])[0]``).
+        """
+        model = self._core.model
+        return TargetSpec(
+            kind="runtime", channels=tuple(int(c) for c in self._core.cost_model.channels),
+            stored=tuple(int(s.sum()) for s in stored_masks(model)), min_keep=self.min_keep, budget=self.budget,
+            param_budget=None, budget_index=self.budget_index, action_dim=1, tradeoff=self.tradeoff, criterion=None,
+            runtime_in_loop=False, macs=self._core.cost_model.mac_coefficients(),
+        )  # fmt: skip
 
 
 class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):

@@ -21,6 +21,7 @@ from gymnasium import spaces
 from torch import nn
 
 from pruning.accounting import CostModel
+from pruning.budget import action_wall, unit_feasible
 from pruning.criteria import Criterion, get_criterion, l1_criterion, l2_criterion, us_criterion
 from pruning.data import ImageDataset, normalize
 from pruning.gating import applied_masks, gated_units, is_gated, set_plan, stored_masks
@@ -29,7 +30,7 @@ from pruning.plan import RATIO_EPS, PruningPlan, RuntimeSource, keep_count
 from pruning.train import recalibrate_bn
 from pruning.units import Unit
 
-from .common import build_env_model, load_reward_split
+from .common import TargetSpec, build_env_model, load_reward_split
 from .render import RENDER_FPS, RENDER_MODES, EpisodeFrame, UnitFrame, check_render_mode, render_frame
 from .rewards import LOSS_CAP, BudgetTerm, EpisodeResult, RewardFn, RunningLossScale, get_reward
 
@@ -118,7 +119,8 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     In `clamp` mode the **action wall** then lowers `k` to the largest count for which the budget can still be
     met with every later unit at `min_keep` (and, with `learn_split`, at R_r = 0); with a parameter budget the
     wall enforces both budgets. The check is exact: the candidate plans are costed with
-    `pruning.accounting.CostModel`, including the coupling of a plain net's unit with the next unit's input.
+    `pruning.accounting.CostModel`, including the coupling of a plain net's unit with the next unit's input
+    (`pruning.budget.unit_feasible` and `pruning.budget.action_wall`).
     With a runtime policy in the loop the wall bounds each image's MACs by the most channels each unit can
     compute (exact for a fixed runtime ratio, all stored channels for a callable policy), so *every* image,
     not only the mean, meets the budget. With `learn_split`, when even `min_keep` does not fit the requested
@@ -613,41 +615,25 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     def _feasible(self, t: int, k_s: np.ndarray, tradeoff: float) -> np.ndarray:
         """For each static keep count in ``k_s`` of unit ``t`` (at R_r ``tradeoff``): do the budgets still fit?
 
-        Earlier units are as decided, later units at the wall's assumption (``min_keep``). Both MACs and
-        parameters are affine in unit ``t``'s counts once the other units are fixed, so two costings give the
-        cost of every candidate exactly.
+        Earlier units are as decided, later units at the wall's assumption (``min_keep``); the candidates are
+        costed exactly by :func:`pruning.budget.unit_feasible`.
         """
         eff_c, stored_c = self._counts(t, k_s, tradeoff)
         eff, stored = self._plan_counts(t + 1, "witness")
-        ok = np.ones(len(k_s), dtype=bool)
-        probes = []
-        for value in (1, 2):
-            e, s = eff.copy(), stored.copy()
-            e[t], s[t] = value, value
-            probes.append(self.cost_model.from_counts(torch.from_numpy(e)[None], torch.from_numpy(s)))
-        if self.budget is not None:
-            m1, m2 = int(probes[0].macs[0]), int(probes[1].macs[0])
-            macs = m1 + (eff_c - 1) * (m2 - m1)
-            ok &= macs <= self.budget * self.cost_model.base_macs * (1 + 1e-12)
-        if self.param_budget is not None:
-            p1, p2 = probes[0].params, probes[1].params
-            params = p1 + (stored_c - 1) * (p2 - p1)
-            ok &= params <= self.param_budget * self.cost_model.base_params * (1 + 1e-12)
-        return ok
+        return unit_feasible(
+            self.cost_model, eff, stored, t, eff_c, stored_c, budget=self.budget, param_budget=self.param_budget
+        )
 
     def _wall(self, t: int, k_req: int, tradeoff: float) -> tuple[int, float, int]:
         """Largest feasible ``k <= k_req`` (and R_r, lowered if needed); also the wall's largest feasible count."""
-        c = int(self.channels[t])
-        k_min = int(self._min_counts[t])
         candidates = [tradeoff]
         if self.learn_split:
             candidates += [float(r) for r in np.linspace(tradeoff, 0.0, 21)[1:]]
-        for r in candidates:
-            ks = np.arange(k_min, c + 1)
-            ok = self._feasible(t, ks, r)
-            if ok[0]:
-                wall = int(ks[ok].max())
-                return min(k_req, wall), r, wall
+        clamped = action_wall(
+            lambda ks, r: self._feasible(t, ks, r), int(self._min_counts[t]), int(self.channels[t]), k_req, candidates
+        )
+        if clamped is not None:
+            return clamped
         raise AssertionError("the action wall found no feasible keep count; this is a bug in StaticPruningEnv")
 
     # ------------------------------------------------------------------------------------------------------
@@ -875,3 +861,20 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             reward_parts={k: float(v) for k, v in parts.items()},
         )
         return reward
+
+    # ------------------------------------------------------------------------------------------------------
+    # the env protocol
+    # ------------------------------------------------------------------------------------------------------
+    def pruning_target(self) -> TargetSpec:
+        """What an agent needs to know of this env, as plain data (:class:`envs.common.TargetSpec`).
+
+        Works through wrappers (``env.unwrapped.pruning_target()``) and vector envs
+        (``venv.env_method("pruning_target", indices=[0])[0]``, in worker processes too).
+        """
+        channels = tuple(int(c) for c in self.channels)
+        return TargetSpec(
+            kind="static", channels=channels, stored=channels, min_keep=self.min_keep, budget=self.budget,
+            param_budget=self.param_budget, budget_index=self.budget_index, action_dim=2 if self.learn_split else 1,
+            tradeoff=self.tradeoff, criterion=self.criterion_name, runtime_in_loop=self.runtime is not None,
+            macs=self.cost_model.mac_coefficients(),
+        )  # fmt: skip

@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +30,7 @@ from .gating import GatedConv, gate_model, gated_units, is_gated, set_plan
 from .plan import PruningPlan
 from .units import Unit, get_units, trace_shapes
 
-__all__ = ["Cost", "CostModel", "model_cost", "sparsity_to_mac_fraction"]
+__all__ = ["Cost", "CostModel", "MacCoefficients", "model_cost", "sparsity_to_mac_fraction"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,62 @@ class CostModel:
         keep = torch.stack([m.sum(-1).cpu() for m in masks], dim=-1)
         st = self.channels if stored is None else torch.tensor([int(s.sum()) for s in stored])
         return self.from_counts(keep, st)
+
+    def mac_coefficients(self) -> MacCoefficients:
+        """The MAC part of this cost model as plain integers (:class:`MacCoefficients`)."""
+        return MacCoefficients(
+            base_macs=int(self.base_macs), fixed_macs=int(self.fixed_macs),
+            channels=tuple(int(c) for c in self.channels), in_channels=tuple(int(c) for c in self.in_channels),
+            unit_coef=tuple(int(c) for c in self.unit_coef), consumer_coef=tuple(int(c) for c in self.consumer_coef),
+            producer=tuple(self.producer),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MacCoefficients:
+    """A model's MACs per sample as a function of its units' kept channel counts, in plain integers.
+
+    Unit ``t`` keeping ``k_t`` output channels costs ``(unit_coef[t] · c_t + consumer_coef[t]) · k_t`` MACs, where
+    ``c_t`` is its input width: the kept count of its producer unit (``producer[t]``), or ``in_channels[t]`` when
+    its input is not a unit's output. Everything else (the stem, the classifier's fixed part, layers that are not
+    units) is ``fixed_macs``. These are the MAC terms of :meth:`CostModel.from_counts`, without the model and
+    without torch: they pickle and compare by value, so they travel to other processes (an environment's
+    ``pruning_target()``) and into a scripted runtime source.
+
+    Attributes:
+        base_macs: MACs per sample of the unpruned model (every unit keeps ``channels``).
+        fixed_macs: MACs that no unit's count changes.
+        channels: Full output channels per unit.
+        in_channels: Full input channels per unit.
+        unit_coef: Per unit, the conv's MACs per kept input and output channel pair (kernel area × output
+            pixels / groups).
+        consumer_coef: Per unit, the MACs per kept output channel of its consumer when that is not a unit (the
+            classifier or a projection that reads the unit's output).
+        producer: Per unit, the index of the unit whose output is its input, or ``None``.
+    """
+
+    base_macs: int
+    fixed_macs: int
+    channels: tuple[int, ...]
+    in_channels: tuple[int, ...]
+    unit_coef: tuple[int, ...]
+    consumer_coef: tuple[int, ...]
+    producer: tuple[int | None, ...]
+
+    def macs(self, keep: np.ndarray | Sequence[int]) -> np.ndarray:
+        """MACs per sample, int64 ``(N,)``, for kept counts ``keep`` ``(L,)`` or ``(N, L)``.
+
+        The same integers as ``CostModel.from_counts(keep, stored).macs`` (MACs do not depend on the stored
+        counts).
+        """
+        kept = np.atleast_2d(np.asarray(keep, dtype=np.int64))
+        width = [
+            kept[:, p] if p is not None else np.full(len(kept), c)
+            for p, c in zip(self.producer, self.in_channels, strict=True)
+        ]
+        cin = np.stack(width, axis=1)
+        per_unit = (np.asarray(self.unit_coef) * cin + np.asarray(self.consumer_coef)) * kept
+        return self.fixed_macs + per_unit.sum(1)
 
 
 def model_cost(

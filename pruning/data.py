@@ -359,6 +359,28 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
             augment=self.augment,
         )
 
+    def strided(self, count: int | None, *, what: str = "count") -> ImageDataset:
+        """``count`` samples evenly spaced over the whole dataset (a fixed probe or test subset, no randomness).
+
+        Sample ``i`` of the result is sample ``floor(i · N / count)`` of this dataset, so every part of the split
+        is represented (splits stored class by class included).
+
+        Args:
+            count: How many samples; ``None`` or at least ``len(self)``: this dataset itself (not a copy).
+            what: The setting ``count`` came from, named in the error (e.g. ``"test_images"``).
+
+        Returns:
+            This dataset, or a :meth:`subset` of ``count`` samples.
+
+        Raises:
+            ValueError: ``count`` is zero or negative.
+        """
+        if count is None or count >= len(self):
+            return self
+        if count <= 0:
+            raise ValueError(f"{what} must be positive, got {count}")
+        return self.subset(torch.from_numpy(np.linspace(0, len(self), num=count, endpoint=False).astype(np.int64)))
+
 
 # ----------------------------------------------------------------------------------------------------
 # Batching

@@ -317,6 +317,18 @@ def test_subset_keeps_metadata() -> None:
     assert torch.equal(sub.images[0], ds.images[3])
 
 
+def test_strided_takes_evenly_spaced_samples_and_whole_datasets_as_they_are() -> None:
+    ds = get_dataset("synthetic", split="val")
+    n = len(ds)
+    sub = ds.strided(7)
+    expected = [(i * n) // 7 for i in range(7)]
+    assert len(sub) == 7 and sub.split == ds.split
+    assert torch.equal(sub.images, ds.images[expected]) and torch.equal(sub.labels, ds.labels[expected])
+    assert ds.strided(None) is ds and ds.strided(n) is ds and ds.strided(n + 5) is ds
+    with pytest.raises(ValueError, match="test_images must be positive, got 0"):
+        ds.strided(0, what="test_images")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # npz directories
 # ---------------------------------------------------------------------------------------------------------

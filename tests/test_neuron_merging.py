@@ -11,6 +11,7 @@ from _nets import images, randomize_
 from torch import nn
 
 from pruning.accounting import model_cost
+from pruning.budget import bisect_bracket
 from pruning.data import get_dataset
 from pruning.export import export_static
 from pruning.methods import MergeReport, merge_pruned, merge_scales
@@ -152,12 +153,12 @@ def test_merge_scales_rejects_opposite_signs_and_checks_arguments() -> None:
 
 def _uniform_plan_at(model: nn.Module, mac_fraction: float) -> PruningPlan:
     n = len(get_units(model))
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        frac = float(model_cost(model, PruningPlan(static_keep=[mid] * n)).macs_fraction[0])
-        lo, hi = (mid, hi) if frac < mac_fraction else (lo, mid)
-    return PruningPlan(static_keep=[hi] * n, static_scores=_l1(model))
+
+    def reaches(ratio: float) -> bool:
+        return float(model_cost(model, PruningPlan(static_keep=[ratio] * n)).macs_fraction[0]) >= mac_fraction
+
+    ratio, _ = bisect_bracket(reaches, 1.0, 0.0, steps=30)  # the smallest uniform ratio at the MAC fraction
+    return PruningPlan(static_keep=[ratio] * n, static_scores=_l1(model))
 
 
 @pytest.mark.realdata

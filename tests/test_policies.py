@@ -14,7 +14,6 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
-import envs  # noqa: F401 - registers the prunegym/ ids
 from agents.algos import make_model
 from agents.hyperparams import load_hyperparams
 from agents.policies import (
@@ -26,10 +25,10 @@ from agents.policies import (
     get_policy,
     uniform_macs_curve,
 )
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID  # importing envs registers the prunegym/ ids
 from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
 from pruning.plan import keep_count
 
-RUNTIME_ID, STATIC_ID = "prunegym/RuntimePruning-v0", "prunegym/StaticPruning-v0"
 STATIC_KW: dict[str, Any] = {"model": "tiny_cnn", "num_val": 16, "batch_size": 16}
 SMALL_FF = {"net_arch": [16], "activation_fn": "tanh"}
 SMALL_LSTM = {"lstm_hidden_size": 16, "net_arch": [], "shared_lstm": True, "enable_critic_lstm": False}
@@ -41,9 +40,9 @@ def _env(kind: str) -> Any:
     if kind == "runtime_vec":
         return VecMonitor(RuntimePruningVecEnv(num_envs=4, model="tiny_cnn", budget=0.4))
     if kind == "static":
-        return gym.make(STATIC_ID, budget=0.5, **STATIC_KW)
+        return gym.make(STATIC_ENV_ID, budget=0.5, **STATIC_KW)
     assert kind == "static_split"
-    return gym.make(STATIC_ID, budget=0.6, learn_split=True, runtime=0.8, **STATIC_KW)
+    return gym.make(STATIC_ENV_ID, budget=0.6, learn_split=True, runtime=0.8, **STATIC_KW)
 
 
 def _inner(env: Any) -> Any:
@@ -227,10 +226,10 @@ def test_recurrent_paths_share_the_distribution() -> None:
 @pytest.mark.parametrize(
     ("algo", "env_id", "preset", "overrides"),
     [
-        ("ppo", RUNTIME_ID, None, ["policy=BudgetResidualPolicy", "n_steps=24", "batch_size=48", "n_epochs=2"]),
-        ("ppo", STATIC_ID, None, ["policy=BudgetResidualPolicy", "n_steps=48", "batch_size=48", "n_epochs=2"]),
-        ("recurrent_ppo", RUNTIME_ID, "paper", ["n_steps=24", "batch_size=48", "learning_rate=3e-4"]),
-        ("recurrent_ppo", STATIC_ID, "paper", ["n_steps=48", "batch_size=48", "learning_rate=3e-4"]),
+        ("ppo", RUNTIME_ENV_ID, None, ["policy=BudgetResidualPolicy", "n_steps=24", "batch_size=48", "n_epochs=2"]),
+        ("ppo", STATIC_ENV_ID, None, ["policy=BudgetResidualPolicy", "n_steps=48", "batch_size=48", "n_epochs=2"]),
+        ("recurrent_ppo", RUNTIME_ENV_ID, "paper", ["n_steps=24", "batch_size=48", "learning_rate=3e-4"]),
+        ("recurrent_ppo", STATIC_ENV_ID, "paper", ["n_steps=48", "batch_size=48", "learning_rate=3e-4"]),
     ],
 )
 def test_learns_from_yaml_and_saves(
@@ -238,7 +237,7 @@ def test_learns_from_yaml_and_saves(
 ) -> None:
     hp = load_hyperparams(algo, env_id, preset=preset, overrides=overrides)
     assert "budget_index" not in hp.get("policy_kwargs", {})  # YAML users do not write them
-    env = VecMonitor(RuntimePruningVecEnv(num_envs=4, model="tiny_cnn")) if env_id == RUNTIME_ID else _env("static")
+    env = VecMonitor(RuntimePruningVecEnv(num_envs=4, model="tiny_cnn")) if env_id == RUNTIME_ENV_ID else _env("static")
     inner = _inner(env)
     model, _ = make_model(algo, env, hp, seed=0)
     policy_cls = BudgetResidualPolicy if algo == "ppo" else BudgetResidualLstmPolicy
@@ -275,7 +274,7 @@ def test_complete_policy_kwargs_reads_wrapped_envs() -> None:
     kw = complete_policy_kwargs("BudgetResidualLstmPolicy", {"lstm_hidden_size": 8}, vec)
     assert kw["budget_index"] == vec.unwrapped.budget_index and kw["min_keep"] == 0.25
     assert kw["lstm_hidden_size"] == 8 and all(isinstance(c, float) for c in kw["macs_curve"])
-    dummy = DummyVecEnv([lambda: gym.make(STATIC_ID, **STATIC_KW)])
+    dummy = DummyVecEnv([lambda: gym.make(STATIC_ENV_ID, **STATIC_KW)])
     given = {"budget_index": 10, "min_keep": 0.3, "macs_curve": [0.0, 1.0, 0.0]}
     assert complete_policy_kwargs(BudgetResidualPolicy, given, dummy) == given  # given values win
     assert complete_policy_kwargs(BudgetResidualPolicy, None, dummy)["min_keep"] == 0.2

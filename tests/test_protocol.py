@@ -114,6 +114,17 @@ def own_rows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def test_learned_settings_default_to_the_schedule() -> None:
+    import dataclasses
+
+    from agents.schedule import ScheduleConfig
+
+    learned, schedule = LearnedSettings(), ScheduleConfig()
+    shared = {f.name for f in dataclasses.fields(learned)} & {f.name for f in dataclasses.fields(schedule)}
+    assert shared == set("rounds runtime_steps static_steps n_envs num_val static_select static_min_keep".split())
+    assert {k: getattr(learned, k) for k in shared} == {k: getattr(schedule, k) for k in shared}
+
+
 def test_rows_are_registered_in_table_order() -> None:
     assert list_rows()[: len(DEFAULT_ROWS)] == list(DEFAULT_ROWS)
     assert {f"hand:{n}" for n in HAND_POLICIES} <= set(DEFAULT_ROWS) and set(LEARNED_ROWS) <= set(DEFAULT_ROWS)

@@ -326,3 +326,41 @@ def test_distill_reaches_the_run_and_its_fair_table(tmp_path: Path, monkeypatch:
     assert {r["recipe"]["distill"] for r in results["reference"].values()} == {0.5}  # the table's rows alike
     steps = results["reference"]["l1"]["train_steps"] + results["reference"]["fbs"]["train_steps"]
     assert len(calls) > steps > 0  # the run's own CNN steps distilled too
+
+
+def test_schedule_options_are_the_config_fields() -> None:
+    import dataclasses
+
+    from agents.cli import CLI_DEFAULTS, build_parser
+
+    fields = {f.name: f for f in dataclasses.fields(ScheduleConfig)}
+    actions = {a.dest: a for a in build_parser()._actions}
+    exposed = fields.keys() & actions.keys()
+    assert fields.keys() - exposed == {"distill_temperature", "batch_size", "grad_clip"}  # left out on purpose
+    assert CLI_DEFAULTS.keys() <= exposed
+    assert all(CLI_DEFAULTS[k] != fields[k].default for k in CLI_DEFAULTS)  # an entry only where they differ
+    for name in exposed:
+        action, spec = actions[name], fields[name]
+        assert f"--{name.replace('_', '-')}" in action.option_strings
+        assert action.default == CLI_DEFAULTS.get(name, spec.default), name
+        assert spec.metadata["help"] and action.help.startswith(spec.metadata["help"]), name
+    assert vars(build_parser(defaults=False).parse_args([])) == {}  # --resume applies only what was given
+    args = build_parser().parse_args(["--gate-epochs", "0.1", "0", "--no-gate-prune", "--static-min-keep", "0.3"])
+    assert (args.gate_epochs, args.gate_prune, args.static_min_keep) == ([0.1, 0.0], False, 0.3)
+
+
+def test_no_arguments_resolve_to_the_config_defaults() -> None:
+    from agents.cli import build_parser, resolve_config
+    from agents.schedule import MODE_DEFAULTS, config_from_dict, config_to_dict
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
+    cfg = resolve_config(build_parser().parse_args([]))
+    assert cfg["n_envs"] is None  # run() takes the YAML's n_envs, else the dataclass's
+    schedule = config_from_dict({**cfg, "n_envs": ScheduleConfig.n_envs})
+    expected = ScheduleConfig(mode="static", device=device, **MODE_DEFAULTS["static"])
+    assert config_to_dict(schedule) == config_to_dict(expected)
+    assert (schedule.rounds, schedule.cnn_budget_epochs, schedule.budget) == (1, 1.0, 0.5)
+    joint = resolve_config(build_parser().parse_args(["--mode", "joint"]))
+    assert config_to_dict(config_from_dict({**joint, "n_envs": ScheduleConfig.n_envs})) == config_to_dict(
+        ScheduleConfig(device=device)
+    )

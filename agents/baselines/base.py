@@ -1,4 +1,4 @@
-"""The baseline policy protocol, the baseline registry and the budget solver they share.
+"""The baseline policy protocol, the baseline registry and what a baseline reads of an environment.
 
 A baseline is a fixed rule that gives every prunable unit a keep ratio. It implements stable-baselines3's
 ``PolicyPredictor`` protocol (``predict(observation, state, episode_start, deterministic) -> (action,
@@ -8,9 +8,10 @@ its cost model and its budget) and solves the per-unit keep counts once; ``predi
 unit index from the observation and returns that unit's action.
 
 Budgets: a baseline meets the env's MAC budget and, in the static env, its parameter budget too
-(``param_budget``): :func:`solve_budget` costs every candidate allocation exactly on both axes. After the
-episode, :meth:`BaselinePolicy.transform` turns the plan into the model that is scored (plain slicing by
-default; Neuron Merging compensates the pruned channels instead).
+(``param_budget``): :func:`pruning.budget.solve_budget` (re-exported here) costs every candidate allocation
+exactly on both axes through :class:`PruningTarget`. After the episode, :meth:`BaselinePolicy.transform` turns
+the plan into the model that is scored (plain slicing by default; Neuron Merging compensates the pruned
+channels instead).
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.unwrap import unwrap_env as _unwrap
-from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
-from envs.static import StaticPruningEnv
+from agents.unwrap import pruning_target, unwrap_env
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
 from pruning.accounting import Cost, CostModel
+from pruning.budget import solve_budget
 from pruning.criteria import Criterion
 from pruning.export import export_static
-from pruning.gating import stored_masks
 from pruning.plan import PruningPlan, keep_count
 from pruning.registry import Registry
 from pruning.units import Unit
@@ -111,6 +111,8 @@ class PruningTarget:
         tradeoff: The env's R_r.
         param_budget: The static env's parameter budget (fraction of the base backbone parameters), or
             ``None`` (always ``None`` for the runtime env, whose stored channels are fixed).
+        criterion: The static env's channel criterion (its name), or ``None`` (the runtime env; a target built
+            without an env).
     """
 
     kind: str
@@ -125,6 +127,7 @@ class PruningTarget:
     action_dim: int
     tradeoff: float
     param_budget: float | None = None
+    criterion: str | None = None
 
     @property
     def num_units(self) -> int:
@@ -156,88 +159,48 @@ class PruningTarget:
     def of(cls, env: Any) -> PruningTarget:
         """Read a static or runtime env, a wrapped one, or a ``VecEnv`` of them (the first env is read).
 
+        The plain data comes from the env's ``pruning_target()`` (:func:`agents.unwrap.pruning_target`); the
+        model and its cost model are the env's own objects, so the env must live in this process (not in a
+        ``SubprocVecEnv``'s workers).
+
         Raises:
-            TypeError: ``env`` is none of those.
+            TypeError: ``env`` is none of those, or its envs live in other processes (use a ``DummyVecEnv``).
             ValueError: the env's setting is one the baselines cannot cost exactly (see the message).
         """
-        inner = _unwrap(env)
-        if isinstance(inner, StaticPruningEnv):
-            if inner.runtime is not None:
-                raise ValueError(
-                    "baselines choose static keep ratios for a StaticPruningEnv without a runtime policy in the loop "
-                    "(runtime=None); build the env without runtime= to evaluate a baseline"
-                )
-            channels = inner.channels.astype(np.int64)
-            return cls(
-                kind="static", model=inner.model, units=list(inner.units), cost_model=inner.cost_model,
-                channels=channels, min_counts=_min_counts(inner.min_keep, channels), stored=channels.copy(),
-                min_keep=inner.min_keep, budget=inner.budget, action_dim=2 if inner.learn_split else 1,
-                tradeoff=inner.tradeoff, param_budget=inner.param_budget,
-            )  # fmt: skip
-        if isinstance(inner, RuntimePruningEnv | RuntimePruningVecEnv):
-            if inner.tradeoff != 1.0:
-                raise ValueError(
-                    f"baselines cost the runtime env exactly only for pure runtime pruning (R_r = 1); this env has "
-                    f"R_r = {inner.tradeoff}. Build it with static_keep=None (or tradeoff=1)"
-                )
-            model = inner.model
-            cost_model = inner.cost_model
-            channels = cost_model.channels.numpy().astype(np.int64)
-            stored = np.array([int(s.sum()) for s in stored_masks(model)], dtype=np.int64)
-            return cls(
-                kind="runtime", model=model, units=list(cost_model.units), cost_model=cost_model, channels=channels,
-                min_counts=_min_counts(inner.min_keep, channels), stored=stored, min_keep=inner.min_keep,
-                budget=inner.budget, action_dim=1, tradeoff=inner.tradeoff,
-            )  # fmt: skip
-        raise TypeError(
-            f"baselines run in StaticPruningEnv or RuntimePruningEnv (or a VecEnv of them); got {type(env).__name__}"
-        )
+        try:
+            spec = pruning_target(env)
+        except TypeError as err:
+            raise TypeError(
+                f"baselines run in StaticPruningEnv or RuntimePruningEnv (or a VecEnv of them); got "
+                f"{type(env).__name__} ({err})"
+            ) from err
+        if spec.runtime_in_loop:
+            raise ValueError(
+                "baselines choose static keep ratios for a StaticPruningEnv without a runtime policy in the loop "
+                "(runtime=None); build the env without runtime= to evaluate a baseline"
+            )
+        if spec.kind == "runtime" and spec.tradeoff != 1.0:
+            raise ValueError(
+                f"baselines cost the runtime env exactly only for pure runtime pruning (R_r = 1); this env has "
+                f"R_r = {spec.tradeoff}. Build it with static_keep=None (or tradeoff=1)"
+            )
+        inner = unwrap_env(env)  # the live model: criteria score it
+        cost_model: CostModel = inner.cost_model
+        channels = np.array(spec.channels, dtype=np.int64)
+        return cls(
+            kind=spec.kind, model=inner.model, units=list(cost_model.units), cost_model=cost_model, channels=channels,
+            min_counts=_min_counts(spec.min_keep, channels), stored=np.array(spec.stored, dtype=np.int64),
+            min_keep=spec.min_keep, budget=spec.budget, action_dim=spec.action_dim, tradeoff=spec.tradeoff,
+            param_budget=spec.param_budget, criterion=spec.criterion,
+        )  # fmt: skip
 
 
 #: The env id of each kind of :class:`PruningTarget` (for messages).
-_ENV_IDS = {"static": "prunegym/StaticPruning-v0", "runtime": "prunegym/RuntimePruning-v0"}
+_ENV_IDS = {"static": STATIC_ENV_ID, "runtime": RUNTIME_ENV_ID}
 
 
 def _min_counts(min_keep: float, channels: np.ndarray) -> np.ndarray:
     return np.array([int(keep_count(min_keep, int(c))) for c in channels], dtype=np.int64)
-
-
-def solve_budget(
-    target: PruningTarget, counts_at: Callable[[float], np.ndarray], lo: float, hi: float, budget: float | None
-) -> np.ndarray:
-    """Keep counts ``counts_at(s)`` for the largest ``s`` in ``[lo, hi]`` that meets every budget.
-
-    The budgets are the MAC ``budget`` (``None``: none) and the target's parameter budget
-    (:attr:`PruningTarget.param_budget`, the static env's ``param_budget``); both are costed exactly
-    (:meth:`pruning.accounting.CostModel.from_counts`). ``counts_at`` must be non-decreasing in ``s`` (a larger
-    ``s`` never keeps fewer channels); it is clipped to ``[min_counts, channels]``. MACs and parameters both
-    grow with every count, so bisection on ``s`` (60 halvings) finds the answer: it meets both budgets, and the
-    smallest larger ``s`` that changes any count breaks at least one.
-
-    Raises:
-        ValueError: even ``counts_at(lo)`` (at the env's ``min_keep`` floor) exceeds a budget.
-    """
-
-    def counts(s: float) -> np.ndarray:
-        return np.clip(np.asarray(counts_at(s), dtype=np.int64), target.min_counts, target.channels)
-
-    floor = counts(lo)
-    if not target.fits(floor, budget):
-        macs, params = target.macs_fraction(floor), target.params_fraction(floor)
-        raise ValueError(
-            f"the budgets (MACs {budget}, params {target.param_budget}) cannot be met: the smallest allocation "
-            f"keeps {macs:.4f} of the MACs and {params:.4f} of the parameters (min_keep={target.min_keep}; layers "
-            "that are not units are never pruned). Raise the budget or lower min_keep"
-        )
-    if target.fits(counts(hi), budget):
-        return counts(hi)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if target.fits(counts(mid), budget):
-            lo = mid
-        else:
-            hi = mid
-    return counts(lo)
 
 
 class BaselinePolicy(abc.ABC):
@@ -327,7 +290,8 @@ class BaselinePolicy(abc.ABC):
             ValueError: the env is of a kind this baseline does not act in (:attr:`env_kinds`), it ranks
                 channels by another criterion, no budget is given (here or by the env), or the budgets cannot
                 be met.
-            TypeError: ``env`` is not a PruneGym environment.
+            TypeError: ``env`` is not a PruneGym environment, or its envs live in other processes (a
+                ``SubprocVecEnv``: a baseline reads the env's model; use a ``DummyVecEnv``).
         """
         target = PruningTarget.of(env)
         if target.kind not in self.env_kinds:
@@ -342,11 +306,10 @@ class BaselinePolicy(abc.ABC):
             raise ValueError("no budget: pass budget= to the baseline or give the env a budget / param_budget")
         budget = 1.0 if budget is None else budget  # a parameter budget alone: every MAC fraction is allowed
         if self.criterion is not None and target.kind == "static":
-            env_criterion = getattr(_unwrap(env), "criterion_name", None)
-            if env_criterion != self.criterion:
+            if target.criterion != self.criterion:
                 raise ValueError(
                     f"baseline {self.name!r} ranks channels by {self.criterion!r} but the env uses "
-                    f"{env_criterion!r}; build the env with criterion={self.criterion!r} (baseline.criterion)"
+                    f"{target.criterion!r}; build the env with criterion={self.criterion!r} (baseline.criterion)"
                 )
         counts = np.asarray(self.allocate(target, budget), dtype=np.int64)
         if counts.shape != (target.num_units,):

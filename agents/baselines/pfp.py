@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.unwrap import unwrap_env
-from envs.static import StaticPruningEnv
+from agents.unwrap import pruning_target, unwrap_env
+from envs.common import TargetSpec
+from pruning.budget import SOLVE_STEPS, bisect_monotone
 from pruning.criteria import Criterion
 from pruning.criteria.pfp import (
     draw_generator,
@@ -224,16 +225,18 @@ class PFPBaseline(BaselinePolicy):
                 met.
             TypeError: ``env`` is not a PruneGym environment.
         """
-        inner = unwrap_env(env)
-        check = self.inputs is not None and isinstance(inner, StaticPruningEnv)
-        if check and inner.criterion_name not in _CRITERION_NAMES[self.deterministic]:
+        spec = pruning_target(env)
+        inner = unwrap_env(env)  # the live env: its images and channel scores
+        check = self.inputs is not None and spec.kind == "static"
+        if check and spec.criterion not in _CRITERION_NAMES[self.deterministic]:
             raise ValueError(
                 f"baseline 'pfp' was given a calibration batch but the env ranks channels by "
-                f"{inner.criterion_name!r}; build the env with criterion=policy.channel_criterion() (the "
+                f"{spec.criterion!r}; build the env with criterion=policy.channel_criterion() (the "
                 f"{_CRITERION_NAMES[self.deterministic][0]!r} criterion on the same batch), or leave inputs=None "
                 "to only allocate counts"
             )
-        self._calibration = self.inputs if self.inputs is not None else _env_calibration(inner, self.num_calibration)
+        calibration = self.inputs if self.inputs is not None else _env_calibration(inner, spec, self.num_calibration)
+        self._calibration = calibration
         super().prepare(env)
         if check and not self.deterministic:
             assert self.first is not None
@@ -272,16 +275,11 @@ class PFPBaseline(BaselinePolicy):
         lo, hi = -math.log(_EPS_RANGE[1]), -math.log(_EPS_RANGE[0])
         counts = solve_budget(target, counts_at, lo, hi, budget)
         # the solved ε: the smallest ε (largest log 1/ε) that still gives these counts
-        a, b = lo, hi
-        if np.array_equal(np.clip(counts_at(hi), target.min_counts, target.channels), counts):
-            a = hi
-        for _ in range(60):
-            mid = 0.5 * (a + b)
-            if (np.clip(counts_at(mid), target.min_counts, target.channels) <= counts).all():
-                a = mid
-            else:
-                b = mid
-        self.epsilon = math.exp(-a)
+
+        def within(log_inv_eps: float) -> bool:
+            return bool((np.clip(counts_at(log_inv_eps), target.min_counts, target.channels) <= counts).all())
+
+        self.epsilon = math.exp(-bisect_monotone(within, lo, hi, steps=SOLVE_STEPS))
         self.sensitivities = sens
         self.first = first
         return counts
@@ -322,11 +320,9 @@ class PFPBaseline(BaselinePolicy):
         return out
 
 
-def _env_calibration(env: Any, n: int) -> torch.Tensor:
+def _env_calibration(env: Any, spec: TargetSpec, n: int) -> torch.Tensor:
     """The first ``n`` normalised images of a static env's reward subset or of a runtime env's dataset."""
-    if isinstance(env, StaticPruningEnv):
+    if spec.kind == "static":
         return env.validation_data[0][:n]
-    dataset = getattr(env, "dataset", None)
-    if dataset is None:
-        raise TypeError(f"cannot take a calibration batch from {type(env).__name__}; pass inputs=")
+    dataset = env.dataset
     return dataset.normalize(dataset.images[:n])

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..budget import bisect_bracket
 from ..data import ImageDataset, iterate_batches
 from ..units import get_units, trace_shapes
 
@@ -414,8 +415,9 @@ def solve_target(
     """The smallest uniform threshold Δ whose measured mean MAC fraction on ``images`` meets ``budget``.
 
     Every threshold is set to the same value and the MAC fraction measured (:func:`measure_gating`); a
-    higher Δ closes more gates, so the fraction falls with Δ and bisection finds where it crosses the budget.
-    The range grows (doubling, up to ±64) until it brackets the budget. The model's thresholds are left at
+    higher Δ closes more gates, so the fraction falls with Δ and bisection (:func:`pruning.budget.bisect_bracket`,
+    no end tried) finds where it crosses the budget. The range grows (doubling, up to ±64) until it brackets
+    the budget. The model's thresholds are left at
     the answer; calibrate the gates first (:func:`calibrate_gates`).
 
     Args:
@@ -449,10 +451,5 @@ def solve_target(
         lo, hi = hi, 2.0 * hi
     while frac(lo) <= budget and lo > -64:
         hi, lo = lo, 2.0 * lo
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if frac(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid
-    return hi, frac(hi)
+    delta, _ = bisect_bracket(lambda d: frac(d) <= budget, hi, lo, steps=iters)
+    return delta, frac(delta)

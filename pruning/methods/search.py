@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pruning.accounting import CostModel
+from pruning.budget import bisect_monotone_int
 from pruning.plan import PruningPlan
 
 __all__ = ["SearchResult", "threshold_to_budget"]
@@ -44,9 +45,10 @@ def threshold_to_budget(model: nn.Module, scores: Sequence[torch.Tensor], budget
     Each unit keeps ``k = max(1, #{c : score_c > τ})`` channels; ``τ`` is the lowest of the scores (or
     ``-inf``: keep everything) whose plan costs at most ``budget`` of the unpruned MACs per image
     (:class:`pruning.accounting.CostModel`, exact). MACs never grow with ``τ``, so a bisection over the sorted
-    scores finds it; the next lower score would exceed the budget. This is network slimming's rule (Liu et al.,
-    ICCV 2017) and what a training-based method whose own threshold misses the budget is completed with: the
-    scores must be comparable across units (BN scales, normalised filter norms).
+    scores (:func:`pruning.budget.bisect_monotone_int`) finds it; the next lower score would exceed the budget.
+    This is network slimming's rule (Liu et al., ICCV 2017) and what a training-based method whose own threshold
+    misses the budget is completed with: the scores must be comparable across units (BN scales, normalised
+    filter norms).
 
     Args:
         model: A plain (or gated) model; only its shapes are read.
@@ -82,13 +84,7 @@ def threshold_to_budget(model: nn.Module, scores: Sequence[torch.Tensor], budget
             f"even one channel per unit costs {fraction(candidates[-1]):.4f} of the MACs, above the budget {budget}: "
             "raise the budget (layers that are not units are never pruned)"
         )
-    lo, hi = 0, len(candidates) - 1  # invariant: fraction(candidates[hi]) <= budget
-    if fraction(candidates[lo]) <= budget:
-        hi = lo
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fraction(candidates[mid]) <= budget else (mid, hi)
-    tau = candidates[hi]
+    tau = candidates[bisect_monotone_int(lambda i: fraction(candidates[i]) <= budget, len(candidates) - 1, 0)]
     keep = counts(tau)
     plan = PruningPlan(
         static_keep=[int(k) / int(c) for k, c in zip(keep, cost.channels, strict=True)],
