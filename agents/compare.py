@@ -64,8 +64,16 @@ Outputs in ``out_dir``: ``results.csv`` (one row per run, :data:`CSV_FIELDS`), `
 policy × budget, mean ± std over seeds) and ``pareto.png`` (test top-1 vs MAC fraction, one series per policy,
 marker area ∝ stored parameters; runtime series dashed, trained ones dotted).
 
+**Seeding.** Each cell (one policy at one budget and seed) is a function of the call's settings and its own
+(policy, budget, seed) only (:func:`run_cell`): it starts from torch's global generator seeded with its
+seed, so no cell depends on the cells before it.
+
+**On a Ray cluster.** With ``ray=`` (``--ray [ADDRESS]``) the cells run as Ray tasks in parallel
+(:mod:`agents.distributed`); the rows and outputs are the serial run's, in the same order, except timings.
+
 Command line: ``prunegym compare --policies l1 random fbs --budgets 0.5 0.3 --seeds 0 1 2`` (or
-``python -m agents.compare ...``).
+``python -m agents.compare ...``; add ``--ray`` to run the cells on a local Ray instance, ``--ray auto`` on the
+cluster this machine joined).
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ import math
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +109,7 @@ from agents.baselines import (
     get_baseline,
     list_baselines,
 )
+from agents.distributed import run_tasks
 from envs.runtime import RuntimePruningEnv
 from envs.static import StaticPruningEnv
 from pruning.accounting import CostModel, model_cost
@@ -114,6 +124,7 @@ from pruning.train import TrainConfig, dataset_for_model, evaluate, fractional_e
 __all__ = [
     "CSV_FIELDS",
     "KINDS",
+    "CompareSettings",
     "PolicySpec",
     "aggregate",
     "compare",
@@ -126,6 +137,7 @@ __all__ = [
     "pareto_plot",
     "parse_policy",
     "read_csv",
+    "run_cell",
     "write_csv",
 ]
 
@@ -765,6 +777,154 @@ class _Finetune:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# One cell: a (policy, budget, seed) run, scored
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What every cell of one :func:`compare` call shares, picklable: a Ray worker rebuilds its bench from it.
+
+    The fields are the :func:`compare` arguments of the same names.
+
+    Attributes:
+        key: Identifies the call (a fresh random hex string by default): a process builds the base model, the
+            data and the envs once per key (:func:`run_cell`) and reuses them for every cell of the call.
+    """
+
+    model: str | Path | nn.Module
+    weights: str | Path | None
+    gated_model: str | Path | nn.Module | None
+    dataset: str
+    data_dir: str | Path | None
+    num_val: int | None
+    test_images: int | None
+    finetune_epochs: int
+    finetune_images: int | None
+    train_epochs: float
+    latency: bool
+    latency_threads: int | None
+    device: str | torch.device
+    progress: bool
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class _Cells:
+    """One process's share of a :func:`compare` call: the bench, the fine-tune cache, and each cell's row."""
+
+    def __init__(
+        self,
+        settings: CompareSettings,
+        built_models: dict[tuple[Any, ...], tuple[BuiltModel, float]] | None = None,
+    ) -> None:
+        self.settings, self.built_models = settings, built_models
+        self.bench = _Bench(
+            model=settings.model, weights=settings.weights, gated_model=settings.gated_model,
+            dataset=settings.dataset, data_dir=settings.data_dir, num_val=settings.num_val,
+            test_images=settings.test_images, finetune_images=settings.finetune_images, device=settings.device,
+        )  # fmt: skip
+        self.finetune = _Finetune(self.bench, settings.finetune_epochs)
+
+    def run(self, spec: PolicySpec, budget: float, seed: int) -> dict[str, Any] | str:
+        """The cell's row, or why it was skipped (a ``ValueError`` of one infeasible combination).
+
+        Every cell starts from torch's global generator seeded with its own ``seed`` (restored afterwards; on
+        CUDA, the device's too), so a cell's row does not depend on which cells ran before it in the same
+        process (what PruneGym draws is seeded explicitly; this covers e.g. the default init of new layers).
+        """
+        device = torch.device(self.settings.device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            try:
+                return self._row(spec, budget, seed)
+            except ValueError as exc:  # one infeasible combination (e.g. a budget below a method's floor)
+                if spec.kind in ("base", "agent"):
+                    raise
+                return f"{spec.label} @ {budget:g} (seed {seed}): {exc}"
+
+    def _row(self, spec: PolicySpec, budget: float, seed: int) -> dict[str, Any]:
+        bench, finetune, settings = self.bench, self.finetune, self.settings
+        runners: dict[str, Callable[[PolicySpec, float, int], _Result]] = {
+            "base": lambda s, b, seed: _run_base(bench),
+            "static": lambda s, b, seed: _run_static(bench, s, b, seed, finetune),
+            "runtime": lambda s, b, seed: _run_runtime(bench, s, b, seed, finetune),
+            "trained": lambda s, b, seed: _run_trained(
+                bench, s, b, seed, finetune, settings.train_epochs, settings.progress, self.built_models
+            ),
+            "agent": lambda s, b, seed: _run_agent(bench, s),
+        }
+        start = time.perf_counter()
+        res = runners[spec.kind](spec, budget, seed)
+        res.model.eval()
+
+        def timed(batch: int, repeats: int, model: nn.Module = res.latency_model) -> float:
+            if not settings.latency:
+                return math.nan
+            return measure_latency(
+                model, batch, device=settings.device, repeats=repeats, threads=settings.latency_threads
+            )
+
+        test_top1 = res.test_top1
+        if test_top1 is None:
+            test_top1 = float(evaluate(res.model, bench.test_set(res.model), batch_size=_EVAL_BATCH)["top1"])
+        row: dict[str, Any] = {
+            "policy": spec.label,
+            "model": _model_name(settings.model),
+            "kind": spec.kind,
+            "budget": budget,
+            "seed": seed,
+            "mac_fraction": res.mac_fraction,
+            "params": int(res.params),
+            "params_fraction": res.params_fraction,
+            "val_top1": _top1_on(res.model, *res.val),
+            "val_top1_env": res.val_top1_env,
+            "test_top1": test_top1,
+            "test_images": len(bench.test_set(res.model)),
+            "latency_b1_ms": timed(1, 20),
+            "latency_b128_ms": timed(128, 3),
+            "finetune_epochs": 0 if spec.kind in ("base", "agent") else settings.finetune_epochs,
+            "train_epochs": settings.train_epochs if spec.kind == "trained" else 0.0,
+            "train_seconds": res.train_seconds,
+            "keep_ratios": " ".join(f"{k:.3f}" for k in (res.keep_ratios or [])),
+            "info": json.dumps(res.info, sort_keys=True, default=str),
+        }
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+
+#: The cells of the latest call this process ran cells for (a Ray worker's; see :func:`run_cell`).
+_PROCESS_CELLS: dict[str, _Cells] = {}
+
+
+def run_cell(settings: CompareSettings, spec: PolicySpec, budget: float, seed: int) -> dict[str, Any] | str:
+    """Run one (policy, budget, seed) cell of a :func:`compare` call: what each Ray task of ``ray=`` runs.
+
+    A pure function of picklable arguments: the process builds the call's bench (base model, data, envs)
+    from ``settings`` at its first cell and keeps it for the next cells with the same ``settings.key`` (one
+    call at a time). The serial :func:`compare` runs the same code in its own process, so both give the same
+    rows, up to the timing columns (``latency_b1_ms``, ``latency_b128_ms``, ``seconds``, ``train_seconds``).
+
+    Args:
+        settings: The call's shared settings.
+        spec: The policy (:func:`parse_policy`); ``PolicySpec("base", "base", "base")`` is the reference row.
+        budget: The MAC budget.
+        seed: The seed (policy, fine-tune, training and torch's global generator during the cell).
+
+    Returns:
+        The row (the keys of :data:`CSV_FIELDS`), or a one-line message when the policy cannot run at this
+        budget (it raised ``ValueError``): :func:`compare` lists it under "Skipped".
+
+    Raises:
+        ValueError: from the base row or a trained agent's run (never skipped), and anything else a run raises.
+    """
+    cells = _PROCESS_CELLS.get(settings.key)
+    if cells is None:
+        _PROCESS_CELLS.clear()  # one call at a time: drop the previous call's models and data
+        cells = _PROCESS_CELLS[settings.key] = _Cells(settings)
+    return cells.run(spec, budget, seed)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # compare
 # ----------------------------------------------------------------------------------------------------------
 
@@ -792,6 +952,7 @@ def compare(
     include_base: bool = False,
     latency_threads: int | None = None,
     built_models: dict[tuple[Any, ...], tuple[BuiltModel, float]] | None = None,
+    ray: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every policy × budget (× seed) on the same base model and data; write the table and the plot.
 
@@ -827,15 +988,25 @@ def compare(
             fine-tune setting): what training-based methods build is kept in it, keyed by (a digest of the
             base model's layers and weights, policy, budget, seed, ``train_epochs``), and a later call starts
             from a copy instead of training again
-            (its ``train_seconds`` is the first call's). ``None`` (default): every call trains.
+            (its ``train_seconds`` is the first call's). ``None`` (default): every call trains. Not with ``ray``.
+        ray: Run every cell (policy, budget, seed) as a Ray task (:func:`run_cell`, through
+            :func:`agents.distributed.run_tasks`; ``pip install "prunegym[ray]"``), at this address: ``"local"``
+            starts a Ray instance on this machine, ``"auto"`` joins the running cluster, ``"HOST:PORT"`` names
+            its head node. Each task takes one CPU (one torch thread; and one GPU when ``device`` is CUDA) and
+            each worker process loads the model and data itself, so paths must be the same on every node.
+            Rows, their order and the outputs are those of the serial run (``None``, the default) except the
+            timing columns (``latency_*`` measured on whichever node ran the cell, ``seconds``,
+            ``train_seconds``); a fine-tune that ran with several threads in the serial run may differ by the
+            float noise of the thread count.
 
     Returns:
         One dict per run, with the keys of :data:`CSV_FIELDS` (``info`` is a JSON string).
 
     Raises:
         ValueError: an unknown policy or option, a saved agent, no policies, budgets or seeds, a bad budget,
-            a gated model for static or trained policies, or every run skipped (a run a policy cannot do
-            at its budget is skipped and listed in ``results.md``, see above).
+            a gated model for static or trained policies, ``built_models`` with ``ray``, or every run skipped
+            (a run a policy cannot do at its budget is skipped and listed in ``results.md``, see above).
+        ImportError: ``ray`` without Ray installed (the message names the extra).
     """
     specs = [parse_policy(p) for p in dict.fromkeys(policies)]
     if not specs or not budgets or not seeds:
@@ -849,26 +1020,27 @@ def compare(
         raise ValueError(f"train_epochs must be a non-negative number of epochs, got {train_epochs}")
     if finetune_images is not None and finetune_images <= 0:
         raise ValueError(f"finetune_images must be positive, got {finetune_images}")
-    bench = _Bench(
+    if ray is not None and built_models is not None:
+        raise ValueError(
+            "built_models keeps trained models in this process, and with ray= the cells run in Ray workers; "
+            "pass one of them"
+        )
+    settings = CompareSettings(
         model=model, weights=weights, gated_model=gated_model, dataset=dataset, data_dir=data_dir, num_val=num_val,
-        test_images=test_images, finetune_images=finetune_images, device=device,
+        test_images=test_images, finetune_epochs=finetune_epochs, finetune_images=finetune_images,
+        train_epochs=train_epochs, latency=latency, latency_threads=latency_threads, device=device,
+        progress=progress,
     )  # fmt: skip
+    cells = _Cells(settings, built_models)
+    bench = cells.bench
     for spec in specs:  # fail before the first run: a gated model cannot serve static or trained policies
         if spec.kind in ("static", "trained"):
             bench.plain(spec.kind)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    finetune = _Finetune(bench, finetune_epochs)
     model_name = _model_name(model)
     any_trained = any(s.kind == "trained" for s in specs)
 
-    runners: dict[str, Callable[[PolicySpec, float, int], _Result]] = {
-        "base": lambda s, b, seed: _run_base(bench),
-        "static": lambda s, b, seed: _run_static(bench, s, b, seed, finetune),
-        "runtime": lambda s, b, seed: _run_runtime(bench, s, b, seed, finetune),
-        "trained": lambda s, b, seed: _run_trained(bench, s, b, seed, finetune, train_epochs, progress, built_models),
-        "agent": lambda s, b, seed: _run_agent(bench, s),
-    }
     runs = [
         (spec, float(b), int(s))
         for b in budgets
@@ -884,56 +1056,33 @@ def compare(
         runs.insert(0, (PolicySpec("base", "base", "base"), 1.0, int(seeds[0])))
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    bar = tqdm(runs, desc="compare", disable=not progress, file=sys.stderr)
-    for spec, budget, seed in bar:
-        bar.set_postfix_str(f"{spec.label} @ {budget:g} seed {seed}")
-        start = time.perf_counter()
-        try:
-            res = runners[spec.kind](spec, budget, seed)
-        except ValueError as exc:  # one infeasible combination (e.g. a budget below a method's floor)
-            if spec.kind in ("base", "agent"):
-                raise
-            skipped.append(f"{spec.label} @ {budget:g} (seed {seed}): {exc}")
-            log.warning("skipped %s", skipped[-1])
-            continue
-        res.model.eval()
 
-        def timed(batch: int, repeats: int, model: nn.Module = res.latency_model) -> float:
-            if not latency:
-                return math.nan
-            return measure_latency(model, batch, device=device, repeats=repeats, threads=latency_threads)
-
-        test_top1 = res.test_top1
-        if test_top1 is None:
-            test_top1 = float(evaluate(res.model, bench.test_set(res.model), batch_size=_EVAL_BATCH)["top1"])
-        row: dict[str, Any] = {
-            "policy": spec.label,
-            "model": model_name,
-            "kind": spec.kind,
-            "budget": budget,
-            "seed": seed,
-            "mac_fraction": res.mac_fraction,
-            "params": int(res.params),
-            "params_fraction": res.params_fraction,
-            "val_top1": _top1_on(res.model, *res.val),
-            "val_top1_env": res.val_top1_env,
-            "test_top1": test_top1,
-            "test_images": len(bench.test_set(res.model)),
-            "latency_b1_ms": timed(1, 20),
-            "latency_b128_ms": timed(128, 3),
-            "finetune_epochs": 0 if spec.kind in ("base", "agent") else finetune_epochs,
-            "train_epochs": train_epochs if spec.kind == "trained" else 0.0,
-            "train_seconds": res.train_seconds,
-            "keep_ratios": " ".join(f"{k:.3f}" for k in (res.keep_ratios or [])),
-            "info": json.dumps(res.info, sort_keys=True, default=str),
-        }
-        row["seconds"] = time.perf_counter() - start
+    def record(outcome: dict[str, Any] | str) -> None:
+        if isinstance(outcome, str):
+            skipped.append(outcome)
+            log.warning("skipped %s", outcome)
+            return
         log.info(
-            "%s @ %.3g (seed %d): MACs %.4f, params %d, val %.2f%%, test %.2f%%",
-            spec.label, budget, seed, row["mac_fraction"], row["params"], row["val_top1"], row["test_top1"],
+            "%s @ %.3g (seed %d): MACs %.4f, params %d, val %.2f%%, test %.2f%%", outcome["policy"],
+            outcome["budget"], outcome["seed"], outcome["mac_fraction"], outcome["params"], outcome["val_top1"],
+            outcome["test_top1"],
         )  # fmt: skip
-        rows.append(row)
-    bar.close()
+        rows.append(outcome)
+
+    if ray is None:
+        bar = tqdm(runs, desc="compare", disable=not progress, file=sys.stderr)
+        for spec, budget, seed in bar:
+            bar.set_postfix_str(f"{spec.label} @ {budget:g} seed {seed}")
+            record(cells.run(spec, budget, seed))
+        bar.close()
+    else:
+        del cells, bench  # the workers build their own
+        gpus = 1.0 if torch.device(device).type == "cuda" else 0.0
+        worker_settings = dataclasses.replace(settings, progress=False)  # one bar, over the cells
+        for outcome in run_tasks(
+            run_cell, runs, address=ray, shared=(worker_settings,), num_gpus=gpus, progress=progress, desc="compare"
+        ):
+            record(outcome)
 
     if title is None:
         title = f"{model_name} on {dataset}, fine-tune {finetune_epochs} epoch(s)"
@@ -957,9 +1106,7 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
     integers = {"seed", "params", "test_images", "finetune_epochs"}
     with Path(path).open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return [
-        {k: (v if k in text else int(v) if k in integers else float(v)) for k, v in row.items()} for row in rows
-    ]
+    return [{k: (v if k in text else int(v) if k in integers else float(v)) for k, v in row.items()} for row in rows]
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -1122,6 +1269,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-base", action="store_true", help="no reference row for the unpruned base model")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="run every cell as a Ray task (pip install 'prunegym[ray]'): alone, on a new local Ray instance; "
+        "'auto', on the cluster this machine joined (ray start); HOST:PORT, on that head node's cluster",
+    )  # fmt: skip
     return p
 
 
@@ -1139,9 +1291,9 @@ def main(argv: list[str] | None = None) -> int:
             test_images=args.test_images, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
             finetune_images=args.finetune_images, train_epochs=args.train_epochs, out_dir=out,
             latency=not args.no_latency, progress=not args.no_progress, device=args.device,
-            include_base=not args.no_base, latency_threads=args.latency_threads,
+            include_base=not args.no_base, latency_threads=args.latency_threads, ray=args.ray,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"prunegym compare: error: {e}", file=sys.stderr)
         return 2
     print((Path(out) / "results.md").read_text(encoding="utf-8"))

@@ -4,13 +4,16 @@ The schedule of Chen, Chen & Pan, "Storage Efficient and Dynamic Flexible Runtim
 Reinforcement Learning" (NeurIPS 2020, Sec. 4.1), as phases run in order:
 
 ===================  ======================================================================================
-``gate_predictor``   backbone + runtime predictors ``u_r`` fine-tuned with no pruning, ``u_s`` frozen
+``gate_predictor``   backbone + runtime predictors ``u_r`` fine-tuned under the budget's uniform cut
+                     (``gate_prune``, the default; ``False``: no pruning, as Chen et al.), ``u_s`` frozen
 ``gate_static``      the same with ``u_s`` trained too
 ``rl_runtime_<r>``   CNN frozen: the runtime agent learns in ``prunegym/RuntimePruning-v0`` under the current
                      static plan (R_r = ``tradeoff``); round 0 starts from "store everything"
 ``rl_static_<r>``    CNN frozen: the static agent learns in ``prunegym/StaticPruning-v0`` with the runtime
-                     agent in the loop (deterministic); its deterministic episode becomes the static plan
-``cnn_<r>``          agents frozen and deterministic: CNN and importances fine-tuned (Adam, grad clip 40)
+                     agent in the loop (deterministic); the best of its explored plans, re-scored on val
+                     (``static_select``), becomes the static plan
+``cnn_<r>``          agents frozen and deterministic: CNN and importances fine-tuned (the run's one SGD
+                     schedule: Nesterov, cosine over all CNN phases; optional distillation from the base)
                      under their decisions (:class:`envs.runtime.PolicyRuntimeSource` prunes every batch)
 ===================  ======================================================================================
 
@@ -459,18 +462,14 @@ class _PruningStats(BaseCallback):
         if self.bar is not None:
             self.bar.update(int(self.training_env.num_envs))
         for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
-            if not done or "macs_fraction" not in info:
+            if not done or "reward_parts" not in info:
                 continue
+            # the end-of-episode keys both envs report (envs.rewards.EPISODE_INFO_KEYS); top-1 is on val images
             self._add("pruning/macs_fraction", info["macs_fraction"])
-            self._add("pruning/params_fraction", info.get("params_fraction", float("nan")))
-            if "top1" in info:  # static env: top-1 of the pruned model on its validation subset
-                self._add("pruning/val_top1", info["top1"])
-                for k, v in info.get("reward_parts", {}).items():
-                    self._add(f"reward/{k}", v)
-            if "reward_accuracy" in info:
-                self._add("reward/accuracy", info["reward_accuracy"])
-                self._add("reward/budget", info["reward_budget"])
-                self._add("pruning/correct", float(info["correct"]))
+            self._add("pruning/params_fraction", info["params_fraction"])
+            self._add("pruning/val_top1", info["top1"])
+            for k, v in info["reward_parts"].items():
+                self._add(f"reward/{k}", v)
         return True
 
     def _add(self, key: str, value: float) -> None:

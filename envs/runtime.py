@@ -44,7 +44,19 @@ from .render import (
     frame_to_text,
     render_frame,
 )
-from .rewards import LOSS_CAP, LOSS_SCALE_FLOOR, BudgetTerm, MeanBudgetTerm, RunningLossScale
+from .rewards import (
+    LOSS_CAP,
+    LOSS_SCALE_FLOOR,
+    BudgetTerm,
+    EpisodeResult,
+    MeanBudgetTerm,
+    RewardFn,
+    RunningLossScale,
+    call_reward,
+    episode_infos,
+    paper_reward,
+    resolve_reward,
+)
 
 __all__ = [
     "OBS_BOUND",
@@ -276,6 +288,7 @@ class _RuntimeCore:
         static_keep: Sequence[float] | None,
         tradeoff: float | None,
         min_keep: float,
+        reward: str | RewardFn,
         budget_term: BudgetTerm | MeanBudgetTerm | None,
         static_scores: Sequence[Any] | None,
         runtime_order: str,
@@ -294,6 +307,8 @@ class _RuntimeCore:
         self.min_keep = float(min_keep)
         self.device = torch.device(device)
         self.budget = budget  # validated by the setter
+        self.reward_fn: RewardFn
+        self.reward_fn, self.reward_name = resolve_reward(reward)
         self.budget_term = budget_term if budget_term is not None else BudgetTerm()
         self._warmup, self._decay = int(loss_scale_warmup), float(loss_scale_decay)
         self._own_scale = loss_scale is None  # only the env's own running mean restarts on a seeded reset
@@ -349,9 +364,7 @@ class _RuntimeCore:
                 )
             r = 1.0 if tradeoff is None else float(tradeoff)
             scores = None if static_scores is None else [torch.as_tensor(v, dtype=torch.float32) for v in static_scores]
-            plan = PruningPlan(
-                static_keep=static_keep, tradeoff=r, static_scores=scores, runtime_order=runtime_order
-            )
+            plan = PruningPlan(static_keep=static_keep, tradeoff=r, static_scores=scores, runtime_order=runtime_order)
             set_plan(self.model, plan)
         if exported and runtime_order != self.units[0].runtime_order:
             raise ValueError(
@@ -589,28 +602,38 @@ class _RuntimeCore:
             capped = ~torch.isfinite(ce)
             ce = torch.where(capped, torch.full_like(ce, LOSS_CAP), ce)
             correct = logits.argmax(1) == self._y
-        frac = cost.macs_fraction  # float64 (B,)
         # β is updated before the reward, as in the static env: a first episode is normalised by its own CE
         scale = self._update_loss_scales(ce)
-        r_acc = -ce.cpu() / scale
-        r_bud = self.budget_term(frac, self._budget)
-        reward = (r_acc + r_bud).numpy()
+        b = self.num_envs
+        result = EpisodeResult(
+            top1=100.0 * correct.cpu().double(), loss=ce.cpu(), macs_fraction=cost.macs_fraction,
+            params_fraction=self.params_fraction, macs=cost.macs.double(), params=float(cost.params),
+            budget=self._budget, param_budget=None, loss_scale=scale, budget_term=self.budget_term,
+        )  # fmt: skip
+        value, parts = call_reward(self.reward_fn, self.reward_name, result)  # one call for the whole batch
+        reward = torch.as_tensor(value, dtype=torch.float64).cpu()
+        if reward.numel() not in (1, b):
+            raise ValueError(
+                f"reward function {self.reward_name!r} returned shape {tuple(reward.shape)}; a runtime reward "
+                f"returns one value per episode ({b},) or one float for all"
+            )
         pred = (cost.predictor_macs.double() / self.base_macs).tolist()
         cols = {
             "predictor_macs_fraction": pred,
-            "reward_accuracy": r_acc.tolist(),
-            "reward_budget": r_bud.tolist(),
             "ce": ce.tolist(),
-            "loss_capped": capped.tolist(),
             "correct": correct.tolist(),
             "label": self._y.tolist(),
         }
+        ends = episode_infos(result, parts, capped.tolist(), b)
         for i, info in enumerate(infos):
             for k, v in cols.items():
                 info[k] = v[i]
-            info["loss_scale"] = float(scale[i])
+            info.update(ends[i])
+            if self.reward_fn is paper_reward:  # deprecated aliases of the reward's parts (see Version History)
+                info["reward_accuracy"] = info["reward_parts"]["accuracy"]
+                info["reward_budget"] = info["reward_parts"]["budget_macs"]
         self._committed = cost.macs.numpy()
-        return self._observe(self.num_units), reward, True, infos
+        return self._observe(self.num_units), reward.reshape(-1).expand(b).numpy(), True, infos
 
 
 def _check_actions(actions: Any, num_envs: int) -> np.ndarray:
@@ -747,63 +770,50 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     ## Description
 
     The runtime MDP of Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via
-    Deep RL", NeurIPS 2020, Sec. 3.3). An episode is one image's forward pass
-    through a fixed, gated network (``pruning.gating.GatedConv``: each prunable unit has a runtime channel
-    importance predictor ``u_r = FC(GAP(input))``). At step ``t`` the agent sees unit ``t``'s input (its
-    global average pool) and the predictor's importance of each of the unit's output channels, and chooses
-    the unit's **runtime keep ratio** for this image; the unit then keeps that fraction of its channels, the
-    most important by ``u_r`` (combined with the fixed static plan by the trade-off pruner at rate R_r), and
-    the network runs on to the next unit. After the last unit the logits are scored: the reward trades the
-    image's cross-entropy against its MAC cost.
-
-    The prunable units are those of ``pruning.units``: ``conv1`` of every residual block in a CIFAR ResNet,
-    every conv but the last in a plain net. A step runs the network from unit ``t`` to unit ``t + 1`` only
-    (``pruning.stepper.UnitStepper``), so an episode costs one forward pass. ``RuntimePruningVecEnv`` runs
-    ``num_envs`` images as synchronous episodes with one batched forward per step, and gives exactly what
-    ``num_envs`` of these environments give (see its docstring).
-
-    Two flaws of the released code are not copied: the MAC fraction is computed from the **final combined
-    masks** (what the trade-off pruner applied), not from the raw actions, and each conv's input channels
-    come from its producer unit's mask (the released code scales both the input and the output channels of
-    a layer by the previous layer's action).
+    Deep RL", NeurIPS 2020, Sec. 3.3). An episode is one image's forward pass through a fixed, gated network
+    whose prunable units each predict a runtime channel importance `u_r = FC(GAP(input))`. At step `t` the
+    agent sees unit `t`'s input GAP and `u_r`, and chooses the unit's **runtime keep ratio** for this image;
+    the unit keeps its most important channels by `u_r` (combined with the fixed static plan by the trade-off
+    pruner at rate R_r) and the network runs on to the next unit. After the last unit the reward trades the
+    image's cross-entropy against its MAC cost. A step runs only from unit `t` to `t + 1`, so an episode
+    costs one forward pass; `RuntimePruningVecEnv` runs `num_envs` episodes as one batch with exactly the same
+    results. Derivations and design notes (including two flaws of the released code not copied):
+    `docs/envs.md`.
 
     ## Action Space
 
-    The action is a `ndarray` of shape `(1,)`, `float32`, in `[-1, 1]`: unit t's runtime keep ratio
-    `min_keep + (a + 1) / 2 · (1 - min_keep)`, i.e. `[-1, 1]` maps to `[min_keep, 1]` (`[0.1, 1]` by default,
-    Chen et al.'s floor). Values outside `[-1, 1]` are clipped to it (a Gaussian policy samples outside its box);
-    `info` shows the requested (unclipped) and the applied ratio. NaN or infinite values, or an array that is
-    not one number, raise `ValueError`. The ratio is rounded to 6 decimals (float32 noise), and keeps
-    `k = clamp(ceil(ratio·C), 1, C)` channels (`pruning.plan.keep_count`; C = the unit's full width), capped at
-    the unit's stored channels. `action_for_ratio(r)` inverts the map.
+    A `float32` `ndarray` of shape `(1,)` in `[-1, 1]`: unit t's runtime keep ratio
+    `min_keep + (a + 1) / 2 · (1 - min_keep)`, in `[min_keep, 1]` (`[0.1, 1]` by default, Chen et al.'s floor).
+    Values outside `[-1, 1]` are clipped; NaN, infinite values or more than one number raise `ValueError`.
+    The ratio keeps `k = clamp(ceil(ratio·C), 1, C)` channels, capped at the unit's stored channels.
+    `action_for_ratio(r)` inverts the map.
 
     ## Observation Space
 
-    The observation is a `ndarray` of shape `(G + U + 3,)`, `float32`, where `G` is the widest C_in and `U`
-    the widest C_out over the units (tiny_cnn: 16 + 16 + 3 = 35; ResNet-20/56: 64 + 64 + 3 = 131):
+    A `float32` `ndarray` of shape `(G + U + 3,)`, where `G` is the widest C_in and `U` the widest C_out over
+    the units (tiny_cnn: 16 + 16 + 3 = 35; ResNet-20/56: 64 + 64 + 3 = 131):
 
     | Num         | Observation                                                          | Min    | Max   |
     |-------------|----------------------------------------------------------------------|--------|-------|
     | 0 … G-1     | GAP of unit t's input, channel c (0 for c ≥ unit t's C_in)           | -1e4   | 1e4   |
-    | G … G+U-1   | `u_r` of unit t's output channel c (0 for c ≥ C_out, and for channels not stored) | -1e4 | 1e4 |
-    | G+U         | unit index t / (L - 1)                                                | 0      | 1     |
+    | G … G+U-1   | `u_r` of unit t's output channel c (0 for c ≥ C_out or not stored)   | -1e4   | 1e4   |
+    | G+U         | unit index t / (L - 1)                                               | 0      | 1     |
     | G+U+1       | MAC budget (fraction of the base backbone MACs)                      | 0      | 1     |
-    | G+U+2       | MAC fraction committed so far (see below)                            | 0      | 1     |
+    | G+U+2       | MAC fraction committed so far, unprunable layers included            | 0      | 1     |
 
-    GAP and `u_r` are the predictor's own inputs and outputs at the unit's original widths
-    (`GatedConv.source_view`: input channels pruned upstream read 0, as do output channels that are never
-    stored), so an observation means the same for a masked, an exported and a `DynamicModel` network. They
-    are clipped to `[-1e4, 1e4]` (`OBS_BOUND`) so the Box is finite; real values are O(1)-O(10). The
-    **committed MAC fraction** is `(MACs of the layers that are not units' outputs, e.g. the stem and the
-    classifier) + Σ_{u < t} MACs of unit u's conv and of its non-unit consumer` under the masks applied so
-    far, over the base MACs: it starts at the unprunable floor and ends at the episode's MAC fraction B.
-    The terminal observation (after the last unit) has zeros for GAP and `u_r`, index 1 and the final B.
+    GAP and `u_r` are read at the unit's original widths, so an observation means the same for a masked, an
+    exported and a `DynamicModel` network. The terminal observation has zeros for GAP and `u_r`, index 1 and
+    the episode's MAC fraction B. Details: `docs/envs.md`.
 
     ## Rewards
 
-    0 at every step but the last. At the last unit, for the image `(x, y)`:
+    0 at every step but the last. At the last unit the reward function (`reward=`, from the same registry as
+    `StaticPruningEnv`'s: `envs.rewards`) is called once on the batch of episodes that end together, an
+    `envs.rewards.EpisodeResult` whose per-image fields are float64 tensors (`loss` = CE, `top1` = 100·correct,
+    `macs_fraction` = B, `loss_scale` = β), and returns one reward per image; its named terms are
+    `info["reward_parts"]`. The default, `"paper"` (Chen et al.), for the image `(x, y)`:
 
-    `r = -CE(x, y) / β + budget_term(B, budget)`, with
+    `r = -CE(x, y) / β + budget_term(B, budget)` (parts `accuracy` and `budget_macs`), with
 
     - `β` the running mean of the cross-entropy (`envs.rewards.RunningLossScale`: cumulative mean over the
       first `loss_scale_warmup` updates, then an EMA with `loss_scale_decay`), updated **before** the reward
@@ -820,17 +830,17 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
       `budget_term=BudgetTerm(...)`): `-1.2·(exp((B - budget)/0.03) - 1)` over budget, `+0.1·(budget - B)`
       under.
 
-    A non-finite CE (logits that overflow) is replaced by `LOSS_CAP` (`info["loss_capped"]`), and the penalty's
-    exponent is capped, so the reward is finite for any action.
+    `"accuracy"` (`0.01·top1`), `"acc_log_macs"`, any name registered with `envs.rewards.register_reward` or a
+    callable `fn(EpisodeResult) -> (rewards, parts)` work alike. A non-finite CE (logits that overflow) is
+    replaced by `LOSS_CAP` (`info["loss_capped"]`), and the penalty's exponent is capped, so the `"paper"`
+    reward is finite for any action; a reward function that returns a non-finite value raises `ValueError`.
 
     ## Starting State
 
-    Unit 0 of an image drawn uniformly (with replacement) from the data split by `self.np_random`; on an
-    augmented split (`train` by default) the crop offsets and the flip are drawn next from the same generator.
-    `reset(seed=s)` reseeds the generator **and restarts the running loss scale** (a shared or fixed scale is
-    left alone), so two rollouts from the same seed and actions are identical; an unseeded `reset()` continues
-    both. `reset(options={"image_index": i})` runs image `i` of the split (no draw for the image; augmentation
-    is still drawn).
+    Unit 0 of an image drawn uniformly (with replacement) from the split by `self.np_random`, which also draws
+    the crop and flip of an augmented split. `reset(seed=s)` reseeds it **and restarts the running loss
+    scale**, so the same seed and actions give the same rollout; `reset(options={"image_index": i})` runs
+    image `i` of the split.
 
     ## Episode End
 
@@ -840,50 +850,43 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     `info` at every step: `unit`, `image_index`, `requested_ratio`, `ratio` (applied), `kept_channels`,
     `kept_fraction` (kept / full width, after the trade-off with the static plan), `macs_fraction` (committed
     so far; at the last unit the episode's B), `params_fraction` (stored backbone parameters over the base:
-    fixed by the static plan). At the last unit also `predictor_macs_fraction`, `reward_accuracy`,
-    `reward_budget`, `ce`, `loss_capped`, `correct` (top-1), `label` and `loss_scale` (the β used). `reset`'s
+    fixed by the static plan). At the last unit also the keys both envs report at an episode's end
+    (`envs.rewards.EPISODE_INFO_KEYS`): `macs` and `params` (absolute), `macs_fraction`, `params_fraction`,
+    `top1` (100 or 0: this image), `loss` (the CE), `loss_scale` (the β used), `loss_capped` and `reward_parts`
+    (the reward's named terms, summing to the reward); and `predictor_macs_fraction`, `ce`, `correct`, `label`.
+    With the `"paper"` reward `reward_accuracy` and `reward_budget` repeat its parts (deprecated). `reset`'s
     `info` has `image_index`.
 
     ## Arguments
 
     All keyword-only; `gymnasium.make("prunegym/RuntimePruning-v0", **kwargs)` passes them through.
 
-    | Parameter           | Default       | Description                                                               |
-    |---------------------|---------------|---------------------------------------------------------------------------|
-    | `model`             | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`             |
+    | Parameter           | Default       | Description                                                                |
+    |---------------------|---------------|----------------------------------------------------------------------------|
+    | `model`             | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`              |
     | `weights`           | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
-    | `dataset`           | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`       |
-    | `data_dir`          | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)         |
-    | `split`             | `"val"`       | where images come from: `"val"` or `"train"`; `"test"` is refused         |
-    | `num_images`        | `None`        | use only the split's first `num_images` images (`None`: all)              |
-    | `dataset_kwargs`    | `None`        | extra keywords of `get_dataset` (e.g. `val_size`; synthetic: `size`)      |
-    | `augment`           | `None`        | CIFAR crop + flip per episode; `None`: the split's default (train only)   |
-    | `budget`            | `0.5`         | MAC budget: cap on each image's backbone MAC fraction, in (0, 1]          |
-    | `static_keep`       | `None`        | fixed static keep ratio per unit (`None`: no static pruning)              |
-    | `tradeoff`          | `None`        | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`  |
-    | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)          |
-    | `runtime_order`     | `"u_r"`       | which channels a keep count keeps: each image's top-k by `u_r`, or        |
-    |                     |               | `"prefix"`: the first k of the static ranking (contiguous after export)   |
-    | `min_keep`          | `0.1`         | keep ratio of action -1 (Chen et al.'s runtime floor)                     |
-    | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)         |
-    |                     |               | or `MeanBudgetTerm()`: a Lagrangian on the batch-mean MAC fraction        |
+    | `dataset`           | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`        |
+    | `data_dir`          | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)          |
+    | `split`             | `"val"`       | where images come from: `"val"` or `"train"`; `"test"` is refused          |
+    | `num_images`        | `None`        | use only the split's first `num_images` images (`None`: all)               |
+    | `dataset_kwargs`    | `None`        | extra keywords of `get_dataset` (e.g. `val_size`; synthetic: `size`)       |
+    | `augment`           | `None`        | CIFAR crop + flip per episode; `None`: the split's default (train only)    |
+    | `budget`            | `0.5`         | MAC budget: cap on each image's backbone MAC fraction, in (0, 1]           |
+    | `static_keep`       | `None`        | fixed static keep ratio per unit (`None`: no static pruning)               |
+    | `tradeoff`          | `None`        | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`   |
+    | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)           |
+    | `runtime_order`     | `"u_r"`       | kept channels: each image's top-k by `u_r`, or `"prefix"`: static order    |
+    | `min_keep`          | `0.1`         | keep ratio of action -1 (Chen et al.'s runtime floor)                      |
+    | `reward`            | `"paper"`     | name in the `envs.rewards` registry, or a callable (see Rewards)           |
+    | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` (1.2 / 0.03 / 0.1) or `MeanBudgetTerm()`         |
     | `loss_scale`        | `None`        | β: `None` (a fresh running mean), a shared `RunningLossScale`, or a float  |
-    | `loss_scale_warmup` | `200`         | batches averaged cumulatively before the EMA starts (fresh running mean)  |
-    | `loss_scale_decay`  | `0.995`       | EMA weight of the old value (fresh running mean)                          |
-    | `device`            | `"cpu"`       | where the model runs and the images live                                  |
-    | `render_mode`       | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                         |
+    | `loss_scale_warmup` | `200`         | batches averaged cumulatively before the EMA starts (fresh running mean)   |
+    | `loss_scale_decay`  | `0.995`       | EMA weight of the old value (fresh running mean)                           |
+    | `device`            | `"cpu"`       | where the model runs and the images live                                   |
+    | `render_mode`       | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                          |
 
-    Details:
-
-    - `model`: a name is built with `pruning.models.get_model` (random initialisation seeded with 0, so every
-      env built from the same name holds the same network) and gated with predictors; a plain `nn.Module` is
-      deep-copied and gated with predictors (fresh predictors compute `u_r = γ`, a constant ranking); a gated
-      module is deep-copied and used as it is (an exported one keeps its fixed static structure and R_r;
-      otherwise the env sets its own static plan). The copy runs in eval mode without gradients.
-    - Inputs are normalised as the model's weights expect (`pruning.train.dataset_for_model`).
-    - The static plan and R_r never change during the env's lifetime (Chen et al. alternate agent and network
-      training; the network is the environment). `budget` may be changed (`env.budget = 0.3`); the
-      observation shows it from the next step.
+    The static plan and R_r never change during the env's lifetime; `budget` may (`env.budget = 0.3`, shown
+    from the next step). More on `model` and the other arguments: `docs/envs.md`.
 
     ```python
     >>> import gymnasium as gym
@@ -904,30 +907,18 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
 
     ## Rendering
 
-    `render_mode="rgb_array"`: `render()` returns the episode so far as a `uint8` array of shape
-    `(360, 640, 3)` (`envs.render.RGB_SHAPE`): per unit the static keep ratio and stored channels (fixed) and,
-    for the units already run, the runtime keep ratio and the channels computed for this image (stored ones
-    pruned at runtime apart); beside it the MAC fraction committed so far (the episode's B after the last
-    unit) against the budget and the stored parameter fraction. `render_mode="ansi"` returns the same as a
-    text table. Drawn with matplotlib's Agg canvas (no display); `None` (the default) renders nothing.
-    `episode_frame()` gives the numbers behind both.
-
-    ## Processes and pickling
-
-    The env pickles (`pickle`, `cloudpickle`, `copy.deepcopy`; the forward-pass segments of
-    `pruning.stepper.UnitStepper` are rebuilt from the model on unpickling): a round trip continues the
-    episode. Worker processes started by fork (Gymnasium's `AsyncVectorEnv`, `multiprocessing`) are safe after
-    the parent has run torch: importing `envs` registers an `os.register_at_fork` hook that sets
-    `torch.set_num_threads(1)` in every forked child, because a child forked after torch's OpenMP thread pool
-    has run otherwise blocks forever in its first convolution (the pool's threads do not survive the fork).
-    Spawned and forkserver workers (SB3's `SubprocVecEnv` by default) start a fresh interpreter: no hook is
-    needed, but the id must be registered there. They re-import a script that imports `envs`; from a notebook
-    or `python -c`, pass the id as `"envs:prunegym/RuntimePruning-v0"` (Gymnasium imports the module first).
+    `render_mode="rgb_array"`: `render()` returns the episode so far as a `(360, 640, 3)` `uint8` picture,
+    `"ansi"` as a text table, `None` (the default) nothing; `episode_frame()` gives the numbers behind both.
+    The env pickles and is safe in forked or spawned workers (`docs/envs.md`, "Processes and pickling").
 
     ## Version History
 
     * v0: Initial version. Render modes, pickling and fork-safe workers came later without a version bump
-      (observations, actions and rewards are unchanged).
+      (observations, actions and rewards are unchanged). The `reward=` argument (the `envs.rewards`
+      registry; the default `"paper"` is the same reward as before), `info["reward_parts"]` and the shared
+      end-of-episode keys (`macs`, `params`, `top1`, `loss`) came later too. `info["reward_accuracy"]` and
+      `info["reward_budget"]` are deprecated aliases of `reward_parts["accuracy"]` and
+      `reward_parts["budget_macs"]` (reported with the `"paper"` reward only) and go in the next version.
     """
 
     metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
@@ -947,6 +938,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         static_keep: Sequence[float] | None = None,
         tradeoff: float | None = None,
         min_keep: float = 0.1,
+        reward: str | RewardFn = "paper",
         budget_term: BudgetTerm | MeanBudgetTerm | None = None,
         static_scores: Sequence[Any] | None = None,
         runtime_order: str = "u_r",
@@ -961,7 +953,7 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
         self._core = _RuntimeCore(
             1, model=model, weights=weights, dataset=dataset, data_dir=data_dir, split=split,
             num_images=num_images, dataset_kwargs=dataset_kwargs, augment=augment, budget=budget,
-            static_keep=static_keep, tradeoff=tradeoff, min_keep=min_keep, budget_term=budget_term,
+            static_keep=static_keep, tradeoff=tradeoff, min_keep=min_keep, reward=reward, budget_term=budget_term,
             static_scores=static_scores, runtime_order=runtime_order, loss_scale=loss_scale,
             loss_scale_warmup=loss_scale_warmup,
             loss_scale_decay=loss_scale_decay,
@@ -1023,9 +1015,10 @@ class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
       algorithm) makes the next ``reset()`` seed sub-environment ``i`` with ``s + i``, exactly as a
       ``RuntimePruningEnv`` reset with ``seed=s + i``: it draws the same images, so the observations, masks,
       MAC fractions, CE and budget terms equal those of ``num_envs`` single environments. The accuracy term
-      agrees too while β is the same: always with a fixed ``loss_scale``, and in the first episode with a
-      running one (afterwards the vector env updates β with the batch's mean CE, a single env with its own).
-      A seeded reset restarts the running loss scale, like the single env's.
+      agrees too: each sub-environment keeps its own running β, updated with its own episodes' CE as a single
+      env's is (a shared ``RunningLossScale`` passed as ``loss_scale`` is instead updated once per batch with
+      the batch's mean CE: Chen et al.'s per-batch β). A seeded reset restarts the running loss scales, like
+      the single env's.
     - ``set_options([{"image_index": i}, ...])`` fixes the images of the next ``reset()``.
     - **Attributes**: the sub-environments share one model, plan, budget and loss scale. ``get_attr(name)``
       returns the shared attribute once per index (``np_random``: each sub-environment's own generator);

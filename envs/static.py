@@ -32,7 +32,16 @@ from pruning.units import Unit
 
 from .common import TargetSpec, build_env_model, load_reward_split
 from .render import RENDER_FPS, RENDER_MODES, EpisodeFrame, UnitFrame, check_render_mode, render_frame
-from .rewards import LOSS_CAP, BudgetTerm, EpisodeResult, RewardFn, RunningLossScale, get_reward
+from .rewards import (
+    LOSS_CAP,
+    BudgetTerm,
+    EpisodeResult,
+    RewardFn,
+    RunningLossScale,
+    call_reward,
+    episode_infos,
+    resolve_reward,
+)
 
 __all__ = [
     "Criterion",
@@ -87,63 +96,37 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
 
-    The agent walks once through the prunable units of a fixed, pretrained network (:mod:`pruning.units`: ``conv1`` of
-    every residual block in a CIFAR ResNet, every conv but the last in a plain net) and gives each one a
-    **static keep ratio**: the fraction of its output channels kept for every input. Which channels are kept
-    is decided by a channel criterion (L1 filter norm for a plain model, Chen et al.'s learned ``u_s`` for a gated
-    one). When the last unit is decided, the pruned model is scored on a fixed validation subset and the
-    episode's only non-zero reward is paid. The budget — a fraction of the unpruned model's MACs per image,
-    optionally also of its parameters — is either enforced by AMC's *action wall* (``budget_mode="clamp"``:
-    each action is cut so that the remaining units, even at the smallest keep ratio, can still meet the budget)
-    or charged in the reward by Chen et al.'s exponential penalty (``budget_mode="penalty"``).
-
-    This is the MDP of AMC (He et al., ECCV 2018) with the rewards of Chen, Chen & Pan ("Storage
-    Efficient and Dynamic Flexible Runtime Channel Pruning via Deep RL", NeurIPS 2020). Optionally a runtime
-    policy runs in the loop (``runtime=``), so the static agent is rewarded for the model as it will run, with
-    runtime and static pruning combined by the trade-off pruner at rate R_r; ``learn_split=True`` lets the agent
-    choose each unit's R_r too (beyond the paper, where R_r is one fixed number).
+    The agent walks once through the prunable units of a fixed, pretrained network and gives each a **static
+    keep ratio** (the fraction of its output channels kept for every input, chosen by a channel criterion);
+    after the last unit the pruned model is scored on a fixed validation subset, the only non-zero reward.
+    The MAC budget (and an optional parameter budget) is enforced by AMC's action wall (`budget_mode="clamp"`)
+    or charged by Chen et al.'s penalty (`"penalty"`): the MDP of AMC (He et al., ECCV 2018) with the rewards of
+    Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep RL", NeurIPS
+    2020). A runtime policy may run in the loop (`runtime=`). Derivations and design notes: `docs/envs.md`.
 
     ## Action Space
 
-    The action is a `ndarray` of shape `(1,)` (or `(2,)` with `learn_split=True`), `float32`, in `[-1, 1]`:
+    A `float32` `ndarray` of shape `(1,)` (`(2,)` with `learn_split=True`), in `[-1, 1]`:
 
     | Num | Action                              | Maps to                                                       |
     |-----|-------------------------------------|---------------------------------------------------------------|
     | 0   | static keep ratio of unit t         | `min_keep + (a + 1) / 2 · (1 - min_keep)`, in `[min_keep, 1]` |
     | 1   | R_r of unit t (`learn_split` only)  | `(a + 1) / 2` in `[0, 1]` (0 = pure static, 1 = pure runtime) |
 
-    Values outside `[-1, 1]` are clipped to it (Gaussian policies sample outside their box; stable-baselines3
-    clips before the env sees the action anyway). NaN or infinite values, or an array of the wrong size, raise
-    `ValueError`. A keep ratio `a` keeps `k = clamp(ceil(a·C), 1, C)` channels (`pruning.plan.keep_count`).
-
-    In `clamp` mode the **action wall** then lowers `k` to the largest count for which the budget can still be
-    met with every later unit at `min_keep` (and, with `learn_split`, at R_r = 0); with a parameter budget the
-    wall enforces both budgets. The check is exact: the candidate plans are costed with
-    `pruning.accounting.CostModel`, including the coupling of a plain net's unit with the next unit's input
-    (`pruning.budget.unit_feasible` and `pruning.budget.action_wall`).
-    With a runtime policy in the loop the wall bounds each image's MACs by the most channels each unit can
-    compute (exact for a fixed runtime ratio, all stored channels for a callable policy), so *every* image,
-    not only the mean, meets the budget. With `learn_split`, when even `min_keep` does not fit the requested
-    R_r, R_r is lowered (in steps of 1/20 of the request) until it fits; R_r = 0 always fits. `info` reports
-    the requested and the applied values; the applied ratio equals the requested one unless the wall cut it,
-    and is then `k / C` (always below the requested ratio). In `penalty` mode there is no wall.
+    Values outside `[-1, 1]` are clipped; NaN, infinite values or a wrong size raise `ValueError`. A ratio `a`
+    keeps `k = clamp(ceil(a·C), 1, C)` channels. In `clamp` mode the action wall then lowers `k` (with
+    `learn_split`, also R_r) to the most that still meets the budgets with every later unit at `min_keep`,
+    exactly, for every image (`pruning.budget.action_wall`; `docs/envs.md`).
 
     ## Observation Space
 
-    The observation is a `ndarray` of shape `(13,)` (`(14,)` with `learn_split`), `float32`, every entry in
-    `[0, 1]`. Entries 0-7 describe the unit to decide (AMC's layer embedding), each min-max normalised over the
-    model's units (`(x - min) / (max - min)`, 0 when all units are equal):
+    A `float32` `ndarray` of shape `(13,)` (`(14,)` with `learn_split`), every entry in `[0, 1]`. Entries 0-7
+    are AMC's layer embedding of the unit to decide (unpruned), each min-max normalised over the units:
 
     | Num | Observation                                                      | Min | Max |
     |-----|------------------------------------------------------------------|-----|-----|
-    | 0   | unit index t                                                     | 0   | 1   |
-    | 1   | input channels C_in                                              | 0   | 1   |
-    | 2   | output channels C_out                                            | 0   | 1   |
-    | 3   | kernel size k                                                    | 0   | 1   |
-    | 4   | stride                                                           | 0   | 1   |
-    | 5   | output H × W                                                     | 0   | 1   |
-    | 6   | conv weights k²·C_in·C_out (unpruned)                            | 0   | 1   |
-    | 7   | conv MACs k²·H·W·C_in·C_out (unpruned)                           | 0   | 1   |
+    | 0-5 | unit t's index, C_in, C_out, kernel size, stride, output H × W   | 0   | 1   |
+    | 6-7 | unit t's conv weights k²·C_in·C_out and MACs k²·H·W·C_in·C_out   | 0   | 1   |
     | 8   | MACs already removed, fraction of the base MACs                  | 0   | 1   |
     | 9   | MACs still removable by units t.., fraction of the base MACs     | 0   | 1   |
     | 10  | MAC budget, fraction of the base MACs (1 when there is none)     | 0   | 1   |
@@ -151,11 +134,8 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | 12  | previous applied keep ratio (1 at t = 0)                         | 0   | 1   |
     | 13  | previous applied R_r (`learn_split` only; `tradeoff` at t = 0)   | 0   | 1   |
 
-    Entries 8 and 9 are computed from the decisions so far: "removed" is `1 - MACs(units < t as decided,
-    units ≥ t unpruned) / base`, "removable" is `MACs(units ≥ t unpruned) - MACs(units ≥ t at min_keep)` over
-    the base, both with the other units as decided. They are exact per-image MACs without a runtime policy
-    and the same per-image upper bound the wall uses with one. The observation after the last step repeats
-    the last unit's descriptors with "removable" 0.
+    Entries 8 and 9 are costed from the decisions so far (formulas in `docs/envs.md`). After the last step the
+    observation repeats the last unit's descriptors with entry 9 at 0.
 
     ## Rewards
 
@@ -178,10 +158,9 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Starting State
 
-    Unit 0, nothing pruned. There is no randomness: the validation subset is drawn once, at construction,
-    with `val_seed`, and every episode scores the same images. `reset(seed=...)` seeds `np_random` (unused by
-    the dynamics) as Gymnasium requires. `reset(options={"budget": b, "param_budget": p})` changes the budgets
-    from this episode on (`ValueError` if `clamp` mode cannot meet them).
+    Unit 0, nothing pruned; no randomness (the subset is drawn once, with `val_seed`, for every episode).
+    `reset(options={"budget": b, "param_budget": p})` changes the budgets from this episode on (`ValueError` if
+    `clamp` mode cannot meet them).
 
     ## Episode End
 
@@ -199,62 +178,35 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     All keyword-only (`gymnasium.make("prunegym/StaticPruning-v0", **kwargs)` passes them through):
 
-    | Parameter        | Default       | Description                                                                |
-    |------------------|---------------|----------------------------------------------------------------------------|
-    | `model`          | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`, plain/gated |
-    | `weights`        | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
-    | `dataset`        | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`        |
-    | `data_dir`       | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)          |
-    | `split`          | `"val"`       | where reward images come from: `"val"` or `"train"`; `"test"` is refused   |
-    | `num_val`        | `512`         | size of the fixed reward subset (`None`: the whole split)                  |
-    | `val_seed`       | `0`           | seed of the one-time draw of the subset                                    |
-    | `batch_size`     | `128`         | images per forward pass when scoring (CPU caches favour small batches)     |
-    | `budget`         | `0.5`         | MAC budget, fraction of the base MACs per image; `None` for none           |
-    | `param_budget`   | `None`        | parameter budget, fraction of the base backbone parameters                 |
-    | `budget_mode`    | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (Chen et al., reward only)    |
-    | `reward`         | `"paper"`     | name in the `envs.rewards` registry, or a callable                         |
-    | `min_keep`       | `0.2`         | smallest keep ratio an action maps to                                      |
-    | `criterion`      | `None`        | a `pruning.criteria` name (`"l1"`, `"u_s"`, ...) or `fn(model, unit)`      |
-    | `runtime`        | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
-    | `tradeoff`       | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (Chen et al.)       |
-    | `learn_split`    | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
-    | `runtime_order`  | `"u_r"`       | the runtime policy's channel choice: top-k by `u_r`, or `"prefix"` of the  |
-    |                  |               | static ranking (`pruning.plan.PruningPlan.runtime_order`)                  |
-    | `budget_term`    | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)          |
-    | `loss_scale`     | `None`        | β_b: `None` (a fresh running mean), a shared `RunningLossScale`, a float   |
-    | `device`         | `"cpu"`       | where the model is scored                                                  |
-    | `dataset_kwargs` | `None`        | extra keywords of `get_dataset` (e.g. `val_size`, `seed`)                  |
-    | `bn_recalibration` | `0`         | images of the split (outside the scored subset) that re-estimate BN first  |
-    | `render_mode`    | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                          |
-
-    Details:
-
-    - `model` is deep-copied and used in eval mode without gradients; a plain model is gated without
-      predictors (`pruning.gating.gate_model(predictor=False)`) so plans can mask it.
-    - `num_val`: for `"synthetic"` the split is generated with this many images; for CIFAR the subset is a
-      seeded draw from the 5 000-image `val` split. `None` uses the whole split.
-    - `min_keep` 0.2 is AMC's `lbound`: a static cut is permanent, so no unit drops below a fifth of its
-      channels (the runtime environment's 0.1 is Chen et al.'s runtime floor).
-    - `criterion=None` picks `"u_s"` for a gated model (Chen et al.'s learned static importance) and `"l1"` (filter
-      L1 norm, Li et al. ICLR 2017) for a plain one. A callable gets the env's gated copy of the model and a
-      `pruning.units.Unit`, and returns one score per output channel (higher = kept first); the scores become
-      `PruningPlan.static_scores`.
-    - `runtime`: `None`, one keep ratio for every unit, one per unit, or a `pruning.plan.RuntimeSource`
-      `fn(unit_index, gap, u_r) -> ratios (N,)` asked during the forward pass (a runtime agent). `tradeoff` and
-      `learn_split` need it. With `learn_split` each unit's R_r is set on its `GatedConv` after `set_plan`
-      (`PruningPlan.tradeoff` is one number; see `apply_plan`).
-    - `loss_scale`: share one `RunningLossScale` between environments to normalise them alike; a float
-      fixes β_b.
-    - `bn_recalibration`: before scoring an episode's plan, every BatchNorm layer's running statistics are
-      re-estimated (cumulative average, train-mode forward passes, no gradients) on this many images of the
-      split that are not in the scored subset, then restored after scoring. Pruning shifts the statistics of the
-      layers that consume pruned channels; without it the reward of a deep cut is the accuracy of a
-      mis-normalised network (on ResNet-20 at half the MACs: ~13% with the stale statistics, ~52% after
-      re-estimation on 1 000 images), so allocations barely differ in reward. 0 scores with the stored statistics.
+    | Parameter          | Default       | Description                                                                |
+    |--------------------|---------------|----------------------------------------------------------------------------|
+    | `model`            | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`, plain/gated |
+    | `weights`          | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
+    | `dataset`          | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`        |
+    | `data_dir`         | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)          |
+    | `split`            | `"val"`       | where reward images come from: `"val"` or `"train"`; `"test"` is refused   |
+    | `num_val`          | `512`         | size of the fixed reward subset (`None`: the whole split)                  |
+    | `val_seed`         | `0`           | seed of the one-time draw of the subset                                    |
+    | `batch_size`       | `128`         | images per forward pass when scoring (CPU caches favour small batches)     |
+    | `budget`           | `0.5`         | MAC budget, fraction of the base MACs per image; `None` for none           |
+    | `param_budget`     | `None`        | parameter budget, fraction of the base backbone parameters                 |
+    | `budget_mode`      | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (Chen et al., reward only)    |
+    | `reward`           | `"paper"`     | name in the `envs.rewards` registry, or a callable                         |
+    | `min_keep`         | `0.2`         | smallest keep ratio an action maps to                                      |
+    | `criterion`        | `None`        | a `pruning.criteria` name (`"l1"`, `"u_s"`, ...) or `fn(model, unit)`      |
+    | `runtime`          | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
+    | `tradeoff`         | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (Chen et al.)       |
+    | `learn_split`      | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
+    | `runtime_order`    | `"u_r"`       | runtime channel choice: top-k by `u_r`, or `"prefix"` of the static order  |
+    | `budget_term`      | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)          |
+    | `loss_scale`       | `None`        | β_b: `None` (a fresh running mean), a shared `RunningLossScale`, a float   |
+    | `device`           | `"cpu"`       | where the model is scored                                                  |
+    | `dataset_kwargs`   | `None`        | extra keywords of `get_dataset` (e.g. `val_size`, `seed`)                  |
+    | `bn_recalibration` | `0`           | images of the split (outside the scored subset) that re-estimate BN first  |
+    | `render_mode`      | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                          |
 
     A budget that `clamp` mode cannot meet even with every unit at `min_keep` raises `ValueError` at
-    construction (it names the smallest reachable fraction). To time one episode at a given subset size,
-    construct with `num_val=512` or `num_val=2048` (synthetic data is generated at that size).
+    construction. More on `model`, `criterion`, `runtime`, `bn_recalibration` and the rest: `docs/envs.md`.
 
     ```python
     >>> import gymnasium as gym
@@ -275,24 +227,9 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rendering
 
-    `render_mode="rgb_array"`: `render()` returns the plan of the episode so far as a `uint8` array of shape
-    `(360, 640, 3)` (`envs.render.RGB_SHAPE`): per unit, the static keep ratio, the stored channels, and (with
-    a runtime policy in the loop) the most channels an image computes and the fixed runtime keep ratio; beside
-    it the MAC and parameter fractions against their budgets (of the decided units with the later ones
-    unpruned, the scored means once the episode is over). `render_mode="ansi"` returns the same as a text
-    table. Drawn with matplotlib's Agg canvas (no display); `None` (the default) renders nothing.
-    `episode_frame()` gives the numbers behind both.
-
-    ## Processes and pickling
-
-    The env pickles (`pickle`, `cloudpickle`, `copy.deepcopy`): a round trip gives an env that continues the
-    episode. Worker processes started by fork (Gymnasium's `AsyncVectorEnv`, `multiprocessing`) are safe after
-    the parent has run torch: importing `envs` registers an `os.register_at_fork` hook that sets
-    `torch.set_num_threads(1)` in every forked child, because a child forked after torch's OpenMP thread pool
-    has run otherwise blocks forever in its first convolution (the pool's threads do not survive the fork).
-    Spawned and forkserver workers (SB3's `SubprocVecEnv` by default) start a fresh interpreter: no hook is
-    needed, but the id must be registered there. They re-import a script that imports `envs`; from a notebook
-    or `python -c`, pass the id as `"envs:prunegym/StaticPruning-v0"` (Gymnasium imports the module first).
+    `render_mode="rgb_array"`: `render()` returns the plan so far as a `(360, 640, 3)` `uint8` picture,
+    `"ansi"` as a text table, `None` (the default) nothing; `episode_frame()` gives the numbers behind both.
+    The env pickles and is safe in forked or spawned workers (`docs/envs.md`, "Processes and pickling").
 
     ## Version History
 
@@ -418,14 +355,8 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._runtime_ratios.append(float(ratio))
 
         # -- reward ------------------------------------------------------------------------------------------
-        if isinstance(reward, str):
-            self.reward_fn: RewardFn = get_reward(reward)
-            self.reward_name = reward
-        elif callable(reward):
-            self.reward_fn = reward
-            self.reward_name = getattr(reward, "__name__", type(reward).__name__)
-        else:
-            raise TypeError(f"reward must be a registered name or a callable, got {type(reward).__name__}")
+        self.reward_fn: RewardFn
+        self.reward_fn, self.reward_name = resolve_reward(reward)
         self.budget_term = budget_term if budget_term is not None else BudgetTerm()
         if loss_scale is None:
             self.loss_scale: RunningLossScale | float = RunningLossScale()
@@ -837,30 +768,17 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             loss_scale=scale,
             budget_term=self.budget_term,
         )
-        reward, parts = self.reward_fn(result)
-        reward = float(reward)
-        if not math.isfinite(reward):
-            raise ValueError(
-                f"reward function {self.reward_name!r} returned {reward} for {result}; rewards must be finite"
-            )
+        reward, parts = call_reward(self.reward_fn, self.reward_name, result)
         self._scored = (float(result.macs_fraction), float(result.params_fraction))
+        info.update(episode_infos(result, parts, capped, 1)[0])
         info.update(
-            macs_fraction=result.macs_fraction,
             macs_fraction_max=float(macs_per_image.max()) / cost.base_macs,
-            params_fraction=result.params_fraction,
-            macs=macs,
-            params=int(cost.params),
-            top1=top1,
-            loss=loss,
-            loss_scale=scale,
-            loss_capped=capped,
             requested_keeps=list(self._requested),
             applied_keeps=list(self._applied),
             keep_counts=list(self._keep_counts),
             tradeoffs=list(self._tradeoffs),
-            reward_parts={k: float(v) for k, v in parts.items()},
         )
-        return reward
+        return float(reward)
 
     # ------------------------------------------------------------------------------------------------------
     # the env protocol

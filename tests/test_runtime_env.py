@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import envs.runtime
-from envs.rewards import RunningLossScale
+from envs.rewards import EpisodeResult, RunningLossScale, paper_reward
 from envs.runtime import RuntimePruningEnv, RuntimePruningVecEnv
 from pruning.accounting import CostModel, model_cost, sparsity_to_mac_fraction
 from pruning.export import DynamicModel, export_static
@@ -72,11 +72,10 @@ def test_checkers_pass_without_warnings(name: str) -> None:
 
 
 def test_registered_id_passes_the_checker() -> None:
-    import envs  # noqa: F401  (registers the ids)
+    import envs  # registers the ids
 
-    if "prunegym/RuntimePruning-v0" not in gym.registry:
-        pytest.skip("prunegym/RuntimePruning-v0 is not registered in envs/__init__.py")
-    env = gym.make("prunegym/RuntimePruning-v0", budget=0.5)
+    assert envs.RUNTIME_ENV_ID in gym.registry, f"{envs.RUNTIME_ENV_ID} is not registered by envs/__init__.py"
+    env = gym.make(envs.RUNTIME_ENV_ID, budget=0.5)
     assert isinstance(env.unwrapped, RuntimePruningEnv)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -231,6 +230,7 @@ def test_reward_is_the_hand_computation(case: str) -> None:
         assert info["ce"] == pytest.approx(ce, rel=1e-6)
         assert info["loss_scale"] == pytest.approx(scale)
         assert info["reward_budget"] == pytest.approx(bud, rel=1e-12)
+        assert info["reward_parts"] == pytest.approx({"accuracy": -ce / scale, "budget_macs": bud}, rel=1e-6)
         assert reward == pytest.approx(-ce / scale + bud, rel=1e-6)
         assert info["label"] == int(env.dataset.labels[image]) and info["image_index"] == image
         assert info["correct"] == (ref.argmax(1).item() == info["label"])
@@ -250,6 +250,70 @@ def test_shared_loss_scale_is_shared_and_kept() -> None:
     for _ in range(b.num_units):
         b.step(np.zeros((2, 1), np.float32))
     assert a.loss_scale is shared and b.loss_scale is shared and shared.count == 2
+
+
+@pytest.mark.parametrize("reward", ["default", "paper", "callable"])
+def test_registry_reward_is_the_hand_formula_for_a_batch(reward: str) -> None:
+    """A seeded VecEnv episode: each image's reward is -CE/β + Chen et al.'s budget term, computed here by hand."""
+    net, budget, ratio = _net("tiny_cnn"), 0.3, 0.5
+    kwargs: dict[str, Any] = {} if reward == "default" else {"reward": "paper" if reward == "paper" else paper_reward}
+    venv = RuntimePruningVecEnv(num_envs=3, model=net, budget=budget, **kwargs)
+    venv.seed(5)
+    venv.reset()
+    images = [info["image_index"] for info in venv.reset_infos]
+    for _ in range(venv.num_units):
+        _, rewards, dones, infos = venv.step(np.tile(venv.action_for_ratio(ratio), (3, 1)))
+    assert dones.all()
+    x_all = venv.dataset.normalize(venv.dataset.images)
+    for i, image in enumerate(images):
+        x = x_all[image : image + 1]
+        frac = float(model_cost(net, PruningPlan(runtime_keep=ratio), inputs=x).macs_fraction[0])
+        with torch.no_grad():
+            ce = float(
+                torch.nn.functional.cross_entropy(_plan_forward(net, ratio, x), venv.dataset.labels[image][None])
+            )
+        # a first episode: each sub-env's own running β is its image's CE, so the accuracy term is -1
+        over = frac > budget
+        bud = -1.2 * math.expm1((frac - budget) / 0.03) if over else 0.1 * (budget - frac)
+        assert rewards[i] == pytest.approx(np.float32(-1.0 + bud), rel=1e-6)
+        assert infos[i]["reward_parts"] == pytest.approx({"accuracy": -1.0, "budget_macs": bud}, rel=1e-6)
+        assert infos[i]["loss"] == pytest.approx(ce, rel=1e-6) and infos[i]["macs_fraction"] == pytest.approx(frac)
+
+
+def test_reward_argument_takes_any_registered_reward_on_the_batch() -> None:
+    """``reward="accuracy"`` pays 0.01·top1 per image (1 if correct, else 0); no deprecated aliases then."""
+    venv = RuntimePruningVecEnv(num_envs=6, model=_net("resnet8"), reward="accuracy")
+    venv.seed(0)
+    venv.reset()
+    for _ in range(venv.num_units):
+        _, rewards, _, infos = venv.step(np.zeros((6, 1), dtype=np.float32))
+    assert rewards.tolist() == [1.0 if info["correct"] else 0.0 for info in infos]
+    assert all(info["reward_parts"] == {"accuracy": info["top1"] / 100} for info in infos)
+    assert not any("reward_accuracy" in info or "reward_budget" in info for info in infos)
+
+
+def test_reward_function_is_called_once_per_batch_and_checked() -> None:
+    calls: list[int] = []
+
+    def by_macs(result: EpisodeResult) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert isinstance(result.macs_fraction, torch.Tensor)
+        calls.append(result.macs_fraction.numel())
+        return -result.macs_fraction, {"macs": -result.macs_fraction}
+
+    venv = RuntimePruningVecEnv(num_envs=4, reward=by_macs)
+    venv.reset()
+    for _ in range(venv.num_units):
+        _, rewards, _, infos = venv.step(np.array([[-1.0], [0.0], [0.5], [1.0]], dtype=np.float32))
+    assert calls == [4]
+    assert rewards.tolist() == pytest.approx([-info["macs_fraction"] for info in infos])
+
+    env = RuntimePruningEnv(reward=lambda r: (r.loss * math.inf, {}))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="rewards must be finite"):
+        for _ in range(env.num_units):
+            env.step(np.zeros(1, dtype=np.float32))
+    with pytest.raises(ValueError, match="unknown reward|paper"):
+        RuntimePruningEnv(reward="papr")
 
 
 def _plan_forward(net: nn.Module, ratio: float, x: torch.Tensor) -> torch.Tensor:
