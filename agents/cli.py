@@ -69,6 +69,7 @@ from .hyperparams import load_hyperparams
 from .schedule import (
     MODE_DEFAULTS,
     MODES,
+    STATIC_VEC_ENVS,
     AgentSpec,
     JointTrainer,
     ScheduleConfig,
@@ -261,6 +262,8 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     setting(g, "runtime_order", choices=list(RUNTIME_ORDERS))
     setting(g, "static_criterion")
     setting(g, "num_val")
+    setting(g, "static_envs", metavar="N")
+    setting(g, "static_vec", choices=list(STATIC_VEC_ENVS))
     setting(g, "checkpoint_every")
     g = p.add_argument_group("run")
     setting(g, "seed")

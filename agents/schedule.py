@@ -30,28 +30,31 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import logging
 import math
+import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 from torch import nn
 from tqdm import tqdm
 
+from envs import STATIC_ENV_ID
 from envs.rewards import MeanBudgetTerm
 from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
-from envs.static import StaticPruningEnv
 from pruning.accounting import CostModel
 from pruning.budget import bisect_monotone
 from pruning.checkpoint import atomic_save, check_plain, model_from_record, model_record
@@ -82,6 +85,7 @@ __all__ = [
     "JointTrainer",
     "Phase",
     "MODE_DEFAULTS",
+    "STATIC_VEC_ENVS",
     "ScheduleConfig",
     "run_episode",
     "schedule_defaults",
@@ -108,6 +112,14 @@ PRIOR_FIT_RATIOS = (0.1, 0.28, 0.46, 0.64, 0.82, 1.0)
 BUDGET_TOLERANCE = 0.005
 #: Validation images (and training images for BatchNorm re-estimation) that re-score the static candidates.
 SELECT_IMAGES = 1000
+#: How :attr:`ScheduleConfig.static_envs` > 1 static envs run (:attr:`ScheduleConfig.static_vec`), given one
+#: factory per env. Workers are forked, not spawned: they start at once and share the parent's pages until
+#: written, and nothing (CNN, images, the runtime agent in the loop) has to pickle; importing ``envs`` makes a
+#: forked worker safe after the parent ran torch (one torch thread, see :mod:`envs`).
+STATIC_VEC_ENVS: dict[str, Callable[[list[Callable[[], gym.Env]]], VecEnv]] = {
+    "dummy": DummyVecEnv,
+    "subproc": functools.partial(SubprocVecEnv, start_method="fork"),
+}
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,21 @@ class ScheduleConfig:
     """Images per runtime-env batch (``RuntimePruningVecEnv`` episodes run together)."""
     num_val: int = _setting(256, "validation images per static-env episode")
     """Validation images the static env scores per episode."""
+    static_envs: int = _setting(1, "static-env episodes run side by side (> 1: one worker process each)")
+    """Static episodes the static agent collects side by side: the static RL phase's envs
+    (``prunegym/StaticPruning-v0``), env ``i`` seeded with the round's seed + ``i``. 1 (the default) runs one
+    env in this process. N > 1 runs N envs as :attr:`static_vec` says (by default each in a forked worker
+    process: episodes score in parallel, one torch thread per worker); the agent then collects N episodes per
+    step, so its rollouts, and the run, differ from a run with another N (the same with either
+    :attr:`static_vec`). Costs per env: a copy of the CNN and of the ``num_val`` + ``bn_recalibration`` cached
+    images, and its own running loss scale. Workers are forked from this process, so N > 1 with
+    ``static_vec="subproc"`` needs ``device="cpu"`` and an OS that forks (Linux, macOS)."""
+    static_vec: str = _setting(
+        "subproc", "how --static-envs > 1 envs run: subproc (a forked worker each) or dummy (in turn, here)"
+    )
+    """How :attr:`static_envs` > 1 envs run (:data:`STATIC_VEC_ENVS`): ``"subproc"`` (stable-baselines3's
+    ``SubprocVecEnv``, one forked worker process per env) or ``"dummy"`` (``DummyVecEnv``: one after another in
+    this process, with the same results). Ignored for one env."""
     static_select: int = _setting(
         8, "best-rewarded static episodes re-scored on val against the deterministic one (0: deterministic)"
     )
@@ -288,9 +315,23 @@ class ScheduleConfig:
             raise ValueError(f"distill must be a weight in [0, 1], got {self.distill}")
         if self.static_select < 0:
             raise ValueError(f"static_select must be >= 0 episodes, got {self.static_select}")
-        for key in ("n_envs", "num_val", "checkpoint_every", "batch_size"):
+        for key in ("n_envs", "num_val", "static_envs", "checkpoint_every", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.static_vec not in STATIC_VEC_ENVS:
+            raise ValueError(f"static_vec must be one of {sorted(STATIC_VEC_ENVS)}, got {self.static_vec!r}")
+        if self.static_envs > 1 and self.static_vec == "subproc":
+            if "fork" not in mp.get_all_start_methods():
+                raise ValueError(
+                    "static_envs > 1 with static_vec='subproc' forks worker processes, which this OS cannot: "
+                    "use static_vec='dummy' or static_envs=1"
+                )
+            if torch.device(self.device).type != "cpu":
+                raise ValueError(
+                    f"static_envs > 1 with static_vec='subproc' forks worker processes, which cannot use "
+                    f"device={self.device!r} (a forked child cannot re-initialise CUDA): use device='cpu', "
+                    "static_vec='dummy' or static_envs=1"
+                )
 
     @property
     def cnn_budget_epochs(self) -> float:
@@ -489,7 +530,8 @@ class _EpisodeArchive(BaseCallback):
         self.episodes = episodes
 
     def _on_step(self) -> bool:
-        rewards = self.locals["rewards"]
+        # float32, what the agent learns from: DummyVecEnv holds rewards in float32, SubprocVecEnv in float64
+        rewards = np.asarray(self.locals["rewards"], dtype=np.float32)
         for i, (done, info) in enumerate(zip(self.locals["dones"], self.locals["infos"], strict=True)):
             if done and "applied_keeps" in info:
                 self.episodes.append({"keep": [float(k) for k in info["applied_keeps"]], "reward": float(rewards[i])})
@@ -788,7 +830,22 @@ class JointTrainer:
         env.seed(cfg.seed + 1000 * self._round)
         return VecMonitor(env)
 
-    def _static_env(self) -> Any:
+    def _static_env(self) -> VecEnv:
+        """The static RL phase's :attr:`ScheduleConfig.static_envs` envs, vectorised as ``static_vec`` says.
+
+        One env is always a ``DummyVecEnv`` in this process. Every env is built from the CNN as it is now: the
+        phase builds its envs anew, so a worker never scores a CNN older than the last CNN phase.
+        """
+        n = self.config.static_envs
+        fns: list[Callable[[], gym.Env]] = [functools.partial(self._make_static_env, i) for i in range(n)]
+        return DummyVecEnv(fns) if n == 1 else STATIC_VEC_ENVS[self.config.static_vec](fns)
+
+    def _make_static_env(self, index: int) -> gym.Env:
+        """Static env ``index`` of the phase (``prunegym/StaticPruning-v0``), reset with the round's seed + ``index``.
+
+        Runs where the env will live (a forked worker builds its own): the env copies the CNN, and a runtime
+        agent in the loop (``joint`` mode) gets a source of its own, bound to that copy.
+        """
         cfg = self.config
         runtime = None
         if self.runtime_model is not None and cfg.mode == "joint":
@@ -802,7 +859,7 @@ class JointTrainer:
             bn_recalibration=min(cfg.bn_recalibration, len(self.data["val"]) - num_val),
         )  # fmt: skip
         try:
-            env = StaticPruningEnv(budget_mode="clamp", **kwargs)
+            env = gym.make(STATIC_ENV_ID, budget_mode="clamp", **kwargs)
         except ValueError:
             if runtime is None:
                 raise
@@ -810,13 +867,16 @@ class JointTrainer:
             # channel, so at R_r = 0.5 a ResNet-20 cannot be walled below ~0.62 of its MACs. Chen et al. hold their
             # static agent to the budget with the reward's penalty instead: so do we, and per-image MACs then
             # rest on both agents (results.json reports the measured mean and maximum).
-            log.warning("the MAC budget is out of reach of clamp mode's wall with a runtime agent in the loop; "
-                        "the static agent learns with the budget penalty (Chen et al.) instead")
-            env = StaticPruningEnv(budget_mode="penalty", **kwargs)
+            if index == 0:
+                log.warning(
+                    "the MAC budget is out of reach of clamp mode's wall with a runtime agent in the "
+                    "loop; the static agent learns with the budget penalty (Chen et al.) instead"
+                )
+            env = gym.make(STATIC_ENV_ID, budget_mode="penalty", **kwargs)
         if isinstance(runtime, PolicyRuntimeSource):
-            runtime.bind(env.model)
-        env.reset(seed=cfg.seed + 1000 * self._round)
-        return DummyVecEnv([lambda: Monitor(env)])
+            runtime.bind(env.unwrapped.model)  # type: ignore[attr-defined]
+        env.reset(seed=cfg.seed + 1000 * self._round + index)
+        return Monitor(env)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def _agent_path(self, role: str, generation: int) -> Path:
@@ -934,7 +994,11 @@ class JointTrainer:
         if self.config.trains_runtime and self.runtime_model is None:
             self.runtime_model = self._new_agent("runtime", self._runtime_env())
         if self.config.trains_static and self.static_model is None:
-            self.static_model = self._new_agent("static", self._static_env())
+            env = self._static_env()
+            try:
+                self.static_model = self._new_agent("static", env)
+            finally:
+                env.close()  # its workers, if any: every static phase builds its envs anew
 
     def refit_prior(self, *, images: int = PRIOR_FIT_IMAGES) -> tuple[float, float, float] | None:
         """Refit a budget-residual runtime agent's MAC curve under the static plan and R_r in force.
@@ -999,13 +1063,16 @@ class JointTrainer:
                 agent.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=False)
         finally:
             bar.close()
+            if isinstance(env, SubprocVecEnv):
+                env.close()  # its workers; the deterministic episode below runs in this process
         self.global_step = self.logger.offset + int(agent.num_timesteps)
         record: dict[str, Any] = {
             "timesteps": int(agent.num_timesteps) - start_agent_steps,
             "time_s": time.perf_counter() - t0,
         }
         if role == "static":
-            inner = env.envs[0].unwrapped
+            # in the phase's first env, or in one built alike where that one lived in a worker
+            inner: Any = (env.envs[0] if isinstance(env, DummyVecEnv) else self._make_static_env(0)).unwrapped
             info = run_episode(inner, agent, deterministic=True, seed=self.config.seed)
             # the ranking the agent was scored with: later CNN phases must not re-rank the stored channels
             self.static_scores = [[float(v) for v in sc] for sc in inner.static_scores]
@@ -1069,7 +1136,6 @@ class JointTrainer:
         log.info("static plan: %s episode (val loss %.4f; the deterministic one %.4f)", best["name"],
                  best["val_loss"], candidates[0]["val_loss"])  # fmt: skip
         return {"keep": list(best["keep"]), "chosen": best["name"], "candidates": candidates}
-
 
     def _cnn_phase_steps(self) -> dict[int, tuple[int, int]]:
         """``{phase index: (first step, steps)}`` of every CNN-training phase on the run's one schedule."""

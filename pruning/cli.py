@@ -58,6 +58,10 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("agents.compare:main", "compare pruning policies: table + Pareto plot"),
     "train": ("agents.cli:main", "train runtime/static pruning agents with Chen et al.'s schedule (= train_agent.py)"),
     "export": ("agents.export_cli:main", "export a finished run's pruned model to TorchScript or ONNX"),
+    "sweep": (
+        "agents.sweep:main",
+        "train_agent.py over a grid of seeds, budgets, algorithms, hyperparameters (Ray Tune)",
+    ),
     "protocol": (
         "agents.protocol:main",
         "the fair protocol: learned vs hand-designed pruning at equal MACs and equal training",
@@ -97,7 +101,6 @@ class Command:
 
 _COMMANDS: Registry[Command] = Registry("command")
 _entry_points_loaded = False
-
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
