@@ -18,6 +18,10 @@ SHARED = REPO.parent / "shared"
 #: a distilled grid adds ``_distill<ALPHA>`` to both names.
 PROTOCOL_RECORDS = REPO / "bench" / "records" / "protocol_cifar10"
 PROTOCOL_RUNS = REPO / "runs" / "protocol_cifar10"
+#: The committed grid (``bench/protocol_cifar10.py --distill 0.5``): its row files and checkpoints, where
+#: ``bench/deploy_latency.py`` and ``bench/per_input_cifar10.py`` look by default.
+GRID_RECORDS = PROTOCOL_RECORDS.with_name(PROTOCOL_RECORDS.name + "_distill0.5")
+GRID_RUNS = PROTOCOL_RUNS.with_name(PROTOCOL_RUNS.name + "_distill0.5")
 
 
 def add_machine_args(p: argparse.ArgumentParser, *, data_file: str) -> None:

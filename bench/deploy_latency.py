@@ -1,8 +1,16 @@
 """Deployment latency on CPU: is the pruned model really faster than the dense one, and at what accuracy?
 
 For each model (ResNet-20, ResNet-56: ``<models-dir>/<model>_cifar10jpeg.pt``) at MAC budget ``--budget``, the
-contenders come from the fair protocol's trained rows when they exist (``bench/protocol_cifar10.py`` writes them
-to ``--protocol-out``, their checkpoints to ``--runs-dir``; the cell ``<model>_e1_b<B>_s0``):
+contenders come from the fair protocol's trained rows when they exist (``bench/protocol_cifar10.py --distill 0.5``,
+the committed grid, writes them to ``--protocol-out``, their checkpoints to ``--runs-dir``; the cell
+``<model>_e1_b<B>_s0``). The checkpoints are not committed; to time trained rows on a fresh clone, run them into
+folders of their own and point this script there::
+
+    python bench/protocol_cifar10.py --cells r20_e1_050 --rows static_agent runtime_prefix --seeds 0 \\
+        --distill 0.5 --out runs/rows --runs-dir runs/rows_ckpt
+    python bench/deploy_latency.py --models resnet20 --protocol-out runs/rows --runs-dir runs/rows_ckpt
+
+The contenders:
 
 ====================  =================================================================================
 ``dense``             the base checkpoint
@@ -62,7 +70,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import PROTOCOL_RECORDS, PROTOCOL_RUNS, SHARED, fastest
+from _common import GRID_RECORDS, GRID_RUNS, SHARED, fastest
 from torch import nn
 
 from agents.algos import make_model
@@ -101,10 +109,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 forwards per contender (default 300)")
     p.add_argument("--repeats-b128", type=int, default=None, help="timed batch-128 forwards (default 10)")
     p.add_argument("--test-images", type=int, default=1000, help="evenly strided test images for top-1")
-    p.add_argument("--protocol-out", type=Path, default=PROTOCOL_RECORDS,
-                   help="the protocol's row files (default bench/records/protocol_cifar10)")
-    p.add_argument("--runs-dir", type=Path, default=PROTOCOL_RUNS,
-                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10)")
+    p.add_argument("--protocol-out", type=Path, default=GRID_RECORDS,
+                   help="the protocol's row files (default bench/records/protocol_cifar10_distill0.5)")
+    p.add_argument("--runs-dir", type=Path, default=GRID_RUNS,
+                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10_distill0.5)")
     p.add_argument("--models-dir", type=Path, default=SHARED / "models", help="checkpoints (default ../shared/models)")
     p.add_argument("--data-dir", type=Path, default=SHARED / "data", help="data root holding cifar10/")
     p.add_argument("--quick", action="store_true", help="smoke run: few repeats and images, one thread count")

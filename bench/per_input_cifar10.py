@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import PROTOCOL_RECORDS, PROTOCOL_RUNS, REPO, add_machine_args
+from _common import GRID_RECORDS, GRID_RUNS, REPO, add_machine_args
 
 from agents.analysis import format_report, per_input_report, plot_report
 from agents.protocol import load_learned_row, read_cell
@@ -35,10 +35,10 @@ from pruning.train import dataset_for_model
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_machine_args(p, data_file="test.npz")
-    p.add_argument("--out", type=Path, default=PROTOCOL_RECORDS,
-                   help="the protocol's row files (default bench/records/protocol_cifar10)")
-    p.add_argument("--runs-dir", type=Path, default=PROTOCOL_RUNS,
-                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10)")
+    p.add_argument("--out", type=Path, default=GRID_RECORDS,
+                   help="the protocol's row files (default bench/records/protocol_cifar10_distill0.5)")
+    p.add_argument("--runs-dir", type=Path, default=GRID_RUNS,
+                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10_distill0.5)")
     p.add_argument("--cell", required=True, help="cell folder name, e.g. resnet20_e1_b050_s0")
     p.add_argument("--row", default="runtime_agent", choices=["runtime_agent", "runtime_prefix", "joint"])
     p.add_argument("--plot-dir", type=Path, default=REPO / "docs")
