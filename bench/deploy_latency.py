@@ -39,7 +39,7 @@ Printed per contender: ms, speed-up over ``dense`` **in the same form** (eager v
 TorchScript, ONNX Runtime vs ONNX Runtime), MAC reduction (per image, agent MLP included) and speed-up / MAC
 reduction, the speed-up over the fastest form of ``dense`` at that setting (``vs best``: what a user who deploys the
 dense model as fast as it runs here gains), and test top-1 on ``--test-images`` evenly strided test images (all
-forms compute the same logits: checked). Then the issue's targets, each at every thread count (speed-up in the
+forms compute the same logits: checked). Then the deployment targets, each at every thread count (speed-up in the
 contender's fastest form over dense in that form, divided by the MAC reduction: static export of ResNet-56 at
 batch 1 and 128 >= 0.7, the agent-driven dynamic models at batch 1 >= 0.5), and the last line::
 
@@ -312,7 +312,7 @@ def table(contenders: Sequence[Contender], t: dict[str, float]) -> dict[str, flo
     return best
 
 
-#: The issue's targets: (model tag, batch, contender, least speed-up / MAC reduction).
+#: The deployment targets: (model tag, batch, contender, least speed-up / MAC reduction).
 TARGETS = (
     ("r56", 1, "static", 0.7),
     ("r56", 128, "static", 0.7),
