@@ -544,9 +544,7 @@ class FusedRuntimeSource(PolicyRuntimeSource):
         else:
             s = t - 1
             kept = last_kept_count(self.units[s])
-            p = macs.producer[s]
-            cin = self._counts[p] if p is not None else macs.in_channels[s]
-            self._charged = self._charged + (macs.unit_coef[s] * cin + macs.consumer_coef[s]) * kept
+            self._charged = self._charged + macs.unit_macs(s, kept, self._counts)
             self._counts[s] = kept
         self.calls += 1
         return self._charged

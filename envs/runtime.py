@@ -245,10 +245,7 @@ class PolicyRuntimeSource:
             if last is None:
                 raise RuntimeError(f"unit {s} has not run before unit {t}; units must run in index order")
             kept = np.broadcast_to(last.sum(-1).cpu().numpy().astype(np.int64).reshape(-1), (n,))
-            m = self._macs
-            p = m.producer[s]
-            cin = self._keep[:, p] if p is not None else m.in_channels[s]
-            self._committed = self._committed + (m.unit_coef[s] * cin + m.consumer_coef[s]) * kept
+            self._committed = self._committed + self._macs.unit_macs(s, kept, self._keep.T)
             self._keep[:, s] = kept
         start = np.full(n, t == 0, dtype=bool)
         obs = runtime_observation(
@@ -382,11 +379,7 @@ class _RuntimeCore:
         self._stored = torch.tensor([int(s.sum()) for s in stored_masks(self.model)])
         static_cost = cm.from_counts(self._stored.unsqueeze(0), self._stored)
         self.params_fraction = float(static_cost.params_fraction)
-        self._unit_coef = [int(c) for c in cm.unit_coef]
-        self._consumer_coef = [int(c) for c in cm.consumer_coef]
-        self._producer = list(cm.producer)
-        self._in_channels = [int(c) for c in cm.in_channels]
-        self._fixed_macs = int(cm.fixed_macs)
+        self.mac_coefficients = cm.mac_coefficients()
         self._full = [g.full_channels for g in self.units]
 
         # -- observation layout -----------------------------------------------------------------------------
@@ -483,7 +476,7 @@ class _RuntimeCore:
         self._t = 0
         self._keep[:] = 0
         self._ratio[:] = 0.0
-        self._committed[:] = self._fixed_macs
+        self._committed[:] = self.mac_coefficients.fixed_macs
         obs = self._observe(0)
         return obs, [{"image_index": i} for i in self._image_index]
 
@@ -562,9 +555,7 @@ class _RuntimeCore:
         kept = g.last_keep.sum(1).cpu().numpy()
         self._keep[:, t] = kept
         self._ratio[:, t] = ratio
-        p = self._producer[t]
-        cin = self._keep[:, p] if p is not None else self._in_channels[t]
-        self._committed += (self._unit_coef[t] * cin + self._consumer_coef[t]) * kept
+        self._committed += self.mac_coefficients.unit_macs(t, kept, self._keep.T)
         self._t = t + 1
         if self._t < self.num_units:
             frac = (self._committed / self.base_macs).tolist()
@@ -760,7 +751,7 @@ class _SharedAttributes:
             kind="runtime", channels=tuple(int(c) for c in self._core.cost_model.channels),
             stored=tuple(int(s.sum()) for s in stored_masks(model)), min_keep=self.min_keep, budget=self.budget,
             param_budget=None, budget_index=self.budget_index, action_dim=1, tradeoff=self.tradeoff, criterion=None,
-            runtime_in_loop=False, macs=self._core.cost_model.mac_coefficients(),
+            runtime_in_loop=False, macs=self._core.mac_coefficients,
         )  # fmt: skip
 
 

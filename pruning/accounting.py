@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,13 +235,22 @@ class MacCoefficients:
         counts).
         """
         kept = np.atleast_2d(np.asarray(keep, dtype=np.int64))
-        width = [
-            kept[:, p] if p is not None else np.full(len(kept), c)
-            for p, c in zip(self.producer, self.in_channels, strict=True)
-        ]
-        cin = np.stack(width, axis=1)
-        per_unit = (np.asarray(self.unit_coef) * cin + np.asarray(self.consumer_coef)) * kept
-        return self.fixed_macs + per_unit.sum(1)
+        total = np.full(len(kept), self.fixed_macs, dtype=np.int64)
+        for t in range(len(self.unit_coef)):
+            total += self.unit_macs(t, kept[:, t], kept.T)
+        return total
+
+    def unit_macs(self, t: int, kept: Any, kept_by_unit: Any) -> Any:
+        """MACs of unit ``t`` keeping ``kept`` output channels: its conv and its consumer that is not a unit.
+
+        The conv's input width is the kept count of its producer unit, read as ``kept_by_unit[producer[t]]``
+        (a list of counts per unit, or the transpose of an ``(N, L)`` count array), or ``in_channels[t]`` when
+        the unit reads no unit. ``kept`` may be an int, an array or a tensor (the result follows it): the
+        running sum of a forward pass that charges each unit once it has run.
+        """
+        p = self.producer[t]
+        cin = kept_by_unit[p] if p is not None else self.in_channels[t]
+        return (self.unit_coef[t] * cin + self.consumer_coef[t]) * kept
 
 
 def model_cost(
