@@ -5,14 +5,18 @@ Two kinds of model (:mod:`pruning.deploy` builds them):
 * ``dynamic`` (the default when the run has a runtime agent): the exported static model with the runtime
   agent fused inside (:mod:`agents.fused`), computing per image only the channels the agent keeps. TorchScript:
   frozen with every CNN operation kept (the agent's first layer folded), so it keeps the channels of
-  ``agents.cli.load_run``'s model; one image at a time (a batch runs image by image). ONNX (prefix runtime order
+  ``agents.cli.load_run``'s model. A ``u_r``-order run computes a batch image by image; a prefix-order run
+  (``runtime_order="prefix"``) computes it at once, every unit on the longest prefix of channels an image of the
+  batch keeps, the others' extra channels zeroed (:func:`pruning.deploy.dynamic_deployable`). ONNX (prefix runtime order
   only, ``runtime_order="prefix"``: kept channels are weight slices): input ``images`` ``(1, 3, 32, 32)``, outputs
   ``logits`` and ``kept`` (every unit's kept channel count); checked image by image in ONNX Runtime, counts
   included. A ``u_r``-order run picks channels by top-k and has no ONNX form.
 * ``static``: the exported static model with runtime pruning off (every stored channel; in a gated export
   the predictors still scale the channels per image). Any batch size; TorchScript or ONNX (checked in ONNX
-  Runtime). ``--channels-last`` stores a static TorchScript file's weights channels-last (NHWC), which runs
-  oneDNN's NHWC convolutions: the fastest static form measured in ``bench/deploy_latency.py`` at batch 128.
+  Runtime).
+
+``--channels-last`` stores a TorchScript file's weights channels-last (NHWC), which runs NHWC convolutions: the
+fastest TorchScript form of both kinds measured in ``bench/deploy_latency.py``.
 
 The file is checked against the PyTorch model before it is written (logits within ``--atol``) and written
 atomically: an error leaves nothing behind. Inputs are normalised images ``(N, 3, 32, 32)`` (the
@@ -24,7 +28,7 @@ Examples::
     prunegym export runs/JointPruning__ppo__0__20261125-101500                  # dynamic TorchScript
     prunegym export runs/JointPruning__ppo__0__20261125-101500 --format onnx    # ONNX (dynamic for prefix runs)
     prunegym export RUN_DIR --kind static --format torchscript --out model.pt
-    prunegym export RUN_DIR --kind static --channels-last                         # NHWC weights (oneDNN)
+    prunegym export RUN_DIR --channels-last                                       # NHWC weights
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def export_run(
             pruning off) or ``"auto"`` (dynamic when the run has a runtime agent and ``fmt`` allows it).
         out: Destination file; default ``RUN_DIR/model_<kind><suffix>`` (``.torchscript.pt``, ``.onnx``).
         atol: Largest absolute logit difference between the file and PyTorch accepted.
-        channels_last: A static TorchScript file with channels-last (NHWC) weights
+        channels_last: A TorchScript file (static or dynamic) with channels-last (NHWC) weights
             (:func:`pruning.deploy.to_torchscript`); inputs stay NCHW. Measured in ``bench/deploy_latency.py``
             (form ``TorchScript CL``).
 
@@ -87,7 +91,7 @@ def export_run(
     Raises:
         FileNotFoundError: the run is not finished (no ``results.json``) or a file is missing.
         ValueError: an unknown format or kind, a dynamic ONNX export of a ``u_r``-order run, a dynamic export of
-            a run without a runtime agent, ``channels_last`` for anything but a static TorchScript file, or an
+            a run without a runtime agent, ``channels_last`` for an ONNX file, or an
             agent that cannot be fused (a policy SB3's ``predict`` alone can run).
         ImportError: ONNX export without ``onnx`` / ``onnxscript`` / ``onnxruntime`` (the ``export`` extra).
         RuntimeError: the file's logits disagree with PyTorch's (nothing is written).
@@ -117,10 +121,10 @@ def export_run(
         )
     if kind == "dynamic" and not has_agent:
         raise ValueError(f"{root} has no runtime agent ({AGENT_FILES['runtime']}); export --kind static")
-    if channels_last and (kind != "static" or fmt != "torchscript"):
+    if channels_last and fmt != "torchscript":
         raise ValueError(
-            f"channels_last applies to static TorchScript files only (asked: --kind {kind} --format {fmt}); "
-            "add --kind static --format torchscript, or drop --channels-last"
+            f"channels_last applies to TorchScript files only (asked: --format {fmt}); ONNX Runtime picks its own "
+            "layout: drop --channels-last"
         )
     path = Path(out) if out is not None else root / f"model_{kind}{FORMATS[fmt]}"
     example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -134,7 +138,8 @@ def export_run(
             module = dynamic_deployable(dyn)
         except TypeError as err:
             raise ValueError(f"{err}; export --kind static instead") from err
-        return save_torchscript(module, path, example, atol=atol), kind  # its fastest form: float rounding apart
+        # its fastest form: float rounding apart
+        return save_torchscript(module, path, example, atol=atol, channels_last=channels_last), kind
     module = static_deployable(load_exported(root / EXPORTED_FILE))
     if fmt == "onnx":
         return save_onnx(module, path, example, atol=atol), kind
@@ -165,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="destination file (default RUN_DIR/model_<kind><suffix>)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest logit difference to PyTorch accepted")
     p.add_argument("--channels-last", action="store_true",
-                   help="static TorchScript only: channels-last (NHWC) weights, oneDNN's NHWC kernels")  # fmt: skip
+                   help="TorchScript only: channels-last (NHWC) weights, NHWC convolutions (faster here)")  # fmt: skip
     return p
 
 

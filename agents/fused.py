@@ -762,6 +762,8 @@ class _ScriptedSource(nn.Module):
         self.bound = float(self.agent.obs_bound)
         first = _first_layer(self.agent) if fold else None
         self.fold = first is not None
+        # lean_counts computes a batch (per-image committed fractions): folded, fixed input widths
+        self.batchable = self.fold and not self.track
         # non-empty lists: TorchScript infers their type from the elements
         self.w1, self.b1, self.wc = [torch.zeros(0)], [torch.zeros(0)], [torch.zeros(0)]
         self.rest: nn.Module = nn.Sequential()
@@ -882,6 +884,21 @@ class _ScriptedSource(nn.Module):
         a = self.rest(torch.addcmul(hidden, self.wc[unit], self.fraction))  # (1, 1): searchsorted takes any shape
         return self.base_count[unit] + int(torch.searchsorted(self.thresholds[unit], a, right=True))
 
+    @torch.jit.export
+    def lean_counts(self, unit: int, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`lean_count` for a batch: the keep counts of prefix-order ``unit``, int64 ``(N,)``, recorded.
+
+        ``hidden``: ``GAP @ W + b`` of :meth:`lean_tables` for N images ``(N, H)``. Each image's committed MAC
+        fraction is one row of the shared state (resized at unit 0), charged here with its own count; only for a
+        source that is ``batchable`` (folded first layer, fixed input widths).
+        """
+        if unit == 0:
+            self.fraction.resize_(hidden.shape[0], 1).fill_(self.fixed / self.base_macs)
+        a = self.rest(torch.addcmul(hidden, self.wc[unit], self.fraction))  # (N, 1)
+        counts = torch.searchsorted(self.thresholds[unit], a.view(-1), right=True) + self.base_count[unit]
+        self.fraction.add_(self.steps[unit].index_select(0, counts).unsqueeze(1))
+        return counts
+
     def _output(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
         """The actor's output ``(1, 1)`` for ``unit``: the mean before the prior (folded) or the clipped action."""
         if unit == 0:
@@ -941,8 +958,8 @@ class _ScriptedSource(nn.Module):
 
     def _start(self) -> None:
         """A new image: nothing committed but the fixed MACs, the LSTM state zero."""
-        if self.fold:
-            self.fraction.fill_(self.fixed / self.base_macs)
+        if self.fold:  # (after a batch: one row again)
+            self.fraction.resize_(1, 1).fill_(self.fixed / self.base_macs)
         else:
             self.committed.fill_(self.fixed)
         if self.recurrent:

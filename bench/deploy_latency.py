@@ -26,14 +26,15 @@ The contenders:
 
 A row that has not been trained yet is replaced by the same structure on the untrained base (fresh predictors,
 ``u_r = γ``, channels ranked by L1 norm, a randomly initialised PPO agent), and says so ("untrained").
-Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script + freeze), for the fixed-shape
-contenders also TorchScript with channels-last weights (``TorchScript CL``: oneDNN's NHWC convolutions,
-``to_torchscript(..., channels_last=True)``), and ONNX Runtime (CPU provider: the fixed-shape ones, and the
-prefix-order dynamic ones as one graph with the keep counts computed inside it,
-:func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX form), at 2 and 1 threads,
-batch 1 and batch 128 (dynamic models at batch 128: eager only, the masked batched path). The forms of one
-setting are timed in one loop, alternating, each call timed alone, fastest of ``--repeats`` (batch 1) or
-``--repeats-b128`` (batch 128).
+Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script + freeze), TorchScript with
+channels-last weights (``TorchScript CL``: NHWC convolutions, ``to_torchscript(..., channels_last=True)``), and
+ONNX Runtime (CPU provider: the fixed-shape ones, and the prefix-order dynamic ones as one graph with the keep
+counts computed inside it, :func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX
+form), at 2 and 1 threads, batch 1 and batch 128. At batch 128 the dynamic models run eagerly (the ``u_r``
+order: the masked batched path; the prefix order: every unit on the longest kept prefix of the batch) and, in
+prefix order, in both TorchScript forms, which compute the batch at once the same way (the ``u_r``-order files
+and the ONNX files run one image at a time and are not timed there). The forms of one setting are timed in one
+loop, alternating, each call timed alone, fastest of ``--repeats`` (batch 1) or ``--repeats-b128`` (batch 128).
 
 Printed per contender: ms, speed-up over ``dense`` **in the same form** (eager vs eager, TorchScript vs
 TorchScript, ONNX Runtime vs ONNX Runtime), MAC reduction (per image, agent MLP included) and speed-up / MAC
@@ -41,15 +42,16 @@ reduction, the speed-up over the fastest form of ``dense`` at that setting (``vs
 dense model as fast as it runs here gains), and test top-1 on ``--test-images`` evenly strided test images (all
 forms compute the same logits: checked). Then the deployment targets, each at every thread count (speed-up in the
 contender's fastest form over dense in that form, divided by the MAC reduction: static export of ResNet-56 at
-batch 1 and 128 >= 0.7, the agent-driven dynamic models at batch 1 >= 0.5), and the last line::
+batch 1 and 128 >= 0.7, the agent-driven dynamic models at batch 1 >= 0.5), whether each pruned model's fastest
+form beats dense's fastest form at every setting (``faster than dense at its best``), and the last line::
 
     r20_static_b1_ratio=<x> r56_static_b1_ratio=<x> r56_static_b128_ratio=<x> r20_dynamic_agent_b1_ratio=<x>
     r56_dynamic_agent_b1_ratio=<x> r20_prefix_b1_ratio=<x> r20_prefix_ts_b1_ratio=<x> r20_prefix_ort_b1_ratio=<x>
-    onnx_max_abs_diff=<x>
+    r20_prefix_b128_vs_best=<x> r56_prefix_b128_vs_best=<x> onnx_max_abs_diff=<x>
 
 (ratios at the first thread count, each contender's fastest form against dense in that form; the dynamic agent is
 the ``agent gather`` row, the prefix ratios the ``agent prefix`` row, fastest form and TorchScript / ONNX Runtime
-alone). Usage::
+alone; ``*_vs_best``: the agent prefix model's fastest form against dense's fastest form at batch 128). Usage::
 
     python bench/deploy_latency.py                      # both models, 2 and 1 threads (minutes)
     python bench/deploy_latency.py --models resnet20 --quick
@@ -109,10 +111,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed batch-1 forwards per contender (default 300)")
     p.add_argument("--repeats-b128", type=int, default=None, help="timed batch-128 forwards (default 10)")
     p.add_argument("--test-images", type=int, default=1000, help="evenly strided test images for top-1")
-    p.add_argument("--protocol-out", type=Path, default=GRID_RECORDS,
-                   help="the protocol's row files (default bench/records/protocol_cifar10_distill0.5)")
-    p.add_argument("--runs-dir", type=Path, default=GRID_RUNS,
-                   help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10_distill0.5)")
+    p.add_argument(
+        "--protocol-out",
+        type=Path,
+        default=GRID_RECORDS,
+        help="the protocol's row files (default bench/records/protocol_cifar10_distill0.5)",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=GRID_RUNS,
+        help="the protocol's checkpoints of the learned rows (default runs/protocol_cifar10_distill0.5)",
+    )
     p.add_argument("--models-dir", type=Path, default=SHARED / "models", help="checkpoints (default ../shared/models)")
     p.add_argument("--data-dir", type=Path, default=SHARED / "data", help="data root holding cifar10/")
     p.add_argument("--quick", action="store_true", help="smoke run: few repeats and images, one thread count")
@@ -132,6 +142,7 @@ class Contender:
     eager: nn.Module
     origin: str
     dynamic: bool = False
+    batched: bool = False  # its compiled forms compute a batch at once (prefix order), not image by image
     forms: dict[str, Callable[[torch.Tensor], object]] = field(default_factory=dict)
     reduction: float = math.nan
     top1: float = math.nan
@@ -252,7 +263,9 @@ def _compile(c: Contender, example: torch.Tensor, folder: Path) -> float:
     c.forms["eager"] = c.eager
     if c.dynamic:
         compiled = dynamic_deployable(c.eager)  # type: ignore[arg-type]  # the fastest form
+        c.batched = bool(compiled.batched)
         c.forms["TorchScript"] = to_torchscript(compiled)
+        c.forms["TorchScript CL"] = to_torchscript(compiled, channels_last=True)
         if not all(u.runtime_order == "prefix" for u in c.eager.units):  # type: ignore[union-attr]
             return 0.0  # u_r top-k: no ONNX form
         # save_dynamic_onnx checks logits (atol 1e-4) and every unit's kept count image by image
@@ -342,6 +355,16 @@ def print_targets(ratios: dict[tuple[str, int, int, str], tuple[str, float, floa
                   f"vs best {vs_best:.2f}x")  # fmt: skip
 
 
+def print_vs_best(ratios: dict[tuple[str, int, int, str], tuple[str, float, float]]) -> None:
+    """Per pruned contender and setting: its fastest form against dense's fastest form (> 1: really faster)."""
+    print("\nfaster than dense at its best (fastest form vs dense's fastest form, per model / threads / batch):")
+    names = sorted({k[3] for k in ratios if k[3] != "dense"})
+    for name in names:
+        cells = sorted((k, v[2]) for k, v in ratios.items() if k[3] == name)
+        text = "  ".join(f"{k[0]} {k[1]}t b{k[2]} {r:.2f}x" for k, r in cells)
+        print(f"  {name:<16}{text}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -370,8 +393,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 fns: dict[str, Callable[[torch.Tensor], object]] = {}
                 for c in contenders:
                     for form, fn in c.forms.items():
-                        if batch > 1 and c.dynamic and form != "eager":
-                            continue  # compiled dynamic models run one image at a time
+                        if batch > 1 and c.dynamic and form != "eager" and (form == "ONNX Runtime" or not c.batched):
+                            continue  # these compiled dynamic models run one image at a time
                         fns[f"{c.name}|{form}"] = _session(fn, threads) if form == "ONNX Runtime" else fn  # type: ignore
                 t = fastest(fns, inputs, repeats, f"{name} {threads}t b{batch}")
                 print(f"\n{name}, {threads} thread(s), batch {batch}, fastest of {repeats} (alternating):")
@@ -392,9 +415,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         if f"agent prefix|{form}" in t:
                             line[f"{tag}_prefix_{key}_b{batch}_ratio"] = t[f"dense|{form}"] / t[f"agent prefix|{form}"]
     print_targets(ratios, args.threads)
+    print_vs_best(ratios)
+    for tag in ("r20", "r56"):
+        got = ratios.get((tag, args.threads[0], 128, "agent prefix"))
+        if got is not None:
+            line[f"{tag}_prefix_b128_vs_best"] = got[2]
     want = ["r20_static_b1_ratio", "r56_static_b1_ratio", "r56_static_b128_ratio", "r20_dynamic_agent_b1_ratio",
             "r56_dynamic_agent_b1_ratio", "r20_prefix_b1_ratio", "r20_prefix_ts_b1_ratio",
-            "r20_prefix_ort_b1_ratio"]  # fmt: skip
+            "r20_prefix_ort_b1_ratio", "r20_prefix_b128_vs_best", "r56_prefix_b128_vs_best"]  # fmt: skip
     print(" ".join([f"{k}={line.get(k, math.nan):.3f}" for k in want] + [f"onnx_max_abs_diff={onnx_diff:.3g}"]))
 
 

@@ -102,14 +102,15 @@ def _conv(
     dilation: list[int],
     direct: bool,
 ) -> torch.Tensor:
-    """``F.conv2d`` (groups 1) for the batch-1 dynamic units.
+    """``F.conv2d`` (groups 1) for the dynamic units and their consumers.
 
-    ``direct`` (CPU, dilation 1): call the kernel ``F.conv2d`` dispatches to for one image on CPU here
-    (``thnn_conv2d``, the same results bit for bit) without the dispatch through ``convolution``, which picks
+    ``direct`` (CPU, dilation 1) and one image: call the kernel ``F.conv2d`` dispatches to for one image on CPU
+    here (``thnn_conv2d``, the same results bit for bit) without the dispatch through ``convolution``, which picks
     the backend anew on every call: about 20 µs less per conv of ResNet-20's 32- and 64-channel stages at batch 1
-    in TorchScript (measured), where a unit and its consumer are two of the ~10 operations per unit.
+    in TorchScript (measured), where a unit and its consumer are two of the ~10 operations per unit. A batch goes
+    through ``F.conv2d`` (oneDNN for more than one image).
     """
-    if direct:
+    if direct and x.shape[0] == 1:
         return torch._C._nn.thnn_conv2d(x, weight, weight.shape[2:], bias, stride, padding)  # type: ignore[attr-defined]
     return F.conv2d(x, weight, bias, stride, padding, dilation)
 
@@ -283,6 +284,8 @@ class _DynamicUnit(nn.Module):
         self.register_buffer("lean_bias", lean_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[0] != 1:  # only where dynamic_deployable's batched flag allows it (prefix order, lean source)
+            return self._batch_forward(x)
         source = self.source
         if source is not None:
             if self.lean and hasattr(source, "lean_count"):  # one addmm: [u_r | the agent's first layer]
@@ -338,6 +341,41 @@ class _DynamicUnit(nn.Module):
             return self._gather_forward(x, u_r, (self.positions, u_r[0]), in_idx)
         k_r = runtime_count(r, self.full_channels, self.channels, self.eps)
         return self._gather_forward(x, u_r, self._kept_count(k_r, u_r[0]), in_idx)
+
+    def _batch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch through a prefix-order unit: the first ``n`` channels for every image, ``n`` the largest count.
+
+        With a constant ratio every image keeps the same ``n``; with a source (the lean path: ``lean_counts``)
+        each image its own count, and its channels beyond it are zeroed through its ``u_r`` and ``β`` (what
+        :meth:`pruning.export._CompactUnit._batched_prefix` computes). ``u_r`` scales the conv's output per image
+        instead of its weights.
+        """
+        m = x.shape[1]
+        source = self.source
+        total = torch.sum(x, (2, 3))
+        area = x.shape[2] * x.shape[3]
+        if source is not None:
+            if area != self.in_area:
+                total = total.mul_(self.in_area / area)
+            lean_weight = self.lean_weight[:m] if self.source_prefix else self.lean_weight
+            z = torch.addmm(self.lean_bias, total, lean_weight)
+            counts = source.lean_counts(self.unit_index, z[:, self.channels :])
+            n = int(counts.max())
+            mask = (self.positions[:n].unsqueeze(0) < counts.unsqueeze(1)).to(z.dtype)
+            u = z[:, :n] * mask
+            beta = self.beta[:n] * mask
+        else:
+            pred_weight = self.pred_weight[:, :m] if self.source_prefix else self.pred_weight
+            u_r = F.linear(total.div_(area), pred_weight, self.pred_bias)
+            n = self._prefix_count(self.ratio)
+            u = u_r[:, :n]
+            beta = self.beta[:n].unsqueeze(0)
+        w = self.weight[:n]
+        if self.source_record is not None:
+            w = w[:, :m]
+        bias = torch.addcmul(beta, self.shift[:n], u)
+        z = _conv(x, w, None, self.stride, self.padding, self.dilation, self.direct)
+        return torch.addcmul(bias[:, :, None, None], z, u[:, :, None, None]).relu_()
 
     def _gather_forward(
         self, x: torch.Tensor, u_r: torch.Tensor, kept: tuple[torch.Tensor, torch.Tensor], in_idx: torch.Tensor
@@ -418,19 +456,21 @@ class _DynamicConsumer(nn.Module):
 
 
 class _OneByOne(nn.Module):
-    """Runs the batch-1 dynamic model on every image of a batch in turn.
+    """Runs the batch-1 dynamic model on every image of a batch in turn, or the whole batch at once.
 
     ``check``: raise when an image's logits are not all finite (the one finiteness check of a model whose runtime
-    source checks nothing per unit).
+    source checks nothing per unit). ``batched``: every unit computes a batch itself (prefix order, constant ratios
+    or a lean source: ``_DynamicUnit._batch_forward``).
     """
 
-    def __init__(self, model: nn.Module, check: bool = False) -> None:
+    def __init__(self, model: nn.Module, check: bool = False, batched: bool = False) -> None:
         super().__init__()
         self.model = model
         self.check = check
+        self.batched = batched
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if x.shape[0] == 1:
+        if x.shape[0] == 1 or self.batched:
             out = self.model(x)
         else:
             out = torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
@@ -453,7 +493,12 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
     Returns:
         A new module in eval mode; its logits equal ``dyn``'s at batch 1 (per image for larger batches) within
         float rounding, with the same kept channels (``exact``: the same logits). Script it with
-        :func:`to_torchscript`.
+        :func:`to_torchscript`. A batch of several images runs one image at a time, except in the fast form of
+        a prefix-order model with constant ratios or a folded agent (its ``batched`` attribute): there every unit
+        computes the whole batch at once on the longest kept prefix of its channels, each image's channels beyond
+        its own count zeroed (the same logits per image, within float rounding). A trained agent's counts vary
+        little between images, so a batch then costs about what the static model of those counts costs
+        (``bench/deploy_latency.py``, batch 128).
 
     Raises:
         TypeError: a runtime source that cannot be compiled (a Python callable, SB3's ``predict``).
@@ -473,6 +518,7 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
             )
         source_module = scriptable(fold=not exact)  # type: ignore[call-arg]
     records = [_Record(g.conv.out_channels, g.runtime_order == "prefix") for g in by_index]
+    made: list[_DynamicUnit] = []
     with torch.no_grad():
         for u in units:
             g = by_index[u.index]
@@ -487,7 +533,8 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
             for_unit = getattr(source, "for_unit", None)
             if callable(for_unit):  # a module of its own per unit, so that freezing works
                 source = for_unit(g.unit_index)
-            _set(model, u.conv, _DynamicUnit(g, records[u.index], reader, ratio, source, u.in_hw))
+            made.append(_DynamicUnit(g, records[u.index], reader, ratio, source, u.in_hw))
+            _set(model, u.conv, made[-1])
             consumer = model.get_submodule(u.consumer)
             if isinstance(consumer, _CompactConsumer):
                 conv = consumer.conv
@@ -497,7 +544,13 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
                     conv = fuse_conv_bn_eval(conv, bn)  # torch's own fold: a new conv, scaled weight, a bias
                     _set(model, bn_path, nn.Identity())
                 _set(model, u.consumer, _DynamicConsumer(conv, records[u.index].shared()))
-    return _OneByOne(model, check=source_module is not None).eval()
+    # a batch at once (the fast form): prefix-order units whose counts come from constants or a lean source
+    batched = (
+        not exact
+        and all(d.prefix for d in made)
+        and (source_module is None or (bool(getattr(source_module, "batchable", False)) and all(d.lean for d in made)))
+    )
+    return _OneByOne(model, check=source_module is not None, batched=batched).eval()
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -695,21 +748,16 @@ def to_torchscript(
         optimize_numerics: Let freezing fold BN into convs and the like (results change by float rounding);
             ``False`` keeps every operation (with ``dynamic_deployable(..., exact=True)``: the eager model's
             logits bit for bit).
-        channels_last: Store the 4-d weights channels-last (NHWC), so every convolution runs oneDNN's NHWC
-            kernels and its output stays NHWC (inputs may stay NCHW; the logits change by float rounding). For
-            fixed-shape models (:func:`static_deployable`, plain models): ``bench/deploy_latency.py`` measures it
-            as the form ``TorchScript CL``. ``module`` itself is not changed. Not for :func:`dynamic_deployable`
-            models, whose batch-1 kernel reads NCHW (``ValueError``).
+        channels_last: Store the 4-d weights channels-last (NHWC), so every convolution runs NHWC kernels and its
+            output stays NHWC (inputs may stay NCHW; the logits change by float rounding). A dynamic model's
+            weight slices ``W[:n]`` stay NHWC (the output channels are the outermost dimension).
+            ``bench/deploy_latency.py`` measures it as the form ``TorchScript CL``. ``module`` itself is not
+            changed.
 
     ``torch.jit`` is deprecated in recent PyTorch but still the way to a file that runs without Python code
     (``torch.jit.load``, or LibTorch in C++); its deprecation warnings are silenced here.
     """
     if channels_last:
-        if any(isinstance(m, _DynamicUnit) for m in module.modules()):
-            raise ValueError(
-                "channels_last is for fixed-shape models (static_deployable, plain models); a dynamic model's "
-                "batch-1 units read NCHW: compile it with channels_last=False"
-            )
         module = copy.deepcopy(module).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -762,11 +810,10 @@ def save_torchscript(
         example: Inputs the reloaded file must map to ``module``'s logits.
         atol: Largest absolute logit difference accepted.
         optimize_numerics: See :func:`to_torchscript`.
-        channels_last: See :func:`to_torchscript` (fixed-shape models only).
+        channels_last: See :func:`to_torchscript`.
 
     Raises:
         RuntimeError: the reloaded file disagrees with ``module`` (nothing is written).
-        ValueError: ``channels_last`` for a dynamic model.
     """
     with torch.no_grad():
         expected = module.eval()(example)

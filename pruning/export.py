@@ -544,7 +544,9 @@ class _CompactUnit(GatedConv):
             x.shape[0] != 1
             or (in_idx is None and in_n is None and src is not None)
             or (isinstance(runtime, torch.Tensor) and runtime.numel() != 1)
-        ):  # the batched (masked) path; it also reports per-sample ratios given for another batch size
+        ):  # the batched path; it also reports per-sample ratios given for another batch size
+            if d["_prefix"] and (src is None or in_idx is None):
+                return self._batched_prefix(x, in_n)
             d["last_idx"], d["last_prefix"], d["last_count"] = None, None, None
             return super().forward(x)
         gap = x.mean(dim=(2, 3))
@@ -579,6 +581,41 @@ class _CompactUnit(GatedConv):
         conv = self.conv
         bias = torch.addcmul(affine[0], affine[1], u)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation).relu_()
+
+    def _batched_prefix(self, x: torch.Tensor, in_n: int | None) -> torch.Tensor:
+        """A batch through a prefix-order unit: the masked model's keep masks, computed on the first ``n`` channels.
+
+        Each image keeps a prefix of the stored order, of its own length; ``n`` is the longest kept prefix in the
+        batch (at least 1). The conv computes those ``n`` channels (of the producer's ``in_n`` kept inputs) for
+        every image and each image's channels beyond its own count are zeroed through its mask, so the output is
+        the masked model's first ``n`` channels (its other channels are zero for every image): the consumer and a
+        next unit read only those (``last_prefix = n``). Where the images of a batch keep similar counts (a
+        trained agent's do) the batch costs about what the static model of those counts costs.
+        """
+        d = self.__dict__
+        gap = x.mean(dim=(2, 3))
+        if in_n is not None and in_n < self.conv.in_channels:  # the producer's dropped channels are zeros
+            gap = F.pad(gap, (0, self.conv.in_channels - in_n))
+        pred = self.predictor
+        if pred is not None:
+            u_r = pred(gap)
+        else:
+            assert self.gamma is not None
+            u_r = self.gamma.unsqueeze(0).expand(x.shape[0], -1)
+        keep = self.keep_mask(gap, u_r)  # the masked model's own masks (its runtime source sees the batch)
+        c = self.conv.out_channels
+        keep = torch.ones_like(u_r, dtype=torch.bool) if keep is None else keep.expand(x.shape[0], c)
+        used = keep.any(0)
+        n = max(int(used.nonzero().max()) + 1, 1) if bool(used.any()) else 1
+        m = keep[:, :n].to(u_r.dtype)
+        u = u_r[:, :n] * m
+        w, affine = self._folded()
+        w = w[:n] if in_n is None else w[:n, :in_n]
+        bias = torch.addcmul(affine[0, :n] * m, affine[1, :n], u)
+        conv = self.conv
+        z = F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation)
+        d["last_idx"], d["last_prefix"], d["last_count"], d["_last_keep"] = None, n, None, keep.detach()
+        return torch.addcmul(bias[:, :, None, None], z, u[:, :, None, None]).relu_()
 
 
 def folded_unit(unit: GatedConv) -> tuple[torch.Tensor, torch.Tensor]:

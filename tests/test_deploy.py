@@ -293,6 +293,23 @@ def test_export_command_static_onnx(tmp_path: Path) -> None:
     assert kind == "static" and path.is_file()
 
 
+def _conv_weights(module: torch.jit.ScriptModule) -> list[torch.Tensor]:
+    """The 4-d tensor constants of a frozen TorchScript module (its conv weights)."""
+    frozen = [
+        t for t in module.graph.nodes() if t.kind() == "prim::Constant" and t.output().type().kind() == "TensorType"
+    ]
+    return [n.output().toIValue() for n in frozen if n.output().toIValue().dim() == 4]
+
+
+def _nhwc(weights: list[torch.Tensor]) -> bool:
+    # NHWC, not NCHW (a 1x1 conv with 1 input is both)
+    return (
+        bool(weights)
+        and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+        and not all(w.is_contiguous() for w in weights)
+    )
+
+
 def test_export_command_static_channels_last(tmp_path: Path) -> None:
     """--channels-last writes NHWC conv weights; the file computes the NCHW file's logits from NCHW inputs."""
     run = _run_dir(tmp_path)
@@ -302,18 +319,44 @@ def test_export_command_static_channels_last(tmp_path: Path) -> None:
     a, b = torch.jit.load(str(nchw)), torch.jit.load(str(nhwc))
     x = images(3, seed=9)
     _assert_close(_logits(b, x), _logits(a, x))
-    frozen = [t for t in b.graph.nodes() if t.kind() == "prim::Constant" and t.output().type().kind() == "TensorType"]
-    weights = [n.output().toIValue() for n in frozen if n.output().toIValue().dim() == 4]
-    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
-    assert not all(w.is_contiguous() for w in weights)  # NHWC, not NCHW (a 1x1 conv with 1 input is both)
+    assert _nhwc(_conv_weights(b)) and not _nhwc(_conv_weights(a))
 
 
-def test_channels_last_is_refused_for_dynamic_models(tmp_path: Path) -> None:
-    dyn, *_ = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix")
-    with pytest.raises(ValueError, match="fixed-shape"):
-        to_torchscript(dynamic_deployable(dyn), channels_last=True)
-    with pytest.raises(ValueError, match="static TorchScript"):
-        export_run(_run_dir(tmp_path), kind="dynamic", channels_last=True)
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
+def test_export_command_dynamic_channels_last(tmp_path: Path, order: str) -> None:
+    """A dynamic file with NHWC weights keeps the eager model's channels per image; ONNX refuses the option."""
+    from agents.cli import load_run
+
+    run = _run_dir(tmp_path, order=order)
+    path, kind = export_run(run, out=tmp_path / "cl.pt", channels_last=True)
+    assert kind == "dynamic"
+    loaded = torch.jit.load(str(path))
+    dyn, _ = load_run(run)
+    x = images(3, seed=8)
+    _assert_close(_logits(loaded, x), torch.cat([_logits(dyn, x[i : i + 1]) for i in range(3)]))
+    assert _nhwc(_conv_weights(loaded))
+    with pytest.raises(ValueError, match="TorchScript files only"):
+        export_run(run, fmt="onnx", kind="static", channels_last=True)
+
+
+@pytest.mark.parametrize(("name", "plan"), AGENT_CASES)
+def test_dynamic_torchscript_runs_a_prefix_batch_at_once(name: str, plan: tuple[float | None, float]) -> None:
+    """The fast form of a prefix-order model with the agent inside computes a batch at once (every unit on the
+    longest kept prefix, each image's extra channels zeroed): the eager model's logits image by image, also with
+    NHWC weights and for one image after a batch (the per-image state is one row again)."""
+    dyn, _, _, x = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix", name, plan)
+    expected = torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))])
+    deployable = dynamic_deployable(dyn)
+    # a plain net's units read units: the agent's MAC bookkeeping follows each image's producer count, so tiny_cnn
+    # runs image by image (same logits)
+    assert deployable.batched is (name != "tiny_cnn") and not dynamic_deployable(dyn, exact=True).batched
+    for channels_last in (False, True):
+        module = to_torchscript(deployable, channels_last=channels_last)
+        _assert_close(_logits(module, x), expected)
+        _assert_close(_logits(module, x[2:3]), expected[2:3])
+        _assert_close(_logits(module, x[1:]), expected[1:])
+    gather, *_ = _agent_dynamic("ppo", "BudgetResidualPolicy", "u_r", name, plan)
+    assert not dynamic_deployable(gather).batched  # top-k per image: one image at a time
 
 
 def test_export_command_dynamic_onnx_of_a_prefix_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,6 +52,46 @@ def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tr
             assert torch.equal(unit.last_keep[0], mask[i][unit.frozen_out_index])
 
 
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
+@pytest.mark.parametrize(("static", "tradeoff"), [(None, 1.0), ([0.5, 0.25, 0.75], 0.3)])
+def test_batched_prefix_path_computes_only_the_longest_kept_prefix(
+    name: str, static: list[float] | None, tradeoff: float
+) -> None:
+    """A batch through prefix-order units: the masked model's logits and keep masks, while every unit's conv and
+    its reader see only the longest prefix an image of the batch keeps."""
+    gated = _gated(name)
+    n_units = len(stored_masks(gated))
+    static_keep = None if static is None else (static * n_units)[:n_units]
+    ratios = 0.1 + 0.5 * torch.rand(6, n_units, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    set_plan(
+        gated, PruningPlan(static_keep=static_keep, runtime_keep=ratios, tradeoff=tradeoff, runtime_order="prefix")
+    )
+    x = images(6, seed=2)
+    with torch.no_grad():
+        masked = gated(x)
+    masks = applied_masks(gated)
+    exported = export_static(gated)
+    clear_plan(gated)
+    dyn = DynamicModel(exported, ratios)
+    # every reader of a unit (its consumer conv, or the next unit of a plain net): the width of its input
+    readers = [m for m in dyn.modules() if getattr(m, "source", None) is not None]
+    widths: dict[int, int] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: widths.__setitem__(id(mod), args[0].shape[1])) for m in readers
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(dyn(x), masked, rtol=1e-4, atol=1e-5)
+    for h in hooks:
+        h.remove()
+    for unit, mask in zip(dyn.units, masks, strict=True):
+        keep = mask[:, unit.frozen_out_index]
+        assert torch.equal(unit.last_keep, keep)
+        assert torch.equal(last_kept_count(unit), keep.sum(1))
+        assert unit.last_prefix == int(keep.any(0).nonzero().max()) + 1  # the longest kept prefix
+    assert readers and all(widths[id(m)] == m.source.last_prefix for m in readers)  # readers get the slices
+    assert any(u.last_prefix < u.conv.out_channels for u in dyn.units)
+
+
 def test_prefix_order_keeps_a_prefix_of_the_static_ranking() -> None:
     """With runtime_order="prefix" an image's kept set depends only on its keep count: the top of the static
     order (u_s here), whatever u_r says; the u_r order picks different channels for different images."""
