@@ -16,7 +16,8 @@ data, and measures each pruned model on the same axes:
 read as YAML scalars). The row label is the spec. Baselines are of three kinds:
 
 * **static** (``uniform``, ``random``, ``l1``, ``l2``, ``bn_scale``, ``pfp``, ``neuron_merging``, ...): a
-  :class:`envs.static.StaticPruningEnv` is built on the plain base model with the policy's channel criterion
+  ``prunegym/StaticPruning-v0`` env (:class:`envs.static.StaticPruningEnv`, by ``gymnasium.make`` like every env
+  here) is built on the plain base model with the policy's channel criterion
   (:meth:`~agents.baselines.BaselinePolicy.channel_criterion`, bound to the validation images for data-driven
   ones such as PFP), :meth:`~agents.baselines.BaselinePolicy.prepare` solves the policy for the budget, one
   episode gives the plan and :meth:`~agents.baselines.BaselinePolicy.transform` the model (plain slicing by
@@ -27,7 +28,7 @@ read as YAML scalars). The row label is the spec. Baselines are of three kinds:
   ``model`` file, or else the base model gated with *fresh* predictors (:func:`pruning.gating.gate_model`):
   ``u_r = W·GAP(x) + b`` with ``W = 0`` and ``b = γ``, so a fresh predictor ranks channels by the BN scale γ,
   the same for every image, and FBS then degenerates to a static top-γ selection at one uniform ratio. The
-  policy is prepared in a :class:`envs.runtime.RuntimePruningEnv` (R_r = 1: runtime pruning only) and its
+  policy is prepared in a ``prunegym/RuntimePruning-v0`` env (R_r = 1: runtime pruning only) and its
   per-unit runtime ratios are applied on the test set: the MAC fraction is the **measured mean over the test
   images** (:class:`pruning.accounting.CostModel` from the applied keep counts; ``info`` adds the largest one
   and the predictor overhead), parameters are every stored backbone and predictor parameter, and latency is
@@ -71,9 +72,24 @@ seed, so no cell depends on the cells before it.
 **On a Ray cluster.** With ``ray=`` (``--ray [ADDRESS]``) the cells run as Ray tasks in parallel
 (:mod:`agents.distributed`); the rows and outputs are the serial run's, in the same order, except timings.
 
+**Static cells side by side.** With ``static_envs=N`` > 1 (``--static-envs N``) the static cells run in
+``N`` worker processes forked from this one once it has loaded the base model and the data, each worker
+running :func:`run_cell`'s code on its copy-on-write share of them; then this process runs the other cells.
+The unit of parallel work is the whole cell, not its episode: a static cell is one deterministic episode of
+a prepared baseline (one step per unit, then one pass over the ``num_val`` images) followed by the pruned
+model's scoring (fine-tune, val and test top-1, latency), and the baseline must be prepared on the env's
+live model in the process that holds the env, which an SB3 ``SubprocVecEnv`` keeps in its workers
+(:func:`agents.unwrap.unwrap_env` refuses it). So each worker builds the static envs of its cells with
+``gymnasium.make`` as the serial run does, and since a cell depends only on its own (policy, budget, seed)
+the rows, their order and the outputs are the serial run's except the timing columns (and, as with Ray, the
+float noise of the thread count in a fine-tune). Forked workers stay at one torch thread (the fork hook of
+:mod:`envs`, which the schedule's ``--static-envs`` workers rely on too), so every row's latency is then timed
+at one thread, the static ones while other workers run: time with ``static_envs=1`` for the latency figures
+you report. CPU only, on an OS that forks; not with ``ray``.
+
 Command line: ``prunegym compare --policies l1 random fbs --budgets 0.5 0.3 --seeds 0 1 2`` (or
 ``python -m agents.compare ...``; add ``--ray`` to run the cells on a local Ray instance, ``--ray auto`` on the
-cluster this machine joined).
+cluster this machine joined, or ``--static-envs 4`` to run the static cells in four forked processes).
 """
 
 from __future__ import annotations
@@ -86,6 +102,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -95,6 +112,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 import yaml
 from torch import nn
@@ -110,8 +128,8 @@ from agents.baselines import (
     list_baselines,
 )
 from agents.distributed import run_tasks
-from envs.runtime import RuntimePruningEnv
-from envs.static import StaticPruningEnv
+from agents.unwrap import unwrap_env
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
 from pruning.accounting import CostModel, model_cost
 from pruning.checkpoint import load_model
 from pruning.data import ImageDataset, get_dataset, iterate_batches
@@ -370,14 +388,15 @@ def _top1_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / max(1, int(y.shape[0]))
 
 
-def _episode(env: StaticPruningEnv, policy: BaselinePolicy, seed: int) -> tuple[PruningPlan, dict[str, Any]]:
+def _episode(env: gym.Env, policy: BaselinePolicy, seed: int) -> tuple[PruningPlan, dict[str, Any]]:
+    """One episode of the prepared ``policy`` in a static env (wrapped, by ``gymnasium.make``): plan and last info."""
     obs, _ = env.reset(seed=seed)
     done = False
     info: dict[str, Any] = {}
     while not done:
         action, _ = policy.predict(obs, deterministic=True)
         obs, _, done, _, info = env.step(action)
-    return env.final_plan(), info
+    return unwrap_env(env).final_plan(), info
 
 
 @torch.no_grad()
@@ -450,8 +469,8 @@ class _Bench:
         self._val: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._splits: dict[str, ImageDataset] = {}
         self._tests: dict[Any, ImageDataset] = {}
-        self.static_envs: dict[tuple[str | None, float], StaticPruningEnv] = {}
-        self.runtime_envs: dict[float, RuntimePruningEnv] = {}
+        self.static_envs: dict[tuple[str | None, float], gym.Env] = {}
+        self.runtime_envs: dict[float, gym.Env] = {}
 
     def plain(self, what: str) -> nn.Module:
         if self.base is None:
@@ -472,11 +491,11 @@ class _Bench:
         """The static env's validation subset, normalised for ``model`` (the same images for every model)."""
         key = id(model)
         if key not in self._val:
-            ref = StaticPruningEnv(
-                model=model, dataset=self.dataset, data_dir=self.data_dir, num_val=self.num_val, budget=1.0,
-                device=self.device,
+            ref = gym.make(
+                STATIC_ENV_ID, model=model, dataset=self.dataset, data_dir=self.data_dir, num_val=self.num_val,
+                budget=1.0, device=self.device,
             )  # fmt: skip
-            self._val[key] = ref.validation_data
+            self._val[key] = unwrap_env(ref).validation_data
         return self._val[key]
 
     def test_set(self, model: nn.Module) -> ImageDataset:
@@ -492,24 +511,29 @@ class _Bench:
             self._splits[name] = get_dataset(self.dataset, split=name, root=self.data_dir)
         return dataset_for_model(self._splits[name], model)
 
-    def static_env(self, criterion: Any, budget: float) -> StaticPruningEnv:
-        """A static env on the base model ranking by ``criterion`` (cached for registered names)."""
+    def static_env(self, criterion: Any, budget: float) -> gym.Env:
+        """A ``prunegym/StaticPruning-v0`` env on the base model ranking by ``criterion`` (cached for registered names).
+
+        Built by ``gymnasium.make``, so it is wrapped; :func:`agents.unwrap.unwrap_env` reaches the env itself.
+        """
         key = (criterion, budget) if isinstance(criterion, str | None) else None
         if key is not None and key in self.static_envs:
             return self.static_envs[key]
-        env = StaticPruningEnv(
-            model=self.plain("static"), dataset=self.dataset, data_dir=self.data_dir, num_val=self.num_val,
-            budget=budget, criterion=criterion, device=self.device,
+        env = gym.make(
+            STATIC_ENV_ID, model=self.plain("static"), dataset=self.dataset, data_dir=self.data_dir,
+            num_val=self.num_val, budget=budget, criterion=criterion, device=self.device,
         )  # fmt: skip
         if key is not None:
             self.static_envs[key] = env
         return env
 
-    def runtime_env(self, budget: float) -> RuntimePruningEnv:
+    def runtime_env(self, budget: float) -> gym.Env:
+        """A ``prunegym/RuntimePruning-v0`` env on :attr:`gated` (by ``gymnasium.make``; cached per budget)."""
         if budget not in self.runtime_envs:
-            self.runtime_envs[budget] = RuntimePruningEnv(
-                model=self.gated, dataset=self.dataset, data_dir=self.data_dir, budget=budget, device=self.device
-            )
+            self.runtime_envs[budget] = gym.make(
+                RUNTIME_ENV_ID, model=self.gated, dataset=self.dataset, data_dir=self.data_dir, budget=budget,
+                device=self.device,
+            )  # fmt: skip
         return self.runtime_envs[budget]
 
 
@@ -553,16 +577,17 @@ def _run_static(bench: _Bench, spec: PolicySpec, budget: float, seed: int, finet
     env = bench.static_env(policy.channel_criterion(calibration), budget)
     policy.prepare(env)
     plan, info = _episode(env, policy, seed)
+    inner = unwrap_env(env)
     pruned = policy.transform(base, plan).to(bench.device)
     finetune(pruned, seed, spec.label)
     cost = model_cost(base, plan)
     params = sum(p.numel() for p in pruned.parameters())
     # kept / full channels per unit, as applied (the plan's ratios are action values inside each count's interval)
-    keep = [int(k) / int(c) for k, c in zip(info["keep_counts"], env.channels, strict=True)]
+    keep = [int(k) / int(c) for k, c in zip(info["keep_counts"], inner.channels, strict=True)]
     return _Result(
-        model=pruned, val=env.validation_data, mac_fraction=float(cost.macs_fraction[0]), params=params,
+        model=pruned, val=inner.validation_data, mac_fraction=float(cost.macs_fraction[0]), params=params,
         params_fraction=params / sum(p.numel() for p in base.parameters()), latency_model=pruned, keep_ratios=keep,
-        val_top1_env=float(info["top1"]), info={"criterion": env.criterion_name},
+        val_top1_env=float(info["top1"]), info={"criterion": inner.criterion_name},
     )  # fmt: skip
 
 
@@ -924,6 +949,81 @@ def run_cell(settings: CompareSettings, spec: PolicySpec, budget: float, seed: i
     return cells.run(spec, budget, seed)
 
 
+#: In a worker forked by :func:`_run_here`: the parent's cells, inherited (bench, data, envs built so far).
+_FORKED_CELLS: list[_Cells] = []
+
+
+def _adopt(cells: _Cells) -> None:
+    """Initialise a forked worker: run cells with the parent's :class:`_Cells` (a copy-on-write fork, not pickled)."""
+    _FORKED_CELLS[:] = [cells]
+
+
+def _forked_cell(run: tuple[PolicySpec, float, int]) -> dict[str, Any] | str:
+    """What a forked worker runs for one static cell ``(spec, budget, seed)``: the parent's code, on its bench."""
+    return _FORKED_CELLS[0].run(*run)
+
+
+def _check_static_envs(
+    static_envs: int, device: str | torch.device, ray: str | None, latency_threads: int | None
+) -> None:
+    """Refuse ``static_envs`` values that :func:`compare` cannot run (see its docstring)."""
+    if isinstance(static_envs, bool) or not isinstance(static_envs, int) or static_envs < 1:
+        raise ValueError(f"static_envs must be a positive number of processes, got {static_envs!r}")
+    if static_envs == 1:
+        return
+    if ray is not None:
+        raise ValueError("static_envs > 1 runs static cells in forked processes and ray= runs every cell as a "
+                         "Ray task; pass one of them")  # fmt: skip
+    if "fork" not in mp.get_all_start_methods():
+        raise ValueError("static_envs > 1 forks worker processes, which this OS cannot: use static_envs=1 or ray=")
+    if torch.device(device).type != "cpu":
+        raise ValueError(
+            f"static_envs > 1 forks worker processes, which cannot use device={str(device)!r} (a forked child "
+            "cannot re-initialise CUDA): use device='cpu' or static_envs=1"
+        )
+    if latency_threads not in (None, 1):
+        raise ValueError(
+            f"static_envs > 1 forks worker processes, which must stay at one torch thread (see envs), so they "
+            f"cannot time with latency_threads={latency_threads}: use latency_threads=1 (the default then) or "
+            "static_envs=1"
+        )
+
+
+def _run_here(
+    cells: _Cells, runs: Sequence[tuple[PolicySpec, float, int]], static_envs: int, progress: bool
+) -> list[dict[str, Any] | str]:
+    """Every cell's outcome, in the order of ``runs``: static cells in ``static_envs`` forked workers, the rest here.
+
+    With ``static_envs`` = 1 (or fewer than two static cells) every cell runs here, one after another. Else a
+    pool of forked worker processes (``multiprocessing``'s ``fork`` start method, as the schedule's
+    ``--static-envs`` forks its ``SubprocVecEnv``) runs the static cells first, while this process waits; then
+    this process runs the others (base, runtime, trained, agent) with its own threads, so their latencies are
+    measured on a quiet machine.
+    """
+    static = [i for i, (spec, _, _) in enumerate(runs) if spec.kind == "static"] if static_envs > 1 else []
+    if len(static) < 2:
+        static = []
+    outcomes: dict[int, dict[str, Any] | str] = {}
+    bar = tqdm(total=len(runs), desc="compare", disable=not progress, file=sys.stderr)
+    try:
+        if static:
+            workers = min(static_envs, len(static))
+            bar.set_postfix_str(f"{len(static)} static cells in {workers} processes")
+            # forked now, after the bench is built: the workers share its pages until they write them
+            with mp.get_context("fork").Pool(workers, initializer=_adopt, initargs=(cells,)) as pool:
+                for i, outcome in zip(static, pool.imap(_forked_cell, [runs[i] for i in static]), strict=True):
+                    outcomes[i] = outcome
+                    bar.update()
+        for i, (spec, budget, seed) in enumerate(runs):
+            if i not in outcomes:
+                bar.set_postfix_str(f"{spec.label} @ {budget:g} seed {seed}")
+                outcomes[i] = cells.run(spec, budget, seed)
+                bar.update()
+    finally:
+        bar.close()
+    return [outcomes[i] for i in range(len(runs))]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # compare
 # ----------------------------------------------------------------------------------------------------------
@@ -953,6 +1053,7 @@ def compare(
     latency_threads: int | None = None,
     built_models: dict[tuple[Any, ...], tuple[BuiltModel, float]] | None = None,
     ray: str | None = None,
+    static_envs: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every policy × budget (× seed) on the same base model and data; write the table and the plot.
 
@@ -998,13 +1099,19 @@ def compare(
             timing columns (``latency_*`` measured on whichever node ran the cell, ``seconds``,
             ``train_seconds``); a fine-tune that ran with several threads in the serial run may differ by the
             float noise of the thread count.
+        static_envs: Run the static cells in this many worker processes forked from this one (see "Static
+            cells side by side" in the module docstring); 1 (default) runs every cell here. Rows as with
+            ``ray``: the serial run's except the timing columns (all timed at one thread), and up to the float
+            noise of the thread count in a fine-tune. CPU only, not with ``ray``, ``latency_threads`` 1 or
+            ``None``.
 
     Returns:
         One dict per run, with the keys of :data:`CSV_FIELDS` (``info`` is a JSON string).
 
     Raises:
         ValueError: an unknown policy or option, a saved agent, no policies, budgets or seeds, a bad budget,
-            a gated model for static or trained policies, ``built_models`` with ``ray``, or every run skipped
+            a gated model for static or trained policies, ``built_models`` with ``ray``, ``static_envs`` < 1 or
+            > 1 with ``ray``, a CUDA ``device`` or ``latency_threads`` > 1, or every run skipped
             (a run a policy cannot do at its budget is skipped and listed in ``results.md``, see above).
         ImportError: ``ray`` without Ray installed (the message names the extra).
     """
@@ -1020,6 +1127,9 @@ def compare(
         raise ValueError(f"train_epochs must be a non-negative number of epochs, got {train_epochs}")
     if finetune_images is not None and finetune_images <= 0:
         raise ValueError(f"finetune_images must be positive, got {finetune_images}")
+    _check_static_envs(static_envs, device, ray, latency_threads)
+    if static_envs > 1:
+        latency_threads = 1  # what a forked worker times with: every row alike
     if ray is not None and built_models is not None:
         raise ValueError(
             "built_models keeps trained models in this process, and with ray= the cells run in Ray workers; "
@@ -1070,11 +1180,8 @@ def compare(
         rows.append(outcome)
 
     if ray is None:
-        bar = tqdm(runs, desc="compare", disable=not progress, file=sys.stderr)
-        for spec, budget, seed in bar:
-            bar.set_postfix_str(f"{spec.label} @ {budget:g} seed {seed}")
-            record(cells.run(spec, budget, seed))
-        bar.close()
+        for outcome in _run_here(cells, runs, static_envs, progress):
+            record(outcome)
     else:
         del cells, bench  # the workers build their own
         gpus = 1.0 if torch.device(device).type == "cuda" else 0.0
@@ -1274,6 +1381,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run every cell as a Ray task (pip install 'prunegym[ray]'): alone, on a new local Ray instance; "
         "'auto', on the cluster this machine joined (ray start); HOST:PORT, on that head node's cluster",
     )  # fmt: skip
+    p.add_argument(
+        "--static-envs", type=int, default=1, metavar="N",
+        help="run the static cells in N processes forked from this one (CPU; latency timed at one thread; default 1)",
+    )  # fmt: skip
     return p
 
 
@@ -1292,6 +1403,7 @@ def main(argv: list[str] | None = None) -> int:
             finetune_images=args.finetune_images, train_epochs=args.train_epochs, out_dir=out,
             latency=not args.no_latency, progress=not args.no_progress, device=args.device,
             include_base=not args.no_base, latency_threads=args.latency_threads, ray=args.ray,
+            static_envs=args.static_envs,
         )  # fmt: skip
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"prunegym compare: error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ from pruning.plan import RUNTIME_ORDERS, PruningPlan
 from pruning.stepper import UnitStepper
 from pruning.train import dataset_for_model
 
-from .common import TargetSpec, build_env_model, load_reward_split
+from .common import DEFAULTS, EnvSettings, TargetSpec, accepts_settings, build_env_model, load_reward_split
 from .render import (
     RENDER_FPS,
     RENDER_MODES,
@@ -281,7 +281,7 @@ class _RuntimeCore:
         num_images: int | None,
         dataset_kwargs: Mapping[str, Any] | None,
         augment: bool | None,
-        budget: float,
+        budget: float | None,
         static_keep: Sequence[float] | None,
         tradeoff: float | None,
         min_keep: float,
@@ -303,6 +303,8 @@ class _RuntimeCore:
         self.num_envs = int(num_envs)
         self.min_keep = float(min_keep)
         self.device = torch.device(device)
+        if budget is None:
+            raise TypeError("the runtime env needs a MAC budget: budget must be a fraction in (0, 1], got None")
         self.budget = budget  # validated by the setter
         self.reward_fn: RewardFn
         self.reward_fn, self.reward_name = resolve_reward(reward)
@@ -760,16 +762,13 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
 
-    The runtime MDP of Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via
-    Deep RL", NeurIPS 2020, Sec. 3.3). An episode is one image's forward pass through a fixed, gated network
-    whose prunable units each predict a runtime channel importance `u_r = FC(GAP(input))`. At step `t` the
-    agent sees unit `t`'s input GAP and `u_r`, and chooses the unit's **runtime keep ratio** for this image;
-    the unit keeps its most important channels by `u_r` (combined with the fixed static plan by the trade-off
-    pruner at rate R_r) and the network runs on to the next unit. After the last unit the reward trades the
-    image's cross-entropy against its MAC cost. A step runs only from unit `t` to `t + 1`, so an episode
-    costs one forward pass; `RuntimePruningVecEnv` runs `num_envs` episodes as one batch with exactly the same
-    results. Derivations and design notes (including two flaws of the released code not copied):
-    `docs/envs.md`.
+    The runtime MDP of Chen, Chen & Pan (NeurIPS 2020, Sec. 3.3): one episode is one image's forward pass through
+    a fixed, gated network whose units each predict a channel importance `u_r = FC(GAP(input))`. At step `t` the
+    agent sees unit `t`'s input GAP and `u_r` and chooses the unit's **runtime keep ratio** for this image; the
+    unit keeps its top channels by `u_r` (with the fixed static plan, by the trade-off pruner at rate R_r) and
+    the network runs on. After the last unit the reward trades the image's cross-entropy against its MACs.
+    `RuntimePruningVecEnv` (`envs.make_batched`) runs `num_envs` episodes as one batch with the same results.
+    Derivations and design notes: `docs/envs.md`, "RuntimePruningEnv".
 
     ## Action Space
 
@@ -792,92 +791,50 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     | G+U+1       | MAC budget (fraction of the base backbone MACs)                      | 0      | 1     |
     | G+U+2       | MAC fraction committed so far, unprunable layers included            | 0      | 1     |
 
-    GAP and `u_r` are read at the unit's original widths, so an observation means the same for a masked, an
-    exported and a `DynamicModel` network. The terminal observation has zeros for GAP and `u_r`, index 1 and
-    the episode's MAC fraction B. Details: `docs/envs.md`.
+    GAP and `u_r` are read at the unit's original widths (the same for a masked, an exported and a
+    `DynamicModel` network). The terminal observation has zeros for GAP and `u_r`, index 1 and the final B.
 
     ## Rewards
 
-    0 at every step but the last. At the last unit the reward function (`reward=`, from the same registry as
-    `StaticPruningEnv`'s: `envs.rewards`) is called once on the batch of episodes that end together, an
-    `envs.rewards.EpisodeResult` whose per-image fields are float64 tensors (`loss` = CE, `top1` = 100·correct,
-    `macs_fraction` = B, `loss_scale` = β), and returns one reward per image; its named terms are
-    `info["reward_parts"]`. The default, `"paper"` (Chen et al.), for the image `(x, y)`:
-
-    `r = -CE(x, y) / β + budget_term(B, budget)` (parts `accuracy` and `budget_macs`), with
-
-    - `β` the running mean of the cross-entropy (`envs.rewards.RunningLossScale`: cumulative mean over the
-      first `loss_scale_warmup` updates, then an EMA with `loss_scale_decay`), updated **before** the reward
-      is computed (as in `StaticPruningEnv`), so a first episode is normalised by its own loss. By default
-      each environment keeps its own β, and `RuntimePruningVecEnv` one per sub-environment, each fed by its
-      own episodes only: a VecEnv of B is exactly B single environments, rewards included. A shared
-      `RunningLossScale` passed as `loss_scale` is updated once per batch with the batch's mean CE (Chen et al.'s
-      per-batch β); a float fixes β.
-    - `B` the image's backbone MAC fraction: conv + linear MACs of the network under the final combined
-      masks of every unit (`pruning.accounting.CostModel.from_counts`), over the unpruned backbone's MACs.
-      Predictor MACs are overhead and are not charged (Chen et al.'s B counts conv MACs only); `info` reports
-      them apart.
-    - `budget_term` Chen et al.'s released-code budget reward (`envs.rewards.budget_term`, coefficients from
-      `budget_term=BudgetTerm(...)`): `-1.2·(exp((B - budget)/0.03) - 1)` over budget, `+0.1·(budget - B)`
-      under.
-
-    `"accuracy"` (`0.01·top1`), `"acc_log_macs"`, any name registered with `envs.rewards.register_reward` or a
-    callable `fn(EpisodeResult) -> (rewards, parts)` work alike. A non-finite CE (logits that overflow) is
-    replaced by `LOSS_CAP` (`info["loss_capped"]`), and the penalty's exponent is capped, so the `"paper"`
-    reward is finite for any action; a reward function that returns a non-finite value raises `ValueError`.
+    0 at every step but the last, where `reward=` (the `envs.rewards` registry, as in `StaticPruningEnv`) is
+    called once on the batch of episodes that end together, one reward per image. The default, `"paper"`
+    (Chen et al.), is `r = -CE(x, y) / β + budget_term(B, budget)`: β a running mean of the CE (one per env
+    and per VecEnv sub-environment), B the image's backbone MAC fraction under the final masks, `budget_term`
+    a steep penalty over the budget, a small bonus under it. Always finite. `docs/envs.md`: "Rewards and info".
 
     ## Starting State
 
-    Unit 0 of an image drawn uniformly (with replacement) from the split by `self.np_random`, which also draws
-    the crop and flip of an augmented split. `reset(seed=s)` reseeds it **and restarts the running loss
-    scale**, so the same seed and actions give the same rollout; `reset(options={"image_index": i})` runs
-    image `i` of the split.
+    Unit 0 of an image drawn uniformly from the split (and its crop and flip, if augmented) by `np_random`.
+    `reset(seed=s)` reseeds it **and restarts the running loss scale**, so the same seed and actions give the
+    same rollout; `reset(options={"image_index": i})` runs image `i` of the split.
 
     ## Episode End
 
-    1. Termination: the last unit has been pruned (every episode has exactly `num_units` steps).
+    1. Termination: the last unit has been pruned (`num_units` steps).
     2. Truncation: never.
 
-    `info` at every step: `unit`, `image_index`, `requested_ratio`, `ratio` (applied), `kept_channels`,
-    `kept_fraction` (kept / full width, after the trade-off with the static plan), `macs_fraction` (committed
-    so far; at the last unit the episode's B), `params_fraction` (stored backbone parameters over the base:
-    fixed by the static plan). At the last unit also the keys both envs report at an episode's end
-    (`envs.rewards.EPISODE_INFO_KEYS`): `macs` and `params` (absolute), `macs_fraction`, `params_fraction`,
-    `top1` (100 or 0: this image), `loss` (the CE), `loss_scale` (the β used), `loss_capped` and `reward_parts`
-    (the reward's named terms, summing to the reward); and `predictor_macs_fraction`, `ce`, `correct`, `label`.
-    With the `"paper"` reward `reward_accuracy` and `reward_budget` repeat its parts (deprecated). `reset`'s
-    `info` has `image_index`.
+    `info` at every step: `unit`, `image_index`, `requested_ratio`, `ratio`, `kept_channels`, `kept_fraction`,
+    `macs_fraction` (committed so far), `params_fraction`; at the last unit also the keys both envs report
+    (`envs.rewards.EPISODE_INFO_KEYS`, `reward_parts`) and `predictor_macs_fraction`, `ce`, `correct`, `label`.
 
     ## Arguments
 
-    All keyword-only; `gymnasium.make("prunegym/RuntimePruning-v0", **kwargs)` passes them through.
+    All keyword-only; `gymnasium.make("prunegym/RuntimePruning-v0", **kwargs)` passes them through. Those both
+    envs take, one by one or as `settings=envs.common.EnvSettings(...)`, are documented there: `model`,
+    `weights`, `dataset`, `data_dir`, `split`, `dataset_kwargs`, `budget` (0.5; settable: `env.budget = 0.3`),
+    `reward`, `budget_term`, `loss_scale`, `runtime_order`, `device`. This env's own:
 
-    | Parameter           | Default       | Description                                                                |
-    |---------------------|---------------|----------------------------------------------------------------------------|
-    | `model`             | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`              |
-    | `weights`           | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
-    | `dataset`           | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`        |
-    | `data_dir`          | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)          |
-    | `split`             | `"val"`       | where images come from: `"val"` or `"train"`; `"test"` is refused          |
-    | `num_images`        | `None`        | use only the split's first `num_images` images (`None`: all)               |
-    | `dataset_kwargs`    | `None`        | extra keywords of `get_dataset` (e.g. `val_size`; synthetic: `size`)       |
-    | `augment`           | `None`        | CIFAR crop + flip per episode; `None`: the split's default (train only)    |
-    | `budget`            | `0.5`         | MAC budget: cap on each image's backbone MAC fraction, in (0, 1]           |
-    | `static_keep`       | `None`        | fixed static keep ratio per unit (`None`: no static pruning)               |
-    | `tradeoff`          | `None`        | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`   |
-    | `static_scores`     | `None`        | per-unit channel scores ranking the static plan (default: `u_s`)           |
-    | `runtime_order`     | `"u_r"`       | kept channels: each image's top-k by `u_r`, or `"prefix"`: static order    |
-    | `min_keep`          | `0.1`         | keep ratio of action -1 (Chen et al.'s runtime floor)                      |
-    | `reward`            | `"paper"`     | name in the `envs.rewards` registry, or a callable (see Rewards)           |
-    | `budget_term`       | `None`        | `envs.rewards.BudgetTerm` (1.2 / 0.03 / 0.1) or `MeanBudgetTerm()`         |
-    | `loss_scale`        | `None`        | β: `None` (a fresh running mean), a shared `RunningLossScale`, or a float  |
-    | `loss_scale_warmup` | `200`         | batches averaged cumulatively before the EMA starts (fresh running mean)   |
-    | `loss_scale_decay`  | `0.995`       | EMA weight of the old value (fresh running mean)                           |
-    | `device`            | `"cpu"`       | where the model runs and the images live                                   |
-    | `render_mode`       | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                          |
-
-    The static plan and R_r never change during the env's lifetime; `budget` may (`env.budget = 0.3`, shown
-    from the next step). More on `model` and the other arguments: `docs/envs.md`.
+    | Parameter           | Default | Description                                                                |
+    |---------------------|---------|----------------------------------------------------------------------------|
+    | `num_images`        | `None`  | use only the split's first `num_images` images (`None`: all)               |
+    | `augment`           | `None`  | CIFAR crop + flip per episode; `None`: the split's default (train only)    |
+    | `static_keep`       | `None`  | fixed static keep ratio per unit (`None`: no static pruning)               |
+    | `tradeoff`          | `None`  | R_r in [0, 1]; `None`: 1 (pure runtime), but required with `static_keep`   |
+    | `static_scores`     | `None`  | per-unit channel scores ranking the static plan (default: `u_s`)           |
+    | `min_keep`          | `0.1`   | keep ratio of action -1 (Chen et al.'s runtime floor)                      |
+    | `loss_scale_warmup` | `200`   | updates averaged cumulatively before β's EMA starts (own running mean)     |
+    | `loss_scale_decay`  | `0.995` | EMA weight of β's old value (own running mean)                             |
+    | `render_mode`       | `None`  | `None`, `"rgb_array"` (a `(360, 640, 3)` `uint8` picture) or `"ansi"`      |
 
     ```python
     >>> import gymnasium as gym
@@ -891,54 +848,48 @@ class RuntimePruningEnv(_SharedAttributes, gym.Env[np.ndarray, np.ndarray]):
     ...     obs, reward, terminated, truncated, info = env.step(env.unwrapped.action_for_ratio(0.5))
     >>> info["unit"], info["ratio"], info["kept_channels"], round(info["macs_fraction"], 4)
     (2, 0.5, 8, 0.3423)
-    >>> reward == info["reward_accuracy"] + info["reward_budget"], info["reward_budget"] > 0
+    >>> reward == sum(info["reward_parts"].values()), info["reward_parts"]["budget_macs"] > 0
     (True, True)
 
     ```
 
-    ## Rendering
-
-    `render_mode="rgb_array"`: `render()` returns the episode so far as a `(360, 640, 3)` `uint8` picture,
-    `"ansi"` as a text table, `None` (the default) nothing; `episode_frame()` gives the numbers behind both.
-    The env pickles and is safe in forked or spawned workers (`docs/envs.md`, "Processes and pickling").
-
     ## Version History
 
-    * v0: Initial version. Render modes, pickling and fork-safe workers came later without a version bump
-      (observations, actions and rewards are unchanged). The `reward=` argument (the `envs.rewards`
-      registry; the default `"paper"` is the same reward as before), `info["reward_parts"]` and the shared
-      end-of-episode keys (`macs`, `params`, `top1`, `loss`) came later too. `info["reward_accuracy"]` and
-      `info["reward_budget"]` are deprecated aliases of `reward_parts["accuracy"]` and
-      `reward_parts["budget_macs"]` (reported with the `"paper"` reward only) and go in the next version.
+    * v0: Initial version. Render modes, pickling, fork-safe workers, `reward=` and `info["reward_parts"]` came
+      without a bump (`docs/envs.md`). `info["reward_accuracy"]` and `info["reward_budget"]` (the `"paper"`
+      parts) are deprecated and go in the next version.
     """
 
     metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
+    @accepts_settings
     def __init__(
         self,
         *,
-        model: str | nn.Module = "tiny_cnn",
-        weights: str | Path | None = None,
-        dataset: str | ImageDataset = "synthetic",
-        data_dir: str | Path | None = None,
-        split: str = "val",
+        settings: EnvSettings | None = None,
+        model: str | nn.Module = DEFAULTS.model,
+        weights: str | Path | None = DEFAULTS.weights,
+        dataset: str | ImageDataset = DEFAULTS.dataset,
+        data_dir: str | Path | None = DEFAULTS.data_dir,
+        split: str = DEFAULTS.split,
         num_images: int | None = None,
-        dataset_kwargs: Mapping[str, Any] | None = None,
+        dataset_kwargs: Mapping[str, Any] | None = DEFAULTS.dataset_kwargs,
         augment: bool | None = None,
-        budget: float = 0.5,
+        budget: float | None = DEFAULTS.budget,
         static_keep: Sequence[float] | None = None,
         tradeoff: float | None = None,
         min_keep: float = 0.1,
-        reward: str | RewardFn = "paper",
-        budget_term: BudgetTerm | MeanBudgetTerm | None = None,
+        reward: str | RewardFn = DEFAULTS.reward,
+        budget_term: BudgetTerm | MeanBudgetTerm | None = DEFAULTS.budget_term,
         static_scores: Sequence[Any] | None = None,
-        runtime_order: str = "u_r",
-        loss_scale: RunningLossScale | float | None = None,
+        runtime_order: str = DEFAULTS.runtime_order,
+        loss_scale: RunningLossScale | float | None = DEFAULTS.loss_scale,
         loss_scale_warmup: int = 200,
         loss_scale_decay: float = 0.995,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = DEFAULTS.device,
         render_mode: str | None = None,
     ) -> None:
+        del settings  # merged into the keywords by @accepts_settings
         super().__init__()
         self.render_mode = check_render_mode(render_mode, "RuntimePruningEnv")
         self._core = _RuntimeCore(
@@ -1018,8 +969,11 @@ class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
       batch-wide methods ``reset``, ``step``, ``close``, ``seed`` are refused: call them on the VecEnv);
       ``env_is_wrapped`` is false (no Gymnasium wrappers inside).
 
+    :func:`envs.make_batched` builds it from the registered id (``make_batched(RUNTIME_ENV_ID, num_envs, ...)``).
+
     Args:
         num_envs: Episodes per batch (B).
+        settings: The arguments both envs share (:class:`envs.common.EnvSettings`), as in :class:`RuntimePruningEnv`.
         **kwargs: Keyword arguments of :class:`RuntimePruningEnv`.
 
     Example:
@@ -1039,7 +993,9 @@ class RuntimePruningVecEnv(_SharedAttributes, VecEnv):
 
     _BATCH_METHODS = frozenset({"reset", "step", "step_async", "step_wait", "close", "seed", "set_options"})
 
-    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+    @accepts_settings
+    def __init__(self, num_envs: int, *, settings: EnvSettings | None = None, **kwargs: Any) -> None:
+        del settings  # merged into the keywords by @accepts_settings
         render_mode = check_render_mode(kwargs.pop("render_mode", None), "RuntimePruningVecEnv")
         defaults = _env_defaults()
         unknown = set(kwargs) - set(defaults)
@@ -1182,4 +1138,4 @@ def _env_defaults() -> dict[str, Any]:
     import inspect
 
     params = inspect.signature(RuntimePruningEnv.__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "render_mode")}
+    return {k: p.default for k, p in params.items() if k not in ("self", "settings", "render_mode")}

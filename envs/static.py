@@ -30,12 +30,13 @@ from pruning.plan import RATIO_EPS, PruningPlan, RuntimeSource, keep_count
 from pruning.train import recalibrate_bn
 from pruning.units import Unit
 
-from .common import TargetSpec, build_env_model, load_reward_split
+from .common import DEFAULTS, EnvSettings, TargetSpec, accepts_settings, build_env_model, load_reward_split
 from .render import RENDER_FPS, RENDER_MODES, EpisodeFrame, UnitFrame, check_render_mode, render_frame
 from .rewards import (
     LOSS_CAP,
     BudgetTerm,
     EpisodeResult,
+    MeanBudgetTerm,
     RewardFn,
     RunningLossScale,
     call_reward,
@@ -96,13 +97,12 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
 
-    The agent walks once through the prunable units of a fixed, pretrained network and gives each a **static
-    keep ratio** (the fraction of its output channels kept for every input, chosen by a channel criterion);
-    after the last unit the pruned model is scored on a fixed validation subset, the only non-zero reward.
-    The MAC budget (and an optional parameter budget) is enforced by AMC's action wall (`budget_mode="clamp"`)
-    or charged by Chen et al.'s penalty (`"penalty"`): the MDP of AMC (He et al., ECCV 2018) with the rewards of
-    Chen, Chen & Pan ("Storage Efficient and Dynamic Flexible Runtime Channel Pruning via Deep RL", NeurIPS
-    2020). A runtime policy may run in the loop (`runtime=`). Derivations and design notes: `docs/envs.md`.
+    AMC's MDP (He et al., ECCV 2018) with Chen et al.'s rewards (NeurIPS 2020): the agent walks once through
+    the prunable units of a fixed network and gives each a **static keep ratio** (the fraction of its output
+    channels kept for every input, chosen by a channel criterion); then the pruned model is scored on a fixed
+    validation subset. The MAC budget (and an optional parameter budget) is enforced by AMC's action wall
+    (`budget_mode="clamp"`) or charged by Chen et al.'s penalty (`"penalty"`). A runtime policy may run in the
+    loop (`runtime=`). Derivations and the arguments in detail: `docs/envs.md`, "StaticPruningEnv".
 
     ## Action Space
 
@@ -114,14 +114,13 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | 1   | R_r of unit t (`learn_split` only)  | `(a + 1) / 2` in `[0, 1]` (0 = pure static, 1 = pure runtime) |
 
     Values outside `[-1, 1]` are clipped; NaN, infinite values or a wrong size raise `ValueError`. A ratio `a`
-    keeps `k = clamp(ceil(a·C), 1, C)` channels. In `clamp` mode the action wall then lowers `k` (with
-    `learn_split`, also R_r) to the most that still meets the budgets with every later unit at `min_keep`,
-    exactly, for every image (`pruning.budget.action_wall`; `docs/envs.md`).
+    keeps `k = clamp(ceil(a·C), 1, C)` channels; in `clamp` mode the action wall lowers `k` (and R_r) to the
+    most that still meets the budgets for every image with every later unit at `min_keep`.
 
     ## Observation Space
 
-    A `float32` `ndarray` of shape `(13,)` (`(14,)` with `learn_split`), every entry in `[0, 1]`. Entries 0-7
-    are AMC's layer embedding of the unit to decide (unpruned), each min-max normalised over the units:
+    A `float32` `ndarray` of shape `(13,)` (`(14,)` with `learn_split`), every entry in `[0, 1]`; entries 0-7
+    are AMC's layer embedding of the unit to decide (min-max normalised over the units), 8-9 are costed:
 
     | Num | Observation                                                      | Min | Max |
     |-----|------------------------------------------------------------------|-----|-----|
@@ -134,79 +133,47 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     | 12  | previous applied keep ratio (1 at t = 0)                         | 0   | 1   |
     | 13  | previous applied R_r (`learn_split` only; `tradeoff` at t = 0)   | 0   | 1   |
 
-    Entries 8 and 9 are costed from the decisions so far (formulas in `docs/envs.md`). After the last step the
-    observation repeats the last unit's descriptors with entry 9 at 0.
-
     ## Rewards
 
-    0 at every step but the last. At the last step the pruned model (the plan applied, the runtime policy in
-    the loop if given) is scored on the cached validation subset — deterministic, batched, no gradient —
-    and the reward function is called on an `envs.rewards.EpisodeResult`:
-
-    - `"paper"` (default) — Chen et al.: `-CE / β_b` (β_b = running mean of the episode loss,
-      `envs.rewards.RunningLossScale`, updated with this episode's loss first) + `budget_term(MAC fraction,
-      budget)` (`-1.2·(exp((B - cap)/0.03) - 1)` over, `+0.1·(cap - B)` under) + with a parameter budget
-      the same penalty on the parameter fraction with no bonus;
-    - `"accuracy"` — AMC's `acc_reward`: top-1 (percent) × 0.01;
-    - `"acc_log_macs"` — AMC's `acc_flops_reward`: `-(1 - top1/100) · log(MACs per image)`;
-    - any name registered with `envs.rewards.register_reward`, or a callable `fn(EpisodeResult) -> (reward,
-      parts)`.
-
-    The MAC fraction is the mean over images when a runtime policy is in the loop. The reward is never NaN:
-    the loss is capped at `LOSS_CAP` when it is not finite (`info["loss_capped"]` is then true), the penalty's
-    exponent is capped, and a reward function that returns a non-finite value raises `ValueError`.
+    0 at every step but the last, where the pruned model (runtime policy in the loop, if any) is scored and
+    `reward=` is called on an `envs.rewards.EpisodeResult`: `"paper"` (default, Chen et al.: `-CE / β` plus a
+    steep penalty over the budget, a small bonus under it), `"accuracy"` (AMC: `0.01·top1`), `"acc_log_macs"`
+    (AMC), a registered name or a callable. Never NaN. `docs/envs.md`: "Rewards and info".
 
     ## Starting State
 
-    Unit 0, nothing pruned; no randomness (the subset is drawn once, with `val_seed`, for every episode).
-    `reset(options={"budget": b, "param_budget": p})` changes the budgets from this episode on (`ValueError` if
-    `clamp` mode cannot meet them).
+    Unit 0, nothing pruned; no randomness (the subset is drawn once). `reset(options={"budget": b,
+    "param_budget": p})` changes the budgets from this episode on.
 
     ## Episode End
 
-    1. Termination: the last unit has been decided (the episode has exactly one step per unit).
+    1. Termination: the last unit has been decided (one step per unit).
     2. Truncation: never.
 
-    `info` at every step: `unit`, `requested_keep`, `applied_keep`, `keep_count`, `wall_keep` (the largest
-    ratio the wall allowed, 1 in `penalty` mode) and with `learn_split` `requested_tradeoff`,
-    `applied_tradeoff`. At the last step also `macs_fraction`, `macs_fraction_max` (the largest over images),
-    `params_fraction`, `macs`, `params`, `top1` (percent), `loss`, `loss_scale`, `loss_capped`,
-    `requested_keeps`, `applied_keeps`, `keep_counts`, `tradeoffs` (lists, one entry per unit) and
-    `reward_parts`.
+    `info` at every step: `unit`, `requested_keep`, `applied_keep`, `keep_count`, `wall_keep`; at the last step
+    also the keys both envs report (`envs.rewards.EPISODE_INFO_KEYS`) and per-unit lists (`docs/envs.md`).
 
     ## Arguments
 
-    All keyword-only (`gymnasium.make("prunegym/StaticPruning-v0", **kwargs)` passes them through):
+    All keyword-only; `gymnasium.make("prunegym/StaticPruning-v0", **kwargs)` passes them through. Those both
+    envs take, one by one or as `settings=envs.common.EnvSettings(...)`, are documented there: `model`,
+    `weights`, `dataset`, `data_dir`, `split`, `dataset_kwargs`, `budget` (0.5; here `None` is allowed with a
+    `param_budget`), `reward`, `budget_term`, `loss_scale`, `runtime_order`, `device`. This env's own:
 
-    | Parameter          | Default       | Description                                                                |
-    |--------------------|---------------|----------------------------------------------------------------------------|
-    | `model`            | `"tiny_cnn"`  | registered name (`pruning.models.list_models`) or `nn.Module`, plain/gated |
-    | `weights`          | `None`        | weights of a model given by name: `None`, `"DEFAULT"` or a checkpoint path |
-    | `dataset`          | `"synthetic"` | `"cifar10"`, `"cifar100"`, `"synthetic"` or a loaded `ImageDataset`        |
-    | `data_dir`         | `None`        | data root of a dataset given by name (`pruning.data.get_dataset`)          |
-    | `split`            | `"val"`       | where reward images come from: `"val"` or `"train"`; `"test"` is refused   |
-    | `num_val`          | `512`         | size of the fixed reward subset (`None`: the whole split)                  |
-    | `val_seed`         | `0`           | seed of the one-time draw of the subset                                    |
-    | `batch_size`       | `128`         | images per forward pass when scoring (CPU caches favour small batches)     |
-    | `budget`           | `0.5`         | MAC budget, fraction of the base MACs per image; `None` for none           |
-    | `param_budget`     | `None`        | parameter budget, fraction of the base backbone parameters                 |
-    | `budget_mode`      | `"clamp"`     | `"clamp"` (AMC's action wall) or `"penalty"` (Chen et al., reward only)    |
-    | `reward`           | `"paper"`     | name in the `envs.rewards` registry, or a callable                         |
-    | `min_keep`         | `0.2`         | smallest keep ratio an action maps to                                      |
-    | `criterion`        | `None`        | a `pruning.criteria` name (`"l1"`, `"u_s"`, ...) or `fn(model, unit)`      |
-    | `runtime`          | `None`        | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`    |
-    | `tradeoff`         | `None`        | R_r; `None` = 0 without a runtime policy, 0.5 with one (Chen et al.)       |
-    | `learn_split`      | `False`       | add each unit's R_r as a second action dimension (needs `runtime`)         |
-    | `runtime_order`    | `"u_r"`       | runtime channel choice: top-k by `u_r`, or `"prefix"` of the static order  |
-    | `budget_term`      | `None`        | `envs.rewards.BudgetTerm` coefficients (default 1.2 / 0.03 / 0.1)          |
-    | `loss_scale`       | `None`        | β_b: `None` (a fresh running mean), a shared `RunningLossScale`, a float   |
-    | `device`           | `"cpu"`       | where the model is scored                                                  |
-    | `dataset_kwargs`   | `None`        | extra keywords of `get_dataset` (e.g. `val_size`, `seed`)                  |
-    | `bn_recalibration` | `0`           | images of the split (outside the scored subset) that re-estimate BN first  |
-    | `render_mode`      | `None`        | `None`, `"rgb_array"` or `"ansi"` (see Rendering)                          |
-
-    A budget that `clamp` mode cannot meet even with every unit at `min_keep` raises `ValueError` at
-    construction. More on `model`, `criterion`, `runtime`, `bn_recalibration` and the rest: `docs/envs.md`.
+    | Parameter          | Default   | Description                                                              |
+    |--------------------|-----------|--------------------------------------------------------------------------|
+    | `num_val`          | `512`     | size of the fixed reward subset (`None`: the whole split)                |
+    | `val_seed`         | `0`       | seed of the one-time draw of the subset                                  |
+    | `batch_size`       | `128`     | images per forward pass when scoring                                     |
+    | `param_budget`     | `None`    | parameter budget, fraction of the base backbone parameters               |
+    | `budget_mode`      | `"clamp"` | `"clamp"` (AMC's action wall; `ValueError` if unreachable) or `"penalty"`|
+    | `min_keep`         | `0.2`     | smallest keep ratio an action maps to (AMC's floor)                      |
+    | `criterion`        | `None`    | a `pruning.criteria` name or `fn(model, unit)`; `None`: `u_s` or `l1`    |
+    | `runtime`          | `None`    | runtime policy in the loop: a ratio, one per unit, or a `RuntimeSource`  |
+    | `tradeoff`         | `None`    | R_r; `None` = 0 without a runtime policy, 0.5 with one (Chen et al.)     |
+    | `learn_split`      | `False`   | add each unit's R_r as a second action dimension (needs `runtime`)       |
+    | `bn_recalibration` | `0`       | images (outside the subset) that re-estimate BatchNorm before scoring    |
+    | `render_mode`      | `None`    | `None`, `"rgb_array"` (a `(360, 640, 3)` `uint8` picture) or `"ansi"`    |
 
     ```python
     >>> import gymnasium as gym
@@ -220,53 +187,47 @@ class StaticPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     ...     obs, reward, terminated, truncated, info = env.step(env.action_space.high)
     >>> info["macs_fraction"] <= 0.5, len(info["applied_keeps"]), info["applied_keeps"][0]
     (True, 3, 1.0)
-    >>> sorted(info["reward_parts"])
-    ['accuracy', 'budget_macs']
 
     ```
 
-    ## Rendering
-
-    `render_mode="rgb_array"`: `render()` returns the plan so far as a `(360, 640, 3)` `uint8` picture,
-    `"ansi"` as a text table, `None` (the default) nothing; `episode_frame()` gives the numbers behind both.
-    The env pickles and is safe in forked or spawned workers (`docs/envs.md`, "Processes and pickling").
-
     ## Version History
 
-    * v0: Initial version. Render modes, pickling and fork-safe workers came later without a version bump
-      (observations, actions and rewards are unchanged).
+    * v0: Initial version. Render modes, pickling and fork-safe workers (`docs/envs.md`) came without a bump.
     """
 
     metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
+    @accepts_settings
     def __init__(
         self,
         *,
-        model: str | nn.Module = "tiny_cnn",
-        weights: str | Path | None = None,
-        dataset: str | ImageDataset = "synthetic",
-        data_dir: str | Path | None = None,
-        split: str = "val",
+        settings: EnvSettings | None = None,
+        model: str | nn.Module = DEFAULTS.model,
+        weights: str | Path | None = DEFAULTS.weights,
+        dataset: str | ImageDataset = DEFAULTS.dataset,
+        data_dir: str | Path | None = DEFAULTS.data_dir,
+        split: str = DEFAULTS.split,
         num_val: int | None = 512,
         val_seed: int = 0,
         batch_size: int = 128,
-        budget: float | None = 0.5,
+        budget: float | None = DEFAULTS.budget,
         param_budget: float | None = None,
         budget_mode: str = "clamp",
-        reward: str | RewardFn = "paper",
+        reward: str | RewardFn = DEFAULTS.reward,
         min_keep: float = 0.2,
         criterion: str | Criterion | None = None,
         runtime: float | Sequence[float] | torch.Tensor | RuntimeSource | None = None,
         tradeoff: float | None = None,
         learn_split: bool = False,
-        runtime_order: str = "u_r",
-        budget_term: BudgetTerm | None = None,
-        loss_scale: RunningLossScale | float | None = None,
-        device: str | torch.device = "cpu",
-        dataset_kwargs: Mapping[str, Any] | None = None,
+        runtime_order: str = DEFAULTS.runtime_order,
+        budget_term: BudgetTerm | MeanBudgetTerm | None = DEFAULTS.budget_term,
+        loss_scale: RunningLossScale | float | None = DEFAULTS.loss_scale,
+        device: str | torch.device = DEFAULTS.device,
+        dataset_kwargs: Mapping[str, Any] | None = DEFAULTS.dataset_kwargs,
         render_mode: str | None = None,
         bn_recalibration: int = 0,
     ) -> None:
+        del settings  # merged into the keywords by @accepts_settings
         super().__init__()
         self.render_mode = check_render_mode(render_mode, "StaticPruningEnv")
         if budget_mode not in ("clamp", "penalty"):

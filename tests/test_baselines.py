@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import warnings
 from typing import Any
@@ -33,9 +34,11 @@ from pruning.plan import keep_count
 
 #: Every registered baseline that acts in an env (training-based methods are scored by compare, not here).
 ACTING = [n for n in list_baselines() if not issubclass(baseline_class(n), TrainedBaseline)]
-CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in ACTING] + [
-    (name, {"allocation": "global"}) for name in ("l1", "l2", "bn_scale")
-] + [("neuron_merging", {"criterion": "l2_gm", "allocation": "global"}), ("pfp", {"deterministic": True})]
+CASES: list[tuple[str, dict[str, Any]]] = (
+    [(name, {}) for name in ACTING]
+    + [(name, {"allocation": "global"}) for name in ("l1", "l2", "bn_scale")]
+    + [("neuron_merging", {"criterion": "l2_gm", "allocation": "global"}), ("pfp", {"deterministic": True})]
+)
 IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw in CASES]
 STATIC_CASES = [case for case in CASES if "static" in baseline_class(case[0]).env_kinds]
 STATIC_IDS = [i for i, case in zip(IDS, CASES, strict=True) if "static" in baseline_class(case[0]).env_kinds]
@@ -94,6 +97,39 @@ def _assert_tight(policy: BaselinePolicy, env: Any, budget: float | None, param_
 def test_module_doctest() -> None:
     result = doctest.testmod(baselines, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_pruning_target_is_the_env_spec_and_the_live_objects() -> None:
+    static = StaticPruningEnv(model=_net("resnet8"), num_val=16, budget=0.5, param_budget=0.8, criterion="l2")
+    for env in (static, _runtime("resnet8", 0.4)):
+        target = PruningTarget.of(DummyVecEnv([lambda env=env: env]))  # type: ignore[misc]
+        spec = env.pruning_target()
+        assert target.spec == spec and target.model is env.model and target.cost_model is env.cost_model
+        for name in ("kind", "budget", "param_budget", "min_keep", "action_dim", "tradeoff", "criterion", "num_units"):
+            assert getattr(target, name) == getattr(spec, name), name
+        assert target.units == env.cost_model.units
+        expected = {
+            "channels": spec.channels,
+            "stored": spec.stored,
+            "min_counts": tuple(int(keep_count(spec.min_keep, c)) for c in spec.channels),
+        }
+        for name, values in expected.items():
+            array = getattr(target, name)
+            assert array.dtype == np.int64 and tuple(array.tolist()) == values
+            with pytest.raises(ValueError, match="read-only"):  # shared by every allocation solved on the target
+                array[0] = 1
+    assert PruningTarget.of(static).budget == 0.5 and PruningTarget.of(static).param_budget == 0.8
+
+
+def test_a_target_without_an_env_costs_as_the_static_env() -> None:
+    env = StaticPruningEnv(model=_net("resnet8"), num_val=16, budget=0.5)
+    target = PruningTarget.of_model(_net("resnet8"), 0.5, min_keep=env.min_keep, criterion="l1")
+    assert target.spec == dataclasses.replace(env.pruning_target(), budget_index=-1)
+    counts = np.maximum(target.channels // 3, target.min_counts)
+    assert target.macs_fraction(counts) == PruningTarget.of(env).macs_fraction(counts) < 0.5
+    assert target.fits(counts, 0.5) and not target.fits(target.channels, 0.5)
+    floor = PruningTarget.of_model(_net("resnet8"), None)  # the default min_keep 0: one channel per unit
+    assert floor.min_keep == 0.0 and floor.budget is None and floor.min_counts.tolist() == [1] * floor.num_units
 
 
 def test_registry() -> None:

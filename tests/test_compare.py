@@ -19,6 +19,7 @@ from _nets import randomize_, randomize_gates_
 from torch import nn
 
 import agents.baselines.base as baselines_base
+import agents.compare as compare_module
 import pruning.train as training
 from agents.baselines import (
     BuiltModel,
@@ -31,13 +32,16 @@ from agents.baselines import (
 )
 from agents.compare import (
     CSV_FIELDS,
+    CompareSettings,
     compare,
     default_policies,
     main,
     measure_latency,
     parse_policy,
     read_csv,
+    run_cell,
 )
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
 from envs.runtime import RuntimePruningEnv
 from envs.static import StaticPruningEnv
 from pruning import cli
@@ -201,6 +205,19 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_registered_as_prunegym_command() -> None:
     assert cli.get_command("compare").target == "agents.compare:main"
+
+
+def test_envs_are_made_by_their_registered_ids() -> None:
+    settings = CompareSettings(
+        model="tiny_cnn", weights=None, gated_model=None, dataset="synthetic", data_dir=None, num_val=16,
+        test_images=32, finetune_epochs=0, finetune_images=None, train_epochs=0.0, latency=False,
+        latency_threads=None, device="cpu", progress=False,
+    )  # fmt: skip
+    for label in ("l1", "fbs"):
+        assert isinstance(run_cell(settings, parse_policy(label), 0.5, 0), dict)
+    bench = compare_module._PROCESS_CELLS[settings.key].bench
+    assert [env.spec.id for env in bench.static_envs.values()] == [STATIC_ENV_ID]
+    assert [env.spec.id for env in bench.runtime_envs.values()] == [RUNTIME_ENV_ID]
 
 
 def test_equal_finetune_runs_on_a_fixed_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,3 +116,25 @@ def test_the_training_log_reads_the_contract_of_every_env(env_id: str) -> None:
     expected = {f"reward/{k}": [v] for k, v in info["reward_parts"].items()}
     expected |= {"pruning/macs_fraction": [info["macs_fraction"]], "pruning/params_fraction": [info["params_fraction"]]}
     assert stats.values == {**expected, "pruning/val_top1": [info["top1"]]}
+
+
+MANUAL_SECTIONS = (
+    "## Description",
+    "## Action Space",
+    "## Observation Space",
+    "## Rewards",
+    "## Starting State",
+    "## Episode End",
+    "## Arguments",
+    "## Version History",
+)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_every_manual_has_gymnasiums_sections_and_fits_a_manual(env_id: str) -> None:
+    """The class docstring is the manual: Gymnasium's sections and a doctest in 100 lines (the rest: docs/envs.md)."""
+    doc = type(gym.make(env_id, **FAST.get(env_id, {})).unwrapped).__doc__ or ""
+    positions = [doc.find(section) for section in MANUAL_SECTIONS]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), positions
+    assert ">>> " in doc and "docs/envs.md" in doc and "EnvSettings" in doc
+    assert len(doc.strip().splitlines()) <= 100

@@ -19,7 +19,6 @@ from agents.unwrap import pruning_target, unwrap_env
 from envs.common import TargetSpec
 from envs.runtime import PolicyRuntimeSource, RuntimePruningEnv, RuntimePruningVecEnv
 from pruning.gating import stored_masks
-from pruning.plan import keep_count
 
 KWARGS: dict[str, dict[str, Any]] = {
     envs.STATIC_ENV_ID: {"model": "tiny_cnn", "num_val": 16, "batch_size": 16, "budget": 0.6},
@@ -122,14 +121,15 @@ def test_policy_runtime_source_exposes_its_mac_coefficients() -> None:
 def _by_hand(env: Any, static: bool) -> PruningTarget:
     """A baseline's target read off the env's attributes, without the protocol."""
     model, cm = env.model, env.cost_model
-    channels = cm.channels.numpy().astype(np.int64)
-    stored = channels.copy() if static else np.array([int(s.sum()) for s in stored_masks(model)], dtype=np.int64)
-    return PruningTarget(
-        kind="static" if static else "runtime", model=model, units=list(cm.units), cost_model=cm, channels=channels,
-        min_counts=np.array([keep_count(env.min_keep, int(c)) for c in channels], dtype=np.int64), stored=stored,
-        min_keep=env.min_keep, budget=env.budget, action_dim=1, tradeoff=env.tradeoff,
-        param_budget=env.param_budget if static else None, criterion=env.criterion_name if static else None,
+    channels = tuple(int(c) for c in cm.channels)
+    stored = channels if static else tuple(int(s.sum()) for s in stored_masks(model))
+    spec = TargetSpec(
+        kind="static" if static else "runtime", channels=channels, stored=stored, min_keep=env.min_keep,
+        budget=env.budget, param_budget=env.param_budget if static else None, budget_index=env.budget_index,
+        action_dim=1, tradeoff=env.tradeoff, criterion=env.criterion_name if static else None,
+        runtime_in_loop=False, macs=cm.mac_coefficients(),
     )  # fmt: skip
+    return PruningTarget(spec=spec, model=model, cost_model=cm)
 
 
 @pytest.mark.parametrize(("env_id", "baseline"), [(envs.STATIC_ENV_ID, "l1"), (envs.RUNTIME_ENV_ID, "fbs")])

@@ -1,6 +1,8 @@
-"""``compare(..., ray=...)`` / ``prunegym compare --ray``: the cells as Ray tasks give the serial run's rows.
+"""The same compare grid run serially, as Ray tasks (``--ray``) and with its static cells in forked workers
+(``--static-envs``) gives the same rows.
 
-The tests that start Ray need the ``[ray]`` extra (CI installs it) and skip without it.
+The tests that start Ray need the ``[ray]`` extra (CI installs it) and skip without it; the forked workers
+need none (and run before Ray starts in this module).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import operator
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,12 +60,19 @@ def _resnet8() -> Any:
         return randomize_(get_model("resnet8", num_classes=10))  # trained-looking: accuracies differ between rows
 
 
-def test_ray_cli_gives_the_serial_rows(local_ray: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model_file = save_model(tmp_path / "resnet8.pt", _resnet8(), arch="resnet8", num_classes=10, gated=False,
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """ResNet-8 on synthetic data, 2 policies × 2 budgets (× 2 seeds for ``random``), run serially.
+
+    Returns:
+        The grid's ``prunegym compare`` arguments (no ``--out``) and the serial run's output folder.
+    """
+    root = tmp_path_factory.mktemp("grid")
+    model_file = save_model(root / "resnet8.pt", _resnet8(), arch="resnet8", num_classes=10, gated=False,
                             predictor=False)  # fmt: skip
     sizes = {"num_val": 64, "test_images": 128}  # enough images for the accuracies to differ between rows
     serial = compare(
-        ["l1", "random"], [0.5, 0.3], model=model_file, seeds=[0, 1], include_base=True, out_dir=tmp_path / "s",
+        ["l1", "random"], [0.5, 0.3], model=model_file, seeds=[0, 1], include_base=True, out_dir=root / "serial",
         **{**SMALL, **sizes},
     )  # fmt: skip
     assert [(r["policy"], r["budget"], r["seed"]) for r in serial] == [
@@ -71,20 +81,65 @@ def test_ray_cli_gives_the_serial_rows(local_ray: Any, tmp_path: Path, monkeypat
     ]  # fmt: skip
     assert serial[2]["keep_ratios"] != serial[3]["keep_ratios"]  # the seeds matter, so their order is checked
     assert len({r["val_top1"] for r in serial}) > 2 and len({r["test_top1"] for r in serial}) > 2
+    argv = ["--policies", "l1", "random", "--budgets", "0.5", "0.3", "--seeds", "0", "1", "--model", str(model_file)]
+    argv += ["--weights", "none", "--dataset", "synthetic", "--num-val", "64", "--test-images", "128"]
+    return [*argv, "--no-latency", "--no-progress"], root / "serial"
+
+
+def _same_outputs(out: Path, serial: Path) -> None:
+    assert _untimed(read_csv(out / "results.csv")) == _untimed(read_csv(serial / "results.csv"))
+    assert (out / "results.md").read_text() == (serial / "results.md").read_text()
+    assert (out / "pareto.png").is_file()
+
+
+def test_static_envs_in_forked_workers_give_the_serial_rows(
+    grid: tuple[list[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv, serial = grid
+    ran = tmp_path / "ran.txt"  # one line per cell: the process and the kind (forked workers append too)
+    run = compare_module._Cells.run
+
+    def logged(self: Any, spec: Any, budget: float, seed: int) -> Any:
+        with ran.open("a") as f:
+            f.write(f"{os.getpid()} {spec.kind}\n")
+        return run(self, spec, budget, seed)
+
+    monkeypatch.setattr(compare_module._Cells, "run", logged)
+    assert main([*argv, "--out", str(tmp_path / "p"), "--static-envs", "2"]) == 0
+    _same_outputs(tmp_path / "p", serial)
+    cells = [line.split() for line in ran.read_text().splitlines()]
+    assert sorted(kind for _, kind in cells) == ["base"] + ["static"] * 6
+    assert {pid for pid, kind in cells if kind == "base"} == {str(os.getpid())}
+    assert len({pid for pid, kind in cells if kind == "static"} - {str(os.getpid())}) == 2  # two workers
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"static_envs": 0}, "static_envs must be a positive number"),
+        ({"static_envs": 2, "ray": "local"}, "pass one of them"),
+        ({"static_envs": 2, "device": "cuda"}, "use device='cpu' or static_envs=1"),
+        ({"static_envs": 2, "latency_threads": 2}, "use latency_threads=1"),
+    ],
+)
+def test_static_envs_refuses_what_forked_workers_cannot_do(
+    options: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        compare(["l1"], [0.5], model="resnet8", out_dir=tmp_path, **{**SMALL, **options})
+
+
+def test_ray_cli_gives_the_serial_rows(
+    grid: tuple[list[str], Path], local_ray: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv, serial = grid
 
     def in_this_process(*args: Any) -> None:
         raise AssertionError("with --ray the cells run in Ray workers, not in the driver")
 
     monkeypatch.setattr(compare_module._Cells, "run", in_this_process)
-    out = tmp_path / "r"
-    argv = ["--policies", "l1", "random", "--budgets", "0.5", "0.3", "--seeds", "0", "1", "--model", str(model_file)]
-    argv += ["--weights", "none", "--dataset", "synthetic", "--num-val", "64", "--test-images", "128"]
-    assert main([*argv, "--no-latency", "--no-progress", "--out", str(out), "--ray"]) == 0
-
-    distributed = read_csv(out / "results.csv")
-    assert _untimed(distributed) == _untimed(read_csv(tmp_path / "s" / "results.csv"))
-    assert (out / "results.md").read_text() == (tmp_path / "s" / "results.md").read_text()
-    assert (out / "pareto.png").is_file()
+    assert main([*argv, "--out", str(tmp_path / "r"), "--ray"]) == 0
+    _same_outputs(tmp_path / "r", serial)
 
 
 def test_ray_reports_infeasible_cells_like_the_serial_run(local_ray: Any, tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ channels instead).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 
 from agents.unwrap import pruning_target, unwrap_env
 from envs import RUNTIME_ENV_ID, STATIC_ENV_ID
+from envs.common import TargetSpec
 from pruning.accounting import Cost, CostModel
 from pruning.budget import solve_budget
 from pruning.criteria import Criterion
@@ -93,52 +95,97 @@ def get_baseline(name: str, **kwargs: Any) -> BaselinePolicy:
 
 @dataclass(frozen=True)
 class PruningTarget:
-    """What a baseline needs to know of an environment, whichever kind it is.
+    """What a baseline needs to know of an environment: its :class:`envs.common.TargetSpec` and its live objects.
+
+    The plain data (kind, channels, budgets, ``min_keep``, action size, R_r, criterion) is the env's answer to
+    ``pruning_target()``, held as :attr:`spec`; the attributes below read it (``target.budget`` is
+    ``target.spec.budget``), with the per-unit tuples as int64 arrays. What plain data cannot carry is held
+    beside it: the env's model (criteria score it) and its cost model (every allocation is costed exactly).
+    Build one with :meth:`of` (from an env) or :meth:`of_model` (a plain model, without an env).
 
     Attributes:
-        kind: ``"static"`` (:class:`envs.static.StaticPruningEnv`) or ``"runtime"``
-            (:class:`envs.runtime.RuntimePruningEnv` / ``RuntimePruningVecEnv``).
+        spec: The env's answer to ``pruning_target()`` (plain data; it pickles and compares by value).
         model: The env's gated copy of the model (criteria score it).
-        units: The prunable units, in order.
-        cost_model: The env's :class:`pruning.accounting.CostModel`.
-        channels: Full output channels per unit, int64 ``(L,)``.
-        min_counts: Fewest channels an action can keep per unit (``keep_count(min_keep, C)``), int64 ``(L,)``.
-        stored: Stored channels per unit (the runtime env's fixed static plan; all channels for the static env,
-            whose stored counts are the plan itself), int64 ``(L,)``.
-        min_keep: The env's smallest keep ratio.
-        budget: The env's MAC budget (fraction of the base MACs), or ``None``.
-        action_dim: Size of the env's action (2 for a static env with ``learn_split``).
-        tradeoff: The env's R_r.
-        param_budget: The static env's parameter budget (fraction of the base backbone parameters), or
-            ``None`` (always ``None`` for the runtime env, whose stored channels are fixed).
-        criterion: The static env's channel criterion (its name), or ``None`` (the runtime env; a target built
-            without an env).
+        cost_model: The env's :class:`pruning.accounting.CostModel` (its units are :attr:`units`).
     """
 
-    kind: str
+    spec: TargetSpec
     model: nn.Module
-    units: list[Unit]
     cost_model: CostModel
-    channels: np.ndarray
-    min_counts: np.ndarray
-    stored: np.ndarray
-    min_keep: float
-    budget: float | None
-    action_dim: int
-    tradeoff: float
-    param_budget: float | None = None
-    criterion: str | None = None
+
+    # -- the spec's plain data, as baselines read it -----------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """``"static"`` (:data:`envs.STATIC_ENV_ID`) or ``"runtime"`` (:data:`envs.RUNTIME_ENV_ID`)."""
+        return self.spec.kind
+
+    @cached_property
+    def channels(self) -> np.ndarray:
+        """Full output channels per unit, int64 ``(L,)`` (read-only)."""
+        return _frozen_array(self.spec.channels)
+
+    @cached_property
+    def stored(self) -> np.ndarray:
+        """Stored channels per unit, int64 ``(L,)`` (read-only).
+
+        The runtime env's fixed static plan; all channels for the static env, whose stored counts are the plan.
+        """
+        return _frozen_array(self.spec.stored)
+
+    @cached_property
+    def min_counts(self) -> np.ndarray:
+        """Fewest channels an action can keep per unit (``keep_count(min_keep, C)``), int64 ``(L,)`` (read-only)."""
+        return _frozen_array(int(keep_count(self.spec.min_keep, int(c))) for c in self.spec.channels)
+
+    @property
+    def min_keep(self) -> float:
+        """The env's smallest keep ratio."""
+        return self.spec.min_keep
+
+    @property
+    def budget(self) -> float | None:
+        """The env's MAC budget (fraction of the base MACs), or ``None``."""
+        return self.spec.budget
+
+    @property
+    def param_budget(self) -> float | None:
+        """The static env's parameter budget (fraction of the base backbone parameters), or ``None``.
+
+        Always ``None`` for the runtime env, whose stored channels are fixed.
+        """
+        return self.spec.param_budget
+
+    @property
+    def action_dim(self) -> int:
+        """Size of the env's action (2 for a static env with ``learn_split``)."""
+        return self.spec.action_dim
+
+    @property
+    def tradeoff(self) -> float:
+        """The env's R_r."""
+        return self.spec.tradeoff
+
+    @property
+    def criterion(self) -> str | None:
+        """The static env's channel criterion (its name), or ``None`` (the runtime env; a target without an env)."""
+        return self.spec.criterion
 
     @property
     def num_units(self) -> int:
         """L: the number of prunable units."""
-        return len(self.units)
+        return self.spec.num_units
 
+    @property
+    def units(self) -> list[Unit]:
+        """The prunable units, in order (the cost model's)."""
+        return list(self.cost_model.units)
+
+    # -- exact costs -------------------------------------------------------------------------------------------
     def cost(self, counts: np.ndarray) -> Cost:
         """Exact cost when unit ``t`` keeps ``counts[t]`` channels (static env: also stores only those)."""
         keep = np.minimum(np.asarray(counts, dtype=np.int64), self.stored)
         stored = keep if self.kind == "static" else self.stored
-        return self.cost_model.from_counts(torch.from_numpy(keep)[None], torch.from_numpy(stored))
+        return self.cost_model.from_counts(torch.from_numpy(keep)[None], torch.from_numpy(np.array(stored)))
 
     def macs_fraction(self, counts: np.ndarray) -> float:
         """MAC fraction of the base model when unit ``t`` keeps ``counts[t]`` channels (exact, per image)."""
@@ -155,12 +202,13 @@ class PruningTarget:
             return False
         return self.param_budget is None or cost.params <= self.param_budget * cost.base_params * (1 + 1e-12)
 
+    # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def of(cls, env: Any) -> PruningTarget:
         """Read a static or runtime env, a wrapped one, or a ``VecEnv`` of them (the first env is read).
 
-        The plain data comes from the env's ``pruning_target()`` (:func:`agents.unwrap.pruning_target`); the
-        model and its cost model are the env's own objects, so the env must live in this process (not in a
+        The plain data is the env's ``pruning_target()`` (:func:`agents.unwrap.pruning_target`); the model and
+        its cost model are the env's own objects, so the env must live in this process (not in a
         ``SubprocVecEnv``'s workers).
 
         Raises:
@@ -171,7 +219,7 @@ class PruningTarget:
             spec = pruning_target(env)
         except TypeError as err:
             raise TypeError(
-                f"baselines run in StaticPruningEnv or RuntimePruningEnv (or a VecEnv of them); got "
+                f"baselines run in {STATIC_ENV_ID} or {RUNTIME_ENV_ID} (or a VecEnv of them); got "
                 f"{type(env).__name__} ({err})"
             ) from err
         if spec.runtime_in_loop:
@@ -185,22 +233,50 @@ class PruningTarget:
                 f"R_r = {spec.tradeoff}. Build it with static_keep=None (or tradeoff=1)"
             )
         inner = unwrap_env(env)  # the live model: criteria score it
-        cost_model: CostModel = inner.cost_model
-        channels = np.array(spec.channels, dtype=np.int64)
-        return cls(
-            kind=spec.kind, model=inner.model, units=list(cost_model.units), cost_model=cost_model, channels=channels,
-            min_counts=_min_counts(spec.min_keep, channels), stored=np.array(spec.stored, dtype=np.int64),
-            min_keep=spec.min_keep, budget=spec.budget, action_dim=spec.action_dim, tradeoff=spec.tradeoff,
-            param_budget=spec.param_budget, criterion=spec.criterion,
+        return cls(spec=spec, model=inner.model, cost_model=inner.cost_model)
+
+    @classmethod
+    def of_model(
+        cls,
+        model: nn.Module,
+        budget: float | None,
+        *,
+        min_keep: float = 0.0,
+        param_budget: float | None = None,
+        criterion: str | None = None,
+    ) -> PruningTarget:
+        """A static target on a plain (or gated) ``model`` without an env: every channel stored, R_r = 0.
+
+        What a method that prunes outside the envs (e.g. a training-based baseline's own plan) solves its keep
+        counts on. The spec is what a :data:`envs.STATIC_ENV_ID` env on ``model`` would answer for these budgets
+        (a one-number action; ``budget_index`` -1: there is no observation).
+
+        Args:
+            model: The model to cost (:class:`pruning.accounting.CostModel` is built on it).
+            budget: MAC budget (fraction of the model's MACs), or ``None``.
+            min_keep: The smallest keep ratio; the default 0 keeps at least one channel per unit.
+            param_budget: Parameter budget (fraction of the backbone parameters), or ``None``.
+            criterion: The channel criterion the counts are meant for (a name, or ``None``).
+        """
+        cost_model = CostModel(model)
+        channels = tuple(int(c) for c in cost_model.channels.tolist())
+        spec = TargetSpec(
+            kind="static", channels=channels, stored=channels, min_keep=float(min_keep), budget=budget,
+            param_budget=param_budget, budget_index=-1, action_dim=1, tradeoff=0.0, criterion=criterion,
+            runtime_in_loop=False, macs=cost_model.mac_coefficients(),
         )  # fmt: skip
+        return cls(spec=spec, model=model, cost_model=cost_model)
+
+
+def _frozen_array(values: Iterable[int]) -> np.ndarray:
+    """An int64 array that cannot be written (a target's counts are shared by every allocation that reads them)."""
+    out = np.array(list(values), dtype=np.int64)
+    out.setflags(write=False)
+    return out
 
 
 #: The env id of each kind of :class:`PruningTarget` (for messages).
 _ENV_IDS = {"static": STATIC_ENV_ID, "runtime": RUNTIME_ENV_ID}
-
-
-def _min_counts(min_keep: float, channels: np.ndarray) -> np.ndarray:
-    return np.array([int(keep_count(min_keep, int(c))) for c in channels], dtype=np.int64)
 
 
 class BaselinePolicy(abc.ABC):

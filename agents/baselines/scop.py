@@ -17,7 +17,7 @@ import time
 import numpy as np
 from torch import nn
 
-from pruning.accounting import CostModel, model_cost
+from pruning.accounting import model_cost
 from pruning.export import export_static
 from pruning.methods.scop import SCOP_ADAM_BETAS, SCOP_LR, KnockoffSampler, train_control_factors
 from pruning.plan import PruningPlan
@@ -38,13 +38,7 @@ def uniform_keep_counts(base: nn.Module, budget: float) -> np.ndarray:
     Raises:
         ValueError: the budget is below what one channel per unit costs.
     """
-    cm = CostModel(base)
-    channels = cm.channels.numpy().astype(np.int64)
-    target = PruningTarget(
-        kind="static", model=base, units=list(cm.units), cost_model=cm, channels=channels,
-        min_counts=np.ones_like(channels), stored=channels.copy(), min_keep=0.0, budget=budget, action_dim=1,
-        tradeoff=0.0,
-    )  # fmt: skip
+    target = PruningTarget.of_model(base, budget)
     return UniformBaseline(budget=budget).allocate(target, budget)
 
 
