@@ -305,6 +305,20 @@ def _session(path: Path, threads: int) -> Callable[[torch.Tensor], object]:
     return lambda x: session.run(None, {"images": x.numpy()})
 
 
+def _check_forms(
+    fns: dict[str, Callable[[torch.Tensor], object]], contenders: Sequence[Contender], x: torch.Tensor
+) -> None:
+    """Every timed form computes its contender's eager logits on ``x`` (within 1e-3), or the bench stops."""
+    with torch.inference_mode():
+        ref = {c.name: c.eager(x) for c in contenders}
+        for key, fn in fns.items():
+            out = fn(x)
+            logits = torch.as_tensor(out[0] if isinstance(out, (list, tuple)) else out)
+            diff = float((logits - ref[key.split("|")[0]]).abs().max())
+            if not diff <= 1e-3:
+                raise RuntimeError(f"{key} differs from its eager model by {diff:.3g} on a batch of {len(x)}")
+
+
 def table(contenders: Sequence[Contender], t: dict[str, float]) -> dict[str, float]:
     """Print one timing table; return each contender's speed-up in its fastest form (against dense in that form)."""
     head = (f"  {'contender':<16}{'form':<16}{'ms':>9}{'speed-up':>10}{'MAC red.':>10}{'sp/MAC':>8}"
@@ -396,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         if batch > 1 and c.dynamic and form != "eager" and (form == "ONNX Runtime" or not c.batched):
                             continue  # these compiled dynamic models run one image at a time
                         fns[f"{c.name}|{form}"] = _session(fn, threads) if form == "ONNX Runtime" else fn  # type: ignore
+                _check_forms(fns, contenders, inputs[0])
                 t = fastest(fns, inputs, repeats, f"{name} {threads}t b{batch}")
                 print(f"\n{name}, {threads} thread(s), batch {batch}, fastest of {repeats} (alternating):")
                 best = table(contenders, t)
