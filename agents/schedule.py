@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import functools
 import logging
 import math
@@ -52,9 +53,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from torch import nn
 from tqdm import tqdm
 
-from envs import STATIC_ENV_ID
+from envs import RUNTIME_ENV_ID, STATIC_ENV_ID, EnvSettings, make_batched
 from envs.rewards import MeanBudgetTerm
-from envs.runtime import PolicyRuntimeSource, RuntimePruningVecEnv
+from envs.runtime import PolicyRuntimeSource
 from pruning.accounting import CostModel
 from pruning.budget import bisect_monotone
 from pruning.checkpoint import atomic_save, check_plain, model_from_record, model_record
@@ -818,16 +819,29 @@ class JointTrainer:
         return record
 
     # -- envs -----------------------------------------------------------------------------------------------
+    def _env_settings(self) -> EnvSettings:
+        """What both envs of a phase share (one object, so the two kinds cannot drift apart).
+
+        The CNN as it is now, the validation split, the budget, the runtime order and the device.
+        """
+        cfg = self.config
+        return EnvSettings(
+            model=self.model, dataset=self.data["val"], budget=cfg.budget, runtime_order=cfg.runtime_order,
+            device=cfg.device,
+        )  # fmt: skip
+
     def _runtime_env(self) -> Any:
+        """The runtime RL phase's batched env (``envs.make_batched`` on the runtime id), seeded per round."""
         cfg = self.config
         static = self.static_keep  # None in round 0 of joint mode: nothing stored-pruned, R_r = 1 (see plan())
-        env = RuntimePruningVecEnv(
-            cfg.n_envs, model=self.model, dataset=self.data["val"], budget=cfg.budget,
-            static_keep=static, tradeoff=self.tradeoff if static is not None else None, min_keep=RUNTIME_MIN_KEEP,
-            static_scores=self.order_scores(), runtime_order=cfg.runtime_order, device=cfg.device,
-            budget_term=MeanBudgetTerm() if cfg.runtime_budget == "mean" else None,
+        settings = self._env_settings()
+        if cfg.runtime_budget == "mean":
+            settings = dataclasses.replace(settings, budget_term=MeanBudgetTerm())
+        env = make_batched(
+            RUNTIME_ENV_ID, cfg.n_envs, seed=cfg.seed + 1000 * self._round, settings=settings, static_keep=static,
+            tradeoff=self.tradeoff if static is not None else None, min_keep=RUNTIME_MIN_KEEP,
+            static_scores=self.order_scores(),
         )  # fmt: skip
-        env.seed(cfg.seed + 1000 * self._round)
         return VecMonitor(env)
 
     def _static_env(self) -> VecEnv:
@@ -852,10 +866,9 @@ class JointTrainer:
             runtime = self.runtime_source()
         num_val = min(cfg.num_val, len(self.data["val"]))
         kwargs: dict[str, Any] = dict(
-            model=self.model, dataset=self.data["val"], num_val=num_val,
-            val_seed=cfg.seed, budget=cfg.budget, param_budget=cfg.param_budget, runtime=runtime,
-            tradeoff=self.tradeoff if runtime is not None else None, device=cfg.device,
-            criterion=cfg.static_criterion, min_keep=cfg.static_floor, runtime_order=cfg.runtime_order,
+            settings=self._env_settings(), num_val=num_val, val_seed=cfg.seed, param_budget=cfg.param_budget,
+            runtime=runtime, tradeoff=self.tradeoff if runtime is not None else None,
+            criterion=cfg.static_criterion, min_keep=cfg.static_floor,
             bn_recalibration=min(cfg.bn_recalibration, len(self.data["val"]) - num_val),
         )  # fmt: skip
         try:
