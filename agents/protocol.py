@@ -151,8 +151,9 @@ LEARNED_ROWS = {"static_agent": "static", "runtime_agent": "runtime", "runtime_p
 #: ``u_r`` (:attr:`agents.schedule.ScheduleConfig.runtime_order`): the same agent, sliceable after export.
 PREFIX_ROWS = frozenset({"runtime_prefix"})
 #: The training-based methods of the ``seed:<name>`` rows and the options each runs with under the protocol:
-#: every one is brought to the budget (polarization and gRDA prune at one global threshold set at the budget
-#: after their training; SCOP and Channel Gating solve their rate for it; Channel Gating gates the consumer convs
+#: every one is brought to the budget (polarization: its (λ, t) search, then its first-valley cut completed by |γ|
+#: rank, ``agents.baselines.polarization``; gRDA prunes at one global threshold set at the budget after its
+#: training; SCOP and Channel Gating solve their rate for it; Channel Gating gates the consumer convs
 #: too, since gating only a ResNet block's first conv cannot go below ~0.65 of ResNet-20's MACs).
 SEED_METHODS: dict[str, dict[str, Any]] = {
     "polarization": {"search": True, "tolerance": 0.02, "max_trials": 4, "meet_budget": True},

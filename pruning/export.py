@@ -168,7 +168,8 @@ def fold_dropped_constants(model: nn.Module, plan: PruningPlan) -> nn.Module:
     channels out.
 
     Exact at every output pixel whose receptive field lies inside the input (the border pixels of a padded
-    consumer saw zeros there and get a slightly different value); for a dropped channel that is not constant
+    consumer saw zeros there and get a slightly different value: ``agents.baselines.polarization.fold_border`` adds
+    that difference as a fixed map per output channel); for a dropped channel that is not constant
     ``v_c`` is its output at zero conv response, an approximation. Channels the plan keeps are untouched.
 
     Args:

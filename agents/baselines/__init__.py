@@ -21,7 +21,7 @@ do not act in an env: :mod:`agents.compare` scores them through ``build``.
 | `pfp`            | PFP sample sizes m(ε), one ε solved for the budgets | `pfp_sampled` (seeded) / `pfp_sensitivity` |
 | `scop`           | trained: one uniform rate solved for the MAC budget | knockoff scores `|γ|·(2β − 1)` (`build`) |
 | `channel_gating` | trained: none (per-activation runtime gates)        | gate target solved for the budget (`build`) |
-| `polarization`   | trained: what the first-valley threshold leaves     | polarization-trained BN γ above it    |
+| `polarization`   | trained: first-valley cut, completed to the budget  | polarization-trained BN `|γ|`         |
 | `grda`           | trained: what gRDA's zeros leave (no budget)        | filters not all zero                  |
 
 Example:
