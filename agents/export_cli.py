@@ -199,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "dynamic" and args.fmt == "onnx":
         shape, batch = "(1, 3, 32, 32)", "one image per call; outputs logits and kept (channels kept per unit)"
     else:
-        shape, batch = "(N, 3, 32, 32)", "one image at a time" if kind == "dynamic" else "any batch size"
+        shape, batch = "(N, 3, 32, 32)", "any batch size"
+        if kind == "dynamic":
+            prefix = _prefix_order(args.run_dir / EXPORTED_FILE)
+            batch += "; computed at once" if prefix else "; computed one image at a time (u_r order)"
     print(f"wrote {path} ({kind} model, {args.fmt}; normalised inputs {shape}, {norm}; {batch})")
     return 0
 

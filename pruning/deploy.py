@@ -13,7 +13,8 @@ Three conversions, each to plain, scriptable PyTorch modules (no PruneGym object
   tensors. The runtime ratios are constants or come from a source that can be compiled: one with a
   ``scriptable()`` method returning a module with ``ratio(unit, gap, u_r) -> float`` and ``record(unit, kept)``
   (``agents.fused.FusedRuntimeSource``: the agent inside the file; for prefix-order units also
-  ``prefix_keep(unit, gap, u_r) -> int``, the count itself). Inputs of more than one image run one image at a time.
+  ``prefix_keep(unit, gap, u_r) -> int``, the count itself). Inputs of more than one image run one image at a time,
+  except in the fast form of a prefix-order model, which computes a batch at once.
 * :func:`dynamic_onnx_deployable` — a prefix-order dynamic model as one traceable module: the keep counts are
   tensors computed in the graph and read as data-dependent sizes, so :func:`save_dynamic_onnx` exports the
   slices ``W[:n]`` with dynamic ends (ONNX ``Slice``); one image per call, outputs ``logits`` and ``kept``. The
