@@ -30,10 +30,10 @@ Each contender runs in eager PyTorch, TorchScript (:mod:`pruning.deploy`, script
 channels-last weights (``TorchScript CL``: NHWC convolutions, ``to_torchscript(..., channels_last=True)``), and
 ONNX Runtime (CPU provider: the fixed-shape ones, and the prefix-order dynamic ones as one graph with the keep
 counts computed inside it, :func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX
-form), at 2 and 1 threads, batch 1 and batch 128. At batch 128 the dynamic models run eagerly (the ``u_r``
-order: the masked batched path; the prefix order: every unit on the longest kept prefix of the batch) and, in
-prefix order, in both TorchScript forms, which compute the batch at once the same way (the ``u_r``-order files
-and the ONNX files run one image at a time and are not timed there). The forms of one setting are timed in one
+form), at 2 and 1 threads, batch 1 and batch 128. At batch 128 the dynamic models run eagerly (every unit on the
+channels some image of the batch keeps: the longest kept prefix, or in ``u_r`` order their union) and, in prefix
+order, in both TorchScript forms, which compute the batch at once the same way (the ``u_r``-order files and the
+ONNX files run one image at a time and are not timed there). The forms of one setting are timed in one
 loop, alternating, each call timed alone, fastest of ``--repeats`` (batch 1) or ``--repeats-b128`` (batch 128).
 
 Printed per contender: ms, speed-up over ``dense`` **in the same form** (eager vs eager, TorchScript vs
@@ -236,7 +236,7 @@ def _mean_ratios(dyn: DynamicModel, images: torch.Tensor) -> list[float]:
 def _top1(c: Contender, images: torch.Tensor, labels: torch.Tensor) -> float:
     correct = 0
     with torch.inference_mode():
-        if c.dynamic:  # batch 1: what deployment runs (the masked batched path keeps the same channels)
+        if c.dynamic:  # batch 1: what deployment runs (the batched path keeps the same channels)
             for i in range(len(images)):
                 correct += int(c.eager(images[i : i + 1]).argmax(1).item() == int(labels[i]))
         else:

@@ -16,8 +16,9 @@ tensors (``torch.load(weights_only=True)``).
 
 :class:`DynamicModel` = exported model + a runtime ratio source. At batch 1 it computes only the kept channels
 (``index_select`` of the weights of each unit, of its predictor and of its consumer), so runtime pruning gives
-a real latency gain; at larger batches it computes the stored channels and masks per sample. Its logits equal
-the masked model's either way.
+a real latency gain; at larger batches each unit computes the masked model's keep masks and then only the channels
+some image of the batch keeps (the longest kept prefix in prefix order, the union in ``u_r`` order), the others'
+zeroed per image. Its logits equal the masked model's either way.
 """
 
 from __future__ import annotations
@@ -546,10 +547,7 @@ class _CompactUnit(GatedConv):
             or (in_idx is None and in_n is None and src is not None)
             or (isinstance(runtime, torch.Tensor) and runtime.numel() != 1)
         ):  # the batched path; it also reports per-sample ratios given for another batch size
-            if d["_prefix"] and (src is None or in_idx is None):
-                return self._batched_prefix(x, in_n)
-            d["last_idx"], d["last_prefix"], d["last_count"] = None, None, None
-            return super().forward(x)
+            return self._batched(x, in_n, in_idx)
         gap = x.mean(dim=(2, 3))
         pred = self.predictor
         if pred is not None:
@@ -583,39 +581,60 @@ class _CompactUnit(GatedConv):
         bias = torch.addcmul(affine[0], affine[1], u)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation).relu_()
 
-    def _batched_prefix(self, x: torch.Tensor, in_n: int | None) -> torch.Tensor:
-        """A batch through a prefix-order unit: the masked model's keep masks, computed on the first ``n`` channels.
+    def _batched(self, x: torch.Tensor, in_n: int | None, in_idx: torch.Tensor | None) -> torch.Tensor:
+        """A batch: the masked model's keep masks, computed on the channels some image of the batch keeps.
 
-        Each image keeps a prefix of the stored order, of its own length; ``n`` is the longest kept prefix in the
-        batch (at least 1). The conv computes those ``n`` channels (of the producer's ``in_n`` kept inputs) for
-        every image and each image's channels beyond its own count are zeroed through its mask, so the output is
-        the masked model's first ``n`` channels (its other channels are zero for every image): the consumer and a
-        next unit read only those (``last_prefix = n``). Where the images of a batch keep similar counts (a
-        trained agent's do) the batch costs about what the static model of those counts costs.
+        The masks are the masked model's own (:meth:`GatedConv.keep_mask`; its runtime source sees the batch).
+        The conv computes, for every image, the channels kept by at least one image of the batch: in prefix order
+        the longest kept prefix (``last_prefix = n``, the weights sliced), in ``u_r`` order their union
+        (``last_idx``, the weights gathered); each image's other channels are zeroed through its mask, so the
+        output is the masked model's on those channels (its other channels are zero for every image), and the
+        consumer and a next unit read only those. The input is the producer's kept channels (``in_n`` first ones
+        or ``in_idx``) or the full width. Where the images of a batch keep similar channels (a trained agent's
+        counts, and ``u_r``'s ranking, vary little between images) the batch costs about what the static model
+        of those counts costs.
         """
         d = self.__dict__
         gap = x.mean(dim=(2, 3))
-        if in_n is not None and in_n < self.conv.in_channels:  # the producer's dropped channels are zeros
-            gap = F.pad(gap, (0, self.conv.in_channels - in_n))
+        c_in = self.conv.in_channels
+        if in_idx is not None:  # the producer's dropped channels are zeros in the masked model
+            gap = gap.new_zeros(gap.shape[0], c_in).index_copy(1, in_idx, gap)
+        elif in_n is not None and in_n < c_in:
+            gap = F.pad(gap, (0, c_in - in_n))
         pred = self.predictor
         if pred is not None:
             u_r = pred(gap)
         else:
             assert self.gamma is not None
             u_r = self.gamma.unsqueeze(0).expand(x.shape[0], -1)
-        keep = self.keep_mask(gap, u_r)  # the masked model's own masks (its runtime source sees the batch)
+        keep = self.keep_mask(gap, u_r)
         c = self.conv.out_channels
         keep = torch.ones_like(u_r, dtype=torch.bool) if keep is None else keep.expand(x.shape[0], c)
         used = keep.any(0)
-        n = max(int(used.nonzero().max()) + 1, 1) if bool(used.any()) else 1
-        m = keep[:, :n].to(u_r.dtype)
-        u = u_r[:, :n] * m
+        if not bool(used.any()):  # nothing kept anywhere: one channel, zeroed by every mask
+            used = used.clone()
+            used[0] = True
         w, affine = self._folded()
-        w = w[:n] if in_n is None else w[:n, :in_n]
-        bias = torch.addcmul(affine[0, :n] * m, affine[1, :n], u)
+        if d["_prefix"]:
+            n = int(used.nonzero().max()) + 1
+            out_idx = None
+            m, u_r, w, affine = keep[:, :n], u_r[:, :n], w[:n], affine[:, :n]
+        else:
+            out_idx = used.nonzero().squeeze(1)
+            n = int(out_idx.numel())
+            m, u_r = keep.index_select(1, out_idx), u_r.index_select(1, out_idx)
+            w, affine = w.index_select(0, out_idx), affine.index_select(1, out_idx)
+        if in_idx is not None:
+            w = w.index_select(1, in_idx)
+        elif in_n is not None:
+            w = w[:, :in_n]
+        mask = m.to(u_r.dtype)
+        u = u_r * mask
+        bias = torch.addcmul(affine[0] * mask, affine[1], u)
         conv = self.conv
         z = F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation)
-        d["last_idx"], d["last_prefix"], d["last_count"], d["_last_keep"] = None, n, None, keep.detach()
+        d["last_idx"], d["last_prefix"], d["last_count"] = out_idx, (n if out_idx is None else None), None
+        d["_last_keep"] = keep.detach()
         return torch.addcmul(bias[:, :, None, None], z, u[:, :, None, None]).relu_()
 
 

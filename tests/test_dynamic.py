@@ -52,20 +52,20 @@ def test_batch1_keep_sets_equal_masked(name: str, static: list[float] | None, tr
             assert torch.equal(unit.last_keep[0], mask[i][unit.frozen_out_index])
 
 
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
 @pytest.mark.parametrize("name", ["tiny_cnn", "resnet8"])
 @pytest.mark.parametrize(("static", "tradeoff"), [(None, 1.0), ([0.5, 0.25, 0.75], 0.3)])
-def test_batched_prefix_path_computes_only_the_longest_kept_prefix(
-    name: str, static: list[float] | None, tradeoff: float
+def test_batched_path_computes_only_the_channels_the_batch_keeps(
+    name: str, static: list[float] | None, tradeoff: float, order: str
 ) -> None:
-    """A batch through prefix-order units: the masked model's logits and keep masks, while every unit's conv and
-    its reader see only the longest prefix an image of the batch keeps."""
+    """A batch: the masked model's logits and keep masks, while every unit's conv and its reader see only the
+    channels some image keeps (prefix order: the longest kept prefix; u_r order: the union, gathered)."""
     gated = _gated(name)
     n_units = len(stored_masks(gated))
     static_keep = None if static is None else (static * n_units)[:n_units]
     ratios = 0.1 + 0.5 * torch.rand(6, n_units, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    set_plan(
-        gated, PruningPlan(static_keep=static_keep, runtime_keep=ratios, tradeoff=tradeoff, runtime_order="prefix")
-    )
+    plan = PruningPlan(static_keep=static_keep, runtime_keep=ratios, tradeoff=tradeoff, runtime_order=order)
+    set_plan(gated, plan)
     x = images(6, seed=2)
     with torch.no_grad():
         masked = gated(x)
@@ -83,13 +83,20 @@ def test_batched_prefix_path_computes_only_the_longest_kept_prefix(
         torch.testing.assert_close(dyn(x), masked, rtol=1e-4, atol=1e-5)
     for h in hooks:
         h.remove()
+    computed = {}
     for unit, mask in zip(dyn.units, masks, strict=True):
         keep = mask[:, unit.frozen_out_index]
         assert torch.equal(unit.last_keep, keep)
         assert torch.equal(last_kept_count(unit), keep.sum(1))
-        assert unit.last_prefix == int(keep.any(0).nonzero().max()) + 1  # the longest kept prefix
-    assert readers and all(widths[id(m)] == m.source.last_prefix for m in readers)  # readers get the slices
-    assert any(u.last_prefix < u.conv.out_channels for u in dyn.units)
+        used = keep.any(0).nonzero().squeeze(1)
+        if order == "prefix":  # the longest kept prefix, sliced
+            assert unit.last_idx is None and unit.last_prefix == int(used.max()) + 1
+            computed[id(unit)] = unit.last_prefix
+        else:  # the union of the images' kept channels, gathered
+            assert unit.last_prefix is None and torch.equal(unit.last_idx, used)
+            computed[id(unit)] = len(used)
+    assert readers and all(widths[id(m)] == computed[id(m.source)] for m in readers)  # readers get only those
+    assert any(computed[id(u)] < u.conv.out_channels for u in dyn.units)
 
 
 def test_prefix_order_keeps_a_prefix_of_the_static_ranking() -> None:
