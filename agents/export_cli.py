@@ -5,9 +5,10 @@ Two kinds of model (:mod:`pruning.deploy` builds them):
 * ``dynamic`` (the default when the run has a runtime agent): the exported static model with the runtime
   agent fused inside (:mod:`agents.fused`), computing per image only the channels the agent keeps. TorchScript:
   frozen with every CNN operation kept (the agent's first layer folded), so it keeps the channels of
-  ``agents.cli.load_run``'s model. A ``u_r``-order run computes a batch image by image; a prefix-order run
-  (``runtime_order="prefix"``) computes it at once, every unit on the longest prefix of channels an image of the
-  batch keeps, the others' extra channels zeroed (:func:`pruning.deploy.dynamic_deployable`). ONNX (prefix runtime order
+  ``agents.cli.load_run``'s model. A batch is computed at once, every unit on the channels some image of the batch
+  keeps (the longest kept prefix in prefix order, the union of the top-k sets in ``u_r`` order), each image's
+  others zeroed; image by image where a keep set also depends on a static set (``u_r`` order with R_r < 1) or a
+  producer's count (plain nets) (:func:`pruning.deploy.dynamic_deployable`). ONNX (prefix runtime order
   only, ``runtime_order="prefix"``: kept channels are weight slices): input ``images`` ``(1, 3, 32, 32)``, outputs
   ``logits`` and ``kept`` (every unit's kept channel count); checked image by image in ONNX Runtime, counts
   included. A ``u_r``-order run picks channels by top-k and has no ONNX form.
@@ -200,9 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         shape, batch = "(1, 3, 32, 32)", "one image per call; outputs logits and kept (channels kept per unit)"
     else:
         shape, batch = "(N, 3, 32, 32)", "any batch size"
-        if kind == "dynamic":
-            prefix = _prefix_order(args.run_dir / EXPORTED_FILE)
-            batch += "; computed at once" if prefix else "; computed one image at a time (u_r order)"
     print(f"wrote {path} ({kind} model, {args.fmt}; normalised inputs {shape}, {norm}; {batch})")
     return 0
 

@@ -886,18 +886,22 @@ class _ScriptedSource(nn.Module):
 
     @torch.jit.export
     def lean_counts(self, unit: int, hidden: torch.Tensor) -> torch.Tensor:
-        """:meth:`lean_count` for a batch: the keep counts of prefix-order ``unit``, int64 ``(N,)``, recorded.
+        """:meth:`lean_count` for a batch: the keep counts (prefix order) or ``k_r`` of ``unit``, int64 ``(N,)``.
 
         ``hidden``: ``GAP @ W + b`` of :meth:`lean_tables` for N images ``(N, H)``. Each image's committed MAC
-        fraction is one row of the shared state (resized at unit 0), charged here with its own count; only for a
-        source that is ``batchable`` (folded first layer, fixed input widths).
+        fraction is one row of the shared state (resized at unit 0); only for a source that is ``batchable``
+        (folded first layer, fixed input widths). Not recorded: the caller charges each image's final count with
+        :meth:`record_counts`.
         """
         if unit == 0:
             self.fraction.resize_(hidden.shape[0], 1).fill_(self.fixed / self.base_macs)
         a = self.rest(torch.addcmul(hidden, self.wc[unit], self.fraction))  # (N, 1)
-        counts = torch.searchsorted(self.thresholds[unit], a.view(-1), right=True) + self.base_count[unit]
-        self.fraction.add_(self.steps[unit].index_select(0, counts).unsqueeze(1))
-        return counts
+        return torch.searchsorted(self.thresholds[unit], a.view(-1), right=True) + self.base_count[unit]
+
+    @torch.jit.export
+    def record_counts(self, unit: int, kept: torch.Tensor) -> None:
+        """Charge each image of a batch with its ``kept[i]`` output channels of ``unit`` (after :meth:`lean_counts`)."""
+        self.fraction.add_(self.steps[unit].index_select(0, kept).unsqueeze(1))
 
     def _output(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
         """The actor's output ``(1, 1)`` for ``unit``: the mean before the prior (folded) or the clipped action."""

@@ -31,8 +31,8 @@ channels-last weights (``TorchScript CL``: NHWC convolutions, ``to_torchscript(.
 ONNX Runtime (CPU provider: the fixed-shape ones, and the prefix-order dynamic ones as one graph with the keep
 counts computed inside it, :func:`pruning.deploy.dynamic_onnx_deployable`; ``u_r``-order models have no ONNX
 form), at 2 and 1 threads, batch 1 and batch 128. At batch 128 the dynamic models run eagerly (every unit on the
-channels some image of the batch keeps: the longest kept prefix, or in ``u_r`` order their union) and, in prefix
-order, in both TorchScript forms, which compute the batch at once the same way (the ``u_r``-order files and the
+channels some image of the batch keeps: the longest kept prefix, or in ``u_r`` order their union) and in both
+TorchScript forms where those compute the batch at once the same way (``dynamic_deployable(...).batched``; the
 ONNX files run one image at a time and are not timed there). The forms of one setting are timed in one
 loop, alternating, each call timed alone, fastest of ``--repeats`` (batch 1) or ``--repeats-b128`` (batch 128).
 

@@ -13,8 +13,8 @@ Three conversions, each to plain, scriptable PyTorch modules (no PruneGym object
   tensors. The runtime ratios are constants or come from a source that can be compiled: one with a
   ``scriptable()`` method returning a module with ``ratio(unit, gap, u_r) -> float`` and ``record(unit, kept)``
   (``agents.fused.FusedRuntimeSource``: the agent inside the file; for prefix-order units also
-  ``prefix_keep(unit, gap, u_r) -> int``, the count itself). Inputs of more than one image run one image at a time,
-  except in the fast form of a prefix-order model, which computes a batch at once.
+  ``prefix_keep(unit, gap, u_r) -> int``, the count itself). The fast form computes a batch at once where every
+  keep set follows from a count (``batched``); otherwise inputs of more than one image run one image at a time.
 * :func:`dynamic_onnx_deployable` — a prefix-order dynamic model as one traceable module: the keep counts are
   tensors computed in the graph and read as data-dependent sizes, so :func:`save_dynamic_onnx` exports the
   slices ``W[:n]`` with dynamic ends (ONNX ``Slice``); one image per call, outputs ``logits`` and ``kept``. The
@@ -344,37 +344,64 @@ class _DynamicUnit(nn.Module):
         return self._gather_forward(x, u_r, self._kept_count(k_r, u_r[0]), in_idx)
 
     def _batch_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch through a prefix-order unit: the first ``n`` channels for every image, ``n`` the largest count.
+        """A batch at once: each image's kept channels, computed on the channels some image of the batch keeps.
 
-        With a constant ratio every image keeps the same ``n``; with a source (the lean path: ``lean_counts``)
-        each image its own count, and its channels beyond it are zeroed through its ``u_r`` and ``β`` (what
-        :meth:`pruning.export._CompactUnit._batched_prefix` computes). ``u_r`` scales the conv's output per image
-        instead of its weights.
+        Prefix order: the first ``n`` channels, ``n`` the largest count. ``u_r`` order (only where R_r = 1 or no
+        stored channel is statically pruned, so each image keeps its top-k by ``u_r``): the union of the images'
+        kept channels, gathered and recorded for the readers. With a constant ratio every image keeps the same
+        count; with a source (the lean path: ``lean_counts``) each image its own. Each image's other channels are
+        zeroed through its ``u_r`` and ``β`` (what :meth:`pruning.export._CompactUnit._batched` computes); ``u_r``
+        scales the conv's output per image instead of its weights.
         """
         m = x.shape[1]
         source = self.source
         total = torch.sum(x, (2, 3))
         area = x.shape[2] * x.shape[3]
-        if source is not None:
+        in_idx = self.no_index
+        source_record = self.source_record
+        if source_record is not None and not self.source_prefix:
+            in_idx = source_record.forward()
+        if source is not None:  # a lean source (the only kind dynamic_deployable batches)
             if area != self.in_area:
                 total = total.mul_(self.in_area / area)
             lean_weight = self.lean_weight[:m] if self.source_prefix else self.lean_weight
             z = torch.addmm(self.lean_bias, total, lean_weight)
+            u_r = z[:, : self.channels]
             counts = source.lean_counts(self.unit_index, z[:, self.channels :])
-            n = int(counts.max())
-            mask = (self.positions[:n].unsqueeze(0) < counts.unsqueeze(1)).to(z.dtype)
-            u = z[:, :n] * mask
-            beta = self.beta[:n] * mask
         else:
-            pred_weight = self.pred_weight[:, :m] if self.source_prefix else self.pred_weight
+            pred_weight = self.pred_weight
+            if source_record is not None:
+                pred_weight = pred_weight[:, :m] if self.source_prefix else pred_weight.index_select(1, in_idx)
             u_r = F.linear(total.div_(area), pred_weight, self.pred_bias)
-            n = self._prefix_count(self.ratio)
-            u = u_r[:, :n]
-            beta = self.beta[:n].unsqueeze(0)
-        w = self.weight[:n]
-        if self.source_record is not None:
-            w = w[:, :m]
-        bias = torch.addcmul(beta, self.shift[:n], u)
+            r = self.ratio
+            if self.prefix:
+                n_all = self._prefix_count(r)
+            else:
+                n_all = self.channels if r != r else runtime_count(r, self.full_channels, self.channels, self.eps)
+            counts = torch.full([x.shape[0]], n_all, dtype=torch.long, device=x.device)
+        if self.prefix:
+            n = int(counts.max())
+            keep = self.positions[:n].unsqueeze(0) < counts.unsqueeze(1)
+            u_r, w, beta, shift = u_r[:, :n], self.weight[:n], self.beta[:n], self.shift[:n]
+        else:
+            if self.tradeoff != 1.0:  # the trade-off pruner with no static set: the lowest-u_r runtime-pruned go
+                counts = self.channels - torch.floor(self.tradeoff * (self.channels - counts) + self.eps).long()
+            order = torch.sort(u_r, dim=1, descending=True, stable=True)[1]  # rank_desc: ties to the lower index
+            rank = torch.empty_like(order).scatter_(1, order, self.positions.unsqueeze(0).expand_as(order))
+            keep = rank < counts.unsqueeze(1)
+            idx = keep.any(0).nonzero().squeeze(1)
+            n = idx.shape[0]
+            self.record.idx[:n].copy_(idx)
+            self.record.count.fill_(n)
+            keep, u_r, w = keep.index_select(1, idx), u_r.index_select(1, idx), self.weight.index_select(0, idx)
+            beta, shift = self.beta.index_select(0, idx), self.shift.index_select(0, idx)
+        if source is not None:
+            source.record_counts(self.unit_index, counts)
+        if source_record is not None:
+            w = w[:, :m] if self.source_prefix else w.index_select(1, in_idx)
+        mask = keep.to(u_r.dtype)
+        u = u_r * mask
+        bias = torch.addcmul(beta * mask, shift, u)
         z = _conv(x, w, None, self.stride, self.padding, self.dilation, self.direct)
         return torch.addcmul(bias[:, :, None, None], z, u[:, :, None, None]).relu_()
 
@@ -494,12 +521,13 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
     Returns:
         A new module in eval mode; its logits equal ``dyn``'s at batch 1 (per image for larger batches) within
         float rounding, with the same kept channels (``exact``: the same logits). Script it with
-        :func:`to_torchscript`. A batch of several images runs one image at a time, except in the fast form of
-        a prefix-order model with constant ratios or a folded agent (its ``batched`` attribute): there every unit
-        computes the whole batch at once on the longest kept prefix of its channels, each image's channels beyond
-        its own count zeroed (the same logits per image, within float rounding). A trained agent's counts vary
-        little between images, so a batch then costs about what the static model of those counts costs
-        (``bench/deploy_latency.py``, batch 128).
+        :func:`to_torchscript`. In the fast form, with constant ratios or a folded agent on fixed input widths,
+        a batch is computed at once (its ``batched`` attribute): every unit on the channels some image keeps (the
+        longest kept prefix in prefix order; the union of the images' top-k sets in ``u_r`` order, where R_r = 1
+        or no stored channel is statically pruned), each image's others zeroed (the same logits per image,
+        within float rounding). A trained agent's counts, and ``u_r``'s ranking, vary little between images, so
+        a batch then costs about what the static model of those counts costs (``bench/deploy_latency.py``, batch
+        128). Otherwise a batch runs one image at a time.
 
     Raises:
         TypeError: a runtime source that cannot be compiled (a Python callable, SB3's ``predict``).
@@ -545,10 +573,11 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
                     conv = fuse_conv_bn_eval(conv, bn)  # torch's own fold: a new conv, scaled weight, a bias
                     _set(model, bn_path, nn.Identity())
                 _set(model, u.consumer, _DynamicConsumer(conv, records[u.index].shared()))
-    # a batch at once (the fast form): prefix-order units whose counts come from constants or a lean source
+    # a batch at once (the fast form): units whose keep sets follow from a count (prefix order, or the u_r order's
+    # top-k where R_r = 1 or no stored channel is statically pruned), from constants or a lean source
     batched = (
         not exact
-        and all(d.prefix for d in made)
+        and all(d.prefix or d.tradeoff == 1.0 or not d.any_static for d in made)
         and (source_module is None or (bool(getattr(source_module, "batchable", False)) and all(d.lean for d in made)))
     )
     return _OneByOne(model, check=source_module is not None, batched=batched).eval()

@@ -339,24 +339,25 @@ def test_export_command_dynamic_channels_last(tmp_path: Path, order: str) -> Non
         export_run(run, fmt="onnx", kind="static", channels_last=True)
 
 
+@pytest.mark.parametrize("order", ["u_r", "prefix"])
 @pytest.mark.parametrize(("name", "plan"), AGENT_CASES)
-def test_dynamic_torchscript_runs_a_prefix_batch_at_once(name: str, plan: tuple[float | None, float]) -> None:
-    """The fast form of a prefix-order model with the agent inside computes a batch at once (every unit on the
-    longest kept prefix, each image's extra channels zeroed): the eager model's logits image by image, also with
-    NHWC weights and for one image after a batch (the per-image state is one row again)."""
-    dyn, _, _, x = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix", name, plan)
+def test_dynamic_torchscript_runs_a_batch_at_once(name: str, plan: tuple[float | None, float], order: str) -> None:
+    """The fast form with the agent inside computes a batch at once (every unit on the channels some image keeps:
+    the longest kept prefix, or the union of the top-k sets; each image's others zeroed): the eager model's logits
+    image by image, also with NHWC weights and for one image after a batch (the per-image state is one row
+    again)."""
+    dyn, _, _, x = _agent_dynamic("ppo", "BudgetResidualPolicy", order, name, plan)
     expected = torch.cat([_logits(dyn, x[i : i + 1]) for i in range(len(x))])
     deployable = dynamic_deployable(dyn)
     # a plain net's units read units: the agent's MAC bookkeeping follows each image's producer count, so tiny_cnn
-    # runs image by image (same logits)
-    assert deployable.batched is (name != "tiny_cnn") and not dynamic_deployable(dyn, exact=True).batched
+    # runs image by image; so does a u_r-order unit whose trade-off pruner also weighs a static set (R_r < 1)
+    batched = name != "tiny_cnn" and (order == "prefix" or plan[0] is None or plan[1] == 1.0)
+    assert deployable.batched is batched and not dynamic_deployable(dyn, exact=True).batched
     for channels_last in (False, True):
         module = to_torchscript(deployable, channels_last=channels_last)
         _assert_close(_logits(module, x), expected)
         _assert_close(_logits(module, x[2:3]), expected[2:3])
         _assert_close(_logits(module, x[1:]), expected[1:])
-    gather, *_ = _agent_dynamic("ppo", "BudgetResidualPolicy", "u_r", name, plan)
-    assert not dynamic_deployable(gather).batched  # top-k per image: one image at a time
 
 
 def test_export_command_dynamic_onnx_of_a_prefix_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
