@@ -353,7 +353,7 @@ def test_search_hands_the_closest_trial_that_pruned_too_little_to_the_completion
 ) -> None:
     """A trial that kept too much is completed by pruning upper-mode channels; one that kept too little is not chosen
     even when it is closer."""
-    import agents.baselines.polarization as module
+    import pruning.methods.polarization as module
 
     share_by_lam = {0.3: 0.15, 0.45: 0.75}  # share of each unit's factors at 0, per trial's λ
 

@@ -63,7 +63,7 @@ from pruning.budget import bisect_monotone_int
 from pruning.data import ImageDataset
 from pruning.export import export_static, fold_dropped_constants
 from pruning.gating import gate_model, set_plan, stored_masks
-from pruning.methods.polarization import SearchTrial, scale_factors, sparsity_train, threshold_plan
+from pruning.methods.polarization import SearchTrial, lambda_t_trials, scale_factors, sparsity_train, threshold_plan
 from pruning.plan import PruningPlan
 from pruning.train import TrainConfig, fractional_epochs
 from pruning.units import get_units
@@ -418,44 +418,22 @@ def search_budget(
     Raises:
         ValueError: ``target`` outside ``(0, 1]``, an invalid λ bracket, ``max_trials`` or ``lam_steps`` < 1.
     """
-    if not (0.0 < target <= 1.0):
-        raise ValueError(f"target must be a MAC fraction in (0, 1], got {target}")
-    lo0, hi0 = lam_range
-    if not (0.0 <= lo0 < hi0):
-        raise ValueError(f"lam_range must satisfy 0 <= lo < hi, got {lam_range}")
-    if max_trials < 1 or lam_steps < 1:
-        raise ValueError(f"max_trials and lam_steps must be >= 1, got {max_trials} and {lam_steps}")
-    lo, hi, t, at_t = lo0, hi0, t0, 0
     trials: list[SearchTrial] = []
     closest: tuple[float, SearchTrial, nn.Module] | None = None
     above: tuple[float, SearchTrial, nn.Module] | None = None  # closest among those that pruned too little
-    for _ in range(max_trials):
-        lam = 0.5 * (lo + hi)
-        work = copy.deepcopy(model)
-        sparsity_train(work, train_set, config, lam=lam, t=t, **train_kwargs)
-        plan, thresholds = threshold_plan(work, per_unit=per_unit)
-        frac = float(model_cost(work, plan).macs_fraction[0])
-        trial = SearchTrial(lam=lam, t=t, threshold=thresholds[0], macs_fraction=frac)
+    for trial, work in lambda_t_trials(
+        model, train_set, config, target=target, lam_range=lam_range, t0=t0, t_step=t_step, max_trials=max_trials,
+        lam_steps=lam_steps, per_unit=per_unit, **train_kwargs,
+    ):  # fmt: skip
         trials.append(trial)
+        frac = trial.macs_fraction
         err = abs(frac - target)
         if target - tolerance <= frac <= target + overshoot:
             return work, trial, trials, True
         if closest is None or err < closest[0]:
             closest = (err, trial, work)
-        too_little = frac > target
-        if too_little and (above is None or err < above[0]):
+        if frac > target and (above is None or err < above[0]):
             above = (err, trial, work)
-        if too_little:
-            lo = lam
-        else:
-            hi = lam
-        at_t += 1
-        if at_t >= lam_steps:
-            all_too_little = all(tr.macs_fraction > target for tr in trials)
-            t += t_step if too_little else -t_step
-            lo, hi = lo0, (2.0 * hi0 if all_too_little else hi0)
-            lo0, hi0 = lo, hi
-            at_t = 0
     chosen = above if above is not None else closest
     assert chosen is not None
     return chosen[2], chosen[1], trials, False

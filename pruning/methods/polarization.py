@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ __all__ = [
     "clamp_scale_factors",
     "first_valley",
     "get_regularizer",
+    "lambda_t_trials",
     "list_regularizers",
     "polarization_penalty",
     "register_regularizer",
@@ -346,6 +347,67 @@ def _plan_macs_fraction(model: nn.Module, plan: PruningPlan) -> float:
     return float(model_cost(model, plan).macs_fraction[0])
 
 
+def lambda_t_trials(
+    model: nn.Module,
+    train_set: ImageDataset,
+    config: TrainConfig,
+    *,
+    target: float,
+    lam_range: tuple[float, float] = (0.0, 2e-4),
+    t0: float = 1.2,
+    t_step: float = 0.1,
+    max_trials: int = 8,
+    lam_steps: int = 4,
+    per_unit: bool = False,
+    **train_kwargs: Any,
+) -> Iterator[tuple[SearchTrial, nn.Module]]:
+    """The trials of Algorithm 1's (λ, t) search, one at a time: ``(trial, its sparsity-trained copy)``.
+
+    Each trial trains a fresh copy of ``model`` (:func:`sparsity_train`), thresholds it at the first valley
+    (:func:`threshold_plan`, ``per_unit`` as there) and costs the plan; then λ and ``t`` move as
+    :func:`search_lambda_t` describes (λ bisected at fixed ``t``; after ``lam_steps`` trials ``t`` moves by
+    ``t_step`` toward the target and the λ bracket restarts, its upper end doubled if every trial so far pruned
+    too little). The caller decides when to stop (``break``) and which trial to keep: :func:`search_lambda_t`
+    the closest to the target, ``agents.baselines.polarization.search_budget`` its own rule.
+
+    Raises:
+        ValueError: ``target`` is outside ``(0, 1]``, the λ bracket is invalid or ``max_trials`` /
+            ``lam_steps`` < 1 (at the first trial).
+    """
+    if not (0.0 < target <= 1.0):
+        raise ValueError(f"target must be a MAC fraction in (0, 1], got {target}")
+    lo0, hi0 = lam_range
+    if not (0.0 <= lo0 < hi0):
+        raise ValueError(f"lam_range must satisfy 0 <= lo < hi, got {lam_range}")
+    if max_trials < 1 or lam_steps < 1:
+        raise ValueError(f"max_trials and lam_steps must be >= 1, got {max_trials} and {lam_steps}")
+    lo, hi, t, at_t = lo0, hi0, t0, 0
+    trials: list[SearchTrial] = []
+    for _ in range(max_trials):
+        lam = 0.5 * (lo + hi)
+        work = copy.deepcopy(model)
+        sparsity_train(work, train_set, config, lam=lam, t=t, **train_kwargs)
+        plan, thresholds = threshold_plan(work, per_unit=per_unit)
+        frac = _plan_macs_fraction(work, plan)
+        trial = SearchTrial(lam=lam, t=t, threshold=thresholds[0], macs_fraction=frac)
+        trials.append(trial)
+        log.info("polarization search: λ=%.3g t=%.2f threshold=%.3f → MAC fraction %.4f (target %.4f)",
+                 lam, t, trial.threshold, frac, target)  # fmt: skip
+        yield trial, work
+        too_little = frac > target
+        if too_little:
+            lo = lam
+        else:
+            hi = lam
+        at_t += 1
+        if at_t >= lam_steps:
+            all_too_little = all(tr.macs_fraction > target for tr in trials)
+            t += t_step if too_little else -t_step
+            lo, hi = lo0, (2.0 * hi0 if all_too_little else hi0)
+            lo0, hi0 = lo, hi
+            at_t = 0
+
+
 def search_lambda_t(
     model: nn.Module,
     train_set: ImageDataset,
@@ -396,43 +458,17 @@ def search_lambda_t(
     Raises:
         ValueError: ``target`` is outside ``(0, 1]``, the λ bracket is invalid or ``max_trials < 1``.
     """
-    if not (0.0 < target <= 1.0):
-        raise ValueError(f"target must be a MAC fraction in (0, 1], got {target}")
-    lo0, hi0 = lam_range
-    if not (0.0 <= lo0 < hi0):
-        raise ValueError(f"lam_range must satisfy 0 <= lo < hi, got {lam_range}")
-    if max_trials < 1 or lam_steps < 1:
-        raise ValueError(f"max_trials and lam_steps must be >= 1, got {max_trials} and {lam_steps}")
-    lo, hi, t = lo0, hi0, t0
     trials: list[SearchTrial] = []
     best: tuple[float, SearchTrial, nn.Module] | None = None
-    at_t = 0
-    for _ in range(max_trials):
-        lam = 0.5 * (lo + hi)
-        work = copy.deepcopy(model)
-        sparsity_train(work, train_set, config, lam=lam, t=t, **train_kwargs)
-        plan, thresholds = threshold_plan(work)
-        frac = _plan_macs_fraction(work, plan)
-        trial = SearchTrial(lam=lam, t=t, threshold=thresholds[0], macs_fraction=frac)
+    for trial, work in lambda_t_trials(
+        model, train_set, config, target=target, lam_range=lam_range, t0=t0, t_step=t_step, max_trials=max_trials,
+        lam_steps=lam_steps, **train_kwargs,
+    ):  # fmt: skip
         trials.append(trial)
-        log.info("polarization search: λ=%.3g t=%.2f threshold=%.3f → MAC fraction %.4f (target %.4f)",
-                 lam, t, trial.threshold, frac, target)
-        err = abs(frac - target)
+        err = abs(trial.macs_fraction - target)
         if best is None or err < best[0]:
             best = (err, trial, work)
         if err <= tolerance:
             break
-        too_little = frac > target
-        if too_little:
-            lo = lam
-        else:
-            hi = lam
-        at_t += 1
-        if at_t >= lam_steps:
-            all_too_little = all(tr.macs_fraction > target for tr in trials)
-            t += t_step if too_little else -t_step
-            lo, hi = lo0, (2.0 * hi0 if all_too_little else hi0)
-            lo0, hi0 = lo, hi
-            at_t = 0
     assert best is not None
     return SearchResult(model=best[2], best=best[1], trials=trials, hit=best[0] <= tolerance)
