@@ -439,8 +439,8 @@ def solve_target(
     if budget < floor + 1e-9:
         raise ValueError(
             f"MAC budget {budget:g} is below what channel gating can reach on this model ({floor:.4f}: every gate "
-            "closed, only the base paths run). Raise the budget, use more partitions (p), or gate the consumer "
-            "convs too (consumers=True)"
+            "closed, only the base paths run). Raise the budget, use more partitions (p), or, where only the "
+            "units are gated, gate their consumer convs too (consumers=True)"
         )
 
     def frac(delta: float) -> float:
