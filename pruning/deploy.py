@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .export import DynamicModel, _CompactConsumer, _CompactUnit, _set, folded_unit, prefix_count, runtime_count
-from .gating import GatedConv, gated_units, is_gated
+from .gating import GatedConv, gated_units, is_gated, rank_desc
 from .plan import RATIO_EPS
 from .units import get_units
 
@@ -386,9 +386,7 @@ class _DynamicUnit(nn.Module):
         else:
             if self.tradeoff != 1.0:  # the trade-off pruner with no static set: the lowest-u_r runtime-pruned go
                 counts = self.channels - torch.floor(self.tradeoff * (self.channels - counts) + self.eps).long()
-            order = torch.sort(u_r, dim=1, descending=True, stable=True)[1]  # rank_desc: ties to the lower index
-            rank = torch.empty_like(order).scatter_(1, order, self.positions.unsqueeze(0).expand_as(order))
-            keep = rank < counts.unsqueeze(1)
+            keep = rank_desc(u_r) < counts.unsqueeze(1)  # each image's top-k, ties to the lower index
             idx = keep.any(0).nonzero().squeeze(1)
             n = idx.shape[0]
             self.record.idx[:n].copy_(idx)
