@@ -523,9 +523,9 @@ def dynamic_deployable(dyn: DynamicModel, *, exact: bool = False) -> nn.Module:
         a batch is computed at once (its ``batched`` attribute): every unit on the channels some image keeps (the
         longest kept prefix in prefix order; the union of the images' top-k sets in ``u_r`` order, where R_r = 1
         or no stored channel is statically pruned), each image's others zeroed (the same logits per image,
-        within float rounding). A trained agent's counts, and ``u_r``'s ranking, vary little between images, so
-        a batch then costs about what the static model of those counts costs (``bench/deploy_latency.py``, batch
-        128). Otherwise a batch runs one image at a time.
+        within float rounding). Where the images keep similar channels (a trained agent's counts vary little
+        between images) a batch then costs about what the static model of those counts costs
+        (``bench/deploy_latency.py``, batch 128). Otherwise a batch runs one image at a time.
 
     Raises:
         TypeError: a runtime source that cannot be compiled (a Python callable, SB3's ``predict``).

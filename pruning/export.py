@@ -591,8 +591,7 @@ class _CompactUnit(GatedConv):
         output is the masked model's on those channels (its other channels are zero for every image), and the
         consumer and a next unit read only those. The input is the producer's kept channels (``in_n`` first ones
         or ``in_idx``) or the full width. Where the images of a batch keep similar channels (a trained agent's
-        counts, and ``u_r``'s ranking, vary little between images) the batch costs about what the static model
-        of those counts costs.
+        counts vary little between images) the batch costs about what the static model of those counts costs.
         """
         d = self.__dict__
         gap = x.mean(dim=(2, 3))
