@@ -339,6 +339,45 @@ def test_export_command_dynamic_channels_last(tmp_path: Path, order: str) -> Non
         export_run(run, fmt="onnx", kind="static", channels_last=True)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_dynamic_consumers_copy_each_input_width_once(channels_last: bool) -> None:
+    """The fast form's consumers of prefix-order units copy ``W[:, :n]`` once for each width ``n`` their unit kept
+    (dense, in the weight's memory format) and compute what the uncached slices compute; the exact form copies
+    nothing."""
+    dyn, _, _, x = _agent_dynamic("ppo", "BudgetResidualPolicy", "prefix", "resnet8", (None, 0.5))
+    kept: list[set[int]] = [set() for _ in dyn.units]
+    for i in range(len(x)):
+        _logits(dyn, x[i : i + 1])
+        for g in dyn.units:
+            kept[g.unit_index].add(int(g.last_count))
+    assert any(len(k) > 1 for k in kept)  # the agent keeps several widths
+    module = dynamic_deployable(dyn)
+    uncached = dynamic_deployable(dyn)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in (module, uncached):
+        m.to(memory_format=fmt)
+    units = {id(m.record.count): m.unit_index for m in module.modules() if type(m).__name__ == "_DynamicUnit"}
+    consumers = [m for m in module.modules() if type(m).__name__ == "_DynamicConsumer"]
+    for c in (c for c in uncached.modules() if type(c).__name__ == "_DynamicConsumer"):
+        c.cache = False
+    for i in range(len(x)):  # image by image: every width the eager model kept
+        assert torch.equal(_logits(module, x[i : i + 1]), _logits(uncached, x[i : i + 1]))
+    assert len(consumers) == len(dyn.units)
+    for c in consumers:
+        widths = {n for n, w in enumerate(c.slices) if w.numel()}
+        assert widths == kept[units[id(c.record.count)]]
+        for n in widths:
+            assert torch.equal(c.slices[n], c.conv.weight[:, :n]) and c.slices[n].is_contiguous(memory_format=fmt)
+    other = torch.contiguous_format if channels_last else torch.channels_last
+    module.to(memory_format=other)  # converted: the slices are copied anew from the converted weights
+    assert not any(w.numel() for c in consumers for w in c.slices)
+    _logits(module, x[:1])
+    assert all(w.is_contiguous(memory_format=other) for c in consumers for w in c.slices if w.numel())
+    exact = dynamic_deployable(dyn, exact=True)
+    _logits(exact, x[:1])
+    assert all(not any(w.numel() for w in c.slices) for c in exact.modules() if type(c).__name__ == "_DynamicConsumer")
+
+
 @pytest.mark.parametrize("order", ["u_r", "prefix"])
 @pytest.mark.parametrize(("name", "plan"), AGENT_CASES)
 def test_dynamic_torchscript_runs_a_batch_at_once(name: str, plan: tuple[float | None, float], order: str) -> None:
