@@ -14,6 +14,12 @@ If the merged model's lead is gone at stage 2, merging compensated mostly the mi
 re-estimation (a forward pass, no training) also removes; a lead that fades only over stages 3-4 says training
 catches up. It prints one table and the line ``nm_minus_l1=<no_ft>,<bn>,<short>,<ft>`` (points of test top-1).
 
+What merging is for is measured too, before any stage: ``consumer_error``, the relative squared error
+``‖y − y_dense‖² / ‖y_dense‖²`` of every consumer conv's output (what the compensation rebuilds) against the
+unpruned model's on the same images (``ERROR_IMAGES`` training images, no augmentation), averaged over the
+units. Merging helps only where it rebuilds those outputs better than slicing does (its error below slicing's),
+so the line ``consumer_error=<l1>,<neuron_merging>`` says whether a missing lead starts there.
+
 Usage::
 
     python bench/neuron_merging_finetune.py --threads 1 --distill 0.5          # R20, B 0.5, E 1, seed 0
@@ -37,15 +43,49 @@ from torch import nn
 
 from agents.protocol import Recipe, RowContext, RowResult, register_row, run_protocol, static_row
 from pruning.train import evaluate, recalibrate_bn
+from pruning.units import get_units
 
 POLICIES = ("l1", "neuron_merging")
 RECAL_IMAGES = 2000
+ERROR_IMAGES = 512
+
+
+@torch.no_grad()
+def consumer_error(base: nn.Module, pruned: nn.Module, images: torch.Tensor) -> float:
+    """Mean over ``base``'s units of ``‖y − y_dense‖² / ‖y_dense‖²`` at each consumer conv's output."""
+    paths = [u.consumer for u in get_units(base)]
+    outputs: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = []
+    for i, model in enumerate((base, pruned)):
+        for path in paths:
+            hook = functools.partial(lambda key, module, inputs, out: outputs.__setitem__(key, out), (i, path))
+            hooks.append(model.get_submodule(path).register_forward_hook(hook))
+    errors = []
+    try:
+        sums = {path: [0.0, 0.0] for path in paths}
+        for batch in images.split(128):
+            for model in (base, pruned):
+                model.eval()(batch)
+            for path in paths:
+                dense, got = outputs[(0, path)], outputs[(1, path)]
+                sums[path][0] += float((got - dense).pow(2).sum())
+                sums[path][1] += float(dense.pow(2).sum())
+        errors = [num / den for num, den in sums.values()]
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(errors) / len(errors)
 
 
 def _stages(ctx: RowContext, model: nn.Module, short: float) -> dict[str, float]:
     """Test top-1 of ``model`` (unchanged) as pruned, after BN re-estimation, and after a short fine-tune of a copy."""
     test = ctx.test_set(model)
-    out = {"no_finetune": float(evaluate(model, test)["top1"])}
+    train = ctx.train_set(model)
+    images = torch.stack([train[i][0] for i in range(min(ERROR_IMAGES, len(train)))])
+    was_training = model.training
+    out = {"consumer_error": consumer_error(copy.deepcopy(ctx.base()), model, images)}
+    model.train(was_training)
+    out["no_finetune"] = float(evaluate(model, test)["top1"])
     recal = copy.deepcopy(model)
     recalibrate_bn(recal, ctx.train_set(recal), max_images=RECAL_IMAGES)
     out["bn_recalibrated"] = float(evaluate(recal, test)["top1"])
@@ -107,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in POLICIES:
         print(f"| {name} | " + " | ".join(f"{by[name][s]:.2f}" for s in stages) + " |")
     print("nm_minus_l1=" + ",".join(f"{by['neuron_merging'][s] - by['l1'][s]:+.2f}" for s in stages))
+    if all("consumer_error" in by[name] for name in POLICIES):  # (rows written before it was measured lack it)
+        print("consumer_error=" + ",".join(f"{by[name]['consumer_error']:.4f}" for name in POLICIES))
     return 0
 
 
