@@ -999,14 +999,55 @@ class _TracedSource(nn.Module):
         self.min_keep = float(source.min_keep)
         self.scale = 10.0 ** int(RATIO_DECIMALS)
         self.lstm = source.lstm_shape
+        # the lean path (the folded TorchScript source's): a folded first layer and fixed input widths, so each
+        # unit's committed MAC fraction is a table lookup (float32, as there) and its first layer one product
+        self.lean = bool(self.tables.fold and not self.tables.track)
         self.__dict__["_kept"] = []  # this image's kept counts, int64 (1,) each, in unit order
         self.__dict__["_state"] = None  # (committed MACs int64 (1,), h, c)
+        self.__dict__["_fraction"] = None  # the lean path's committed MAC fraction, float32 (1, 1)
 
     def reset(self) -> None:
         """Start a new image (unit 0 next)."""
         z = torch.zeros(self.lstm[0], 1, self.lstm[1])
         self.__dict__["_kept"] = [None] * len(self.unit_coef)
         self.__dict__["_state"] = (torch.full((1,), self.fixed, dtype=torch.long), z, z)
+        self.__dict__["_fraction"] = torch.full((1, 1), self.fixed / self.base_macs)
+
+    def lean_tables(
+        self,
+        unit: int,
+        pred_weight: torch.Tensor,
+        pred_bias: torch.Tensor,
+        in_positions: torch.Tensor,
+        out_positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`_ScriptedSource.lean_tables` where the lean path applies, else ``None``.
+
+        With tables a unit calls :meth:`lean_prefix_keep` with ``GAP @ W + b`` instead of :meth:`prefix_keep` with
+        the observation at the original widths.
+        """
+        if not self.lean:
+            return None
+        return self.tables.lean_tables(unit, pred_weight, pred_bias, in_positions, out_positions)
+
+    def lean_prefix_keep(self, unit: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The keep count of prefix-order ``unit``, int64 ``(1,)``, from its first layer's output.
+
+        ``hidden``: ``GAP @ W + b`` of :meth:`lean_tables`, before the committed MAC term. The count is charged to
+        this image's committed fraction.
+        """
+        t = self.tables
+        fraction = self.__dict__["_fraction"]
+        count = self._count(unit, t.rest(torch.addcmul(hidden, t.wc[unit], fraction)))
+        self.__dict__["_fraction"] = fraction + t.steps[unit].index_select(0, count).view(1, 1)
+        return count
+
+    def _count(self, unit: int, out: torch.Tensor) -> torch.Tensor:
+        """Unit ``unit``'s threshold table applied to the actor's output ``out``: ``base + sum(θ ≤ out)``."""
+        base, table = self.tables.base_count[unit], self.tables.thresholds[unit]
+        if table.numel() == 0:
+            return torch.full((1,), base, dtype=torch.long)
+        return (table.view(1, -1) <= out).sum(1) + base
 
     def _output(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
         """The actor's output ``(1, 1)``: the mean before the prior (folded) or the clipped action (exact)."""
@@ -1032,12 +1073,7 @@ class _TracedSource(nn.Module):
 
     def prefix_keep(self, unit: int, gap: torch.Tensor, u_r: torch.Tensor) -> torch.Tensor:
         """The keep count of prefix-order ``unit``, int64 ``(1,)``, recorded (:meth:`record`)."""
-        out = self._output(unit, gap, u_r)
-        base, table = self.tables.base_count[unit], self.tables.thresholds[unit]
-        if table.numel() == 0:
-            count = torch.full((1,), base, dtype=torch.long)
-        else:
-            count = (table.view(1, -1) <= out).sum(1) + base
+        count = self._count(unit, self._output(unit, gap, u_r))
         self.record(unit, count)
         return count
 

@@ -619,6 +619,9 @@ class _TracedUnit(nn.Module):
     and read once as a symbolic size (``.item()``, bounded by ``torch._check``), so an exporter records the weight
     slices ``W[:n]`` with a data-dependent end (ONNX ``Slice``). The unit's reader learns ``n`` from the shape of
     its input, so no state passes between units except the source's bookkeeping and the list of kept counts.
+    With a source that offers ``lean_tables`` (the fused agent with a folded first layer on fixed input widths),
+    one ``addmm`` on the unit's GAP gives ``u_r`` and the agent's first layer, as in :class:`_DynamicUnit`'s lean
+    path, instead of the observation at the original widths.
     """
 
     if TYPE_CHECKING:
@@ -630,7 +633,7 @@ class _TracedUnit(nn.Module):
         out_index: torch.Tensor
         in_index: torch.Tensor
 
-    def __init__(self, unit: _CompactUnit, reads_unit: bool, ratio: float) -> None:
+    def __init__(self, unit: _CompactUnit, reads_unit: bool, ratio: float, source: nn.Module | None = None) -> None:
         super().__init__()
         frozen, in_index = _register_compact(self, unit)
         c = unit.conv.out_channels
@@ -645,6 +648,19 @@ class _TracedUnit(nn.Module):
         self.unit_index = int(unit.unit_index)
         self.ratio = float(ratio)  # NaN: runtime pruning off, or the source decides
         self.stride, self.padding, self.dilation = _geometry(unit.conv)
+        # the lean path (as _DynamicUnit's): [u_r | the agent's first layer] = GAP @ lean_weight + lean_bias, one
+        # matrix product on the stored GAP instead of the observation at the original widths
+        lean_tables = getattr(source, "lean_tables", None)
+        tables = None if lean_tables is None else lean_tables(
+            self.unit_index, self.pred_weight, self.pred_bias, self.in_index, self.out_index
+        )  # fmt: skip
+        self.lean = tables is not None
+        lean_weight, lean_bias = torch.zeros(0, 0), torch.zeros(0)
+        if tables is not None:
+            lean_weight = torch.cat([self.pred_weight.t(), tables[0]], 1).contiguous()
+            lean_bias = torch.cat([self.pred_bias, tables[1]])
+        self.register_buffer("lean_weight", lean_weight)
+        self.register_buffer("lean_bias", lean_bias)
         # bound by the model's root on every call: the traceable source (registered once, on the root) and the
         # list of this image's kept counts
         self.__dict__["source"], self.__dict__["kept"] = None, []
@@ -662,9 +678,17 @@ class _TracedUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         gap = x.mean(dim=(2, 3))
         m = x.shape[1]
+        source = self.__dict__["source"]
+        if self.lean and source is not None:
+            z = torch.addmm(self.lean_bias, gap, self.lean_weight[:m] if self.reads_unit else self.lean_weight)
+            u_r = z[:, : self.channels]
+            count = source.lean_prefix_keep(self.unit_index, z[:, self.channels :])
+            n = count[0].item()  # a symbolic size when traced
+            torch._check(n >= 1)
+            torch._check(n <= self.channels)
+            return self._slice_forward(x, u_r, n, count)
         pred_weight = self.pred_weight[:, :m] if self.reads_unit else self.pred_weight
         u_r = F.linear(gap, pred_weight, self.pred_bias)
-        source = self.__dict__["source"]
         if source is not None:
             g_full = gap
             if self.reads_unit or self.widen_in:
@@ -685,11 +709,15 @@ class _TracedUnit(nn.Module):
             n = self.channels if r != r else prefix_count(r, self.full_channels, self.channels, self.active,
                                                          self.tradeoff, RATIO_EPS)  # fmt: skip
             count = torch.full((1,), n, dtype=torch.long)
+        return self._slice_forward(x, u_r, n, count)
+
+    def _slice_forward(self, x: torch.Tensor, u_r: torch.Tensor, n: Any, count: torch.Tensor) -> torch.Tensor:
+        """The first ``n`` output channels (``count``: ``n`` as a tensor, appended to this image's kept counts)."""
         self.__dict__["kept"].append(count)
         u = u_r[0, :n]
         w = self.weight[:n]
         if self.reads_unit:
-            w = w[:, :m]
+            w = w[:, : x.shape[1]]
         bias = torch.addcmul(self.beta[:n], self.shift[:n], u)
         return F.conv2d(x, w * u.view(-1, 1, 1, 1), bias, self.stride, self.padding, self.dilation).relu()
 
@@ -778,7 +806,7 @@ def dynamic_onnx_deployable(dyn: DynamicModel) -> nn.Module:
                 if t.numel() != 1:
                     raise ValueError("per-sample runtime ratios cannot be compiled into the model; give one per unit")
                 ratio = float(t)
-            _set(model, u.conv, _TracedUnit(g, u.producer is not None, ratio))
+            _set(model, u.conv, _TracedUnit(g, u.producer is not None, ratio, source_module))
             consumer = model.get_submodule(u.consumer)
             if isinstance(consumer, _CompactConsumer):
                 _set(model, u.consumer, _TracedConsumer(consumer.conv))
