@@ -632,6 +632,8 @@ class _TracedUnit(nn.Module):
         pred_bias: torch.Tensor
         out_index: torch.Tensor
         in_index: torch.Tensor
+        lean_weight: torch.Tensor
+        lean_bias: torch.Tensor
 
     def __init__(self, unit: _CompactUnit, reads_unit: bool, ratio: float, source: nn.Module | None = None) -> None:
         super().__init__()
